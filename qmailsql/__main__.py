@@ -1,0 +1,5 @@
+import sys
+
+from qmailsql.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Cython hot path: the same names and behaviour as qmailsql/fallback.py.
+
+Per-delivery work lives here: request framing, local-part splitting, and the
+control/sqlserver parser the daemon runs at start and on reload.
+"""
+from qmailsql.fallback import ConfigError, KEY_ALIASES, REPEATABLE
+
+
+cdef inline bint _blank(unsigned char c):
+    return c == 0x20 or c == 0x09 or c == 0x0D
+
+
+cdef inline bint _keychar(unsigned char c):
+    return (0x61 <= (c | 0x20) <= 0x7A) or (0x30 <= c <= 0x39) or c == 0x5F
+
+
+cdef bytes _unquote(bytes raw, filename, int lineno):
+    cdef const unsigned char *s = raw
+    cdef Py_ssize_t n = len(raw), i, k
+    cdef unsigned char q
+    cdef bytearray out
+    if n and (s[0] == 0x22 or s[0] == 0x27):
+        q = s[0]
+        out = bytearray()
+        i = 1
+        while i < n:
+            if s[i] == q:
+                k = i + 1
+                while k < n and _blank(s[k]):
+                    k += 1
+                if k < n and s[k] != 0x23:
+                    raise ConfigError(filename, lineno, "text after the closing quote")
+                return bytes(out)
+            if s[i] == 0x5C and q == 0x22 and i + 1 < n:
+                i += 1
+            out.append(s[i])
+            i += 1
+        raise ConfigError(filename, lineno, "unterminated quote")
+    i = 0
+    while i < n:
+        if s[i] == 0x23 and (i == 0 or s[i - 1] == 0x20 or s[i - 1] == 0x09):
+            n = i
+            break
+        i += 1
+    while n > 0 and _blank(s[n - 1]):
+        n -= 1
+    return raw[:n]
+
+
+def parse_sqlserver(data, filename="control/sqlserver"):
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    cdef dict result = {}
+    cdef dict seen_at = {}
+    cdef int lineno = 0
+    cdef bytes line, raw
+    cdef const unsigned char *s
+    cdef Py_ssize_t a, b, i, j, n
+    for line in (<bytes>data).split(b"\n"):
+        lineno += 1
+        s = line
+        a = 0
+        b = len(line)
+        while a < b and _blank(s[a]):
+            a += 1
+        while b > a and _blank(s[b - 1]):
+            b -= 1
+        if a == b or s[a] == 0x23:
+            continue
+        i = a
+        while i < b and _keychar(s[i]):
+            i += 1
+        if i == a:
+            raise ConfigError(filename, lineno, "expected `key value` or `key=value`")
+        word = line[a:i].decode("ascii").lower()
+        j = i
+        while j < b and (s[j] == 0x20 or s[j] == 0x09):
+            j += 1
+        if j < b and s[j] == 0x3D:
+            j += 1
+            while j < b and (s[j] == 0x20 or s[j] == 0x09):
+                j += 1
+        elif j == i and j < b:
+            raise ConfigError(filename, lineno, "expected white space or `=` after %r" % word)
+        key = KEY_ALIASES.get(word)
+        if key is None:
+            raise ConfigError(filename, lineno, "unknown key %r (known keys: %s)"
+                              % (word, ", ".join(sorted(KEY_ALIASES))))
+        if j == b or s[j] == 0x23:
+            raise ConfigError(filename, lineno, "key %r has no value" % word)
+        raw = line[j:b]
+        value = _unquote(raw, filename, lineno)
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(filename, lineno, "value of %r is not valid UTF-8" % word)
+        if key in REPEATABLE:
+            result.setdefault(key, []).append(text)
+        elif key in seen_at:
+            raise ConfigError(filename, lineno, "%r given twice (first on line %d)"
+                              % (key, seen_at[key]))
+        else:
+            result[key] = text
+        if key not in seen_at:
+            seen_at[key] = lineno
+    return result
+
+
+def candidates(bytes local, bytes auto_break=b"-", Py_ssize_t userlen=32):
+    cdef list out = []
+    cdef const unsigned char *s = local
+    cdef Py_ssize_t n = len(local), p = n
+    cdef int brk = auto_break[0] if auto_break else -1
+    while p > 0:
+        if p < userlen and (p == n or s[p] == brk):
+            if p == n:
+                out.append((local.lower(), b"", b""))
+            else:
+                out.append((local[:p].lower(), b"-", local[p + 1:]))
+        p -= 1
+    return out
+
+
+def encode_frame(fields):
+    cdef bytes payload = b"\0".join(fields) + b"\0"
+    return b"%d:%s," % (len(payload), payload)
+
+
+def decode_frame(buf, Py_ssize_t limit=65536):
+    cdef const unsigned char[:] view = buf
+    cdef Py_ssize_t n = view.shape[0], i = 0, length = 0, end
+    cdef unsigned char c
+    while i < n:
+        c = view[i]
+        if c == 0x3A:
+            break
+        if c < 0x30 or c > 0x39 or i >= 6:
+            raise ValueError("malformed frame length")
+        length = length * 10 + c - 0x30
+        i += 1
+    else:
+        return None, 0
+    if i == 0:
+        raise ValueError("malformed frame length")
+    if length > limit:
+        raise ValueError("frame of %d bytes exceeds the limit of %d" % (length, limit))
+    end = i + 1 + length
+    if n <= end:
+        return None, 0
+    if view[end] != 0x2C:
+        raise ValueError("frame not terminated by ','")
+    return bytes(buf[i + 1:end]), end + 1
+
+
+def split_fields(bytes payload):
+    cdef Py_ssize_t n = len(payload)
+    if n == 0 or (<const unsigned char *>payload)[n - 1] != 0:
+        raise ValueError("request fields must each end in NUL")
+    return payload[:n - 1].split(b"\0")

@@ -1,0 +1,211 @@
+"""Where qmail lives, and what control/sqlserver says (SPEC section 2)."""
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qmailsql.hotpath import ConfigError, parse_sqlserver
+
+DEFAULT_QMAIL_DIR = "/var/qmail"
+FIX_PERMS = "chgrp qmailsql {path}; chmod 640 {path}"
+
+
+def compiled_qmail_dir():
+    """conf-qmail as it was when the package was built."""
+    try:
+        text = (Path(__file__).resolve().parent / "conf-qmail").read_text()
+        line = text.split("\n")[0].strip()
+        if line.startswith("/"):
+            return line
+    except OSError:
+        pass
+    return DEFAULT_QMAIL_DIR
+
+
+def qmail_dir(override=None):
+    """--qmail-dir, else $QMAILSQL_QMAIL_DIR, else conf-qmail."""
+    return override or os.environ.get("QMAILSQL_QMAIL_DIR") or compiled_qmail_dir()
+
+
+def socket_path(qmail_home):
+    """Where qmailsqld listens: $QMAILSQL_SOCKET, else QMAIL/qmailsql/qmailsqld.sock."""
+    return os.environ.get("QMAILSQL_SOCKET") or os.path.join(qmail_home, "qmailsql",
+                                                            "qmailsqld.sock")
+
+
+@dataclass(frozen=True)
+class Server:
+    """One DB server: a unix socket path, or host and port."""
+    host: str = ""
+    port: int = 3306
+    socket: str = ""
+
+    def __str__(self):
+        return self.socket or ("[%s]:%d" % (self.host, self.port) if ":" in self.host
+                               else "%s:%d" % (self.host, self.port))
+
+    def connect_args(self):
+        return {"unix_socket": self.socket} if self.socket else {"host": self.host,
+                                                                 "port": self.port}
+
+
+def parse_server(text, default_port, filename="control/sqlserver"):
+    text = text.strip()
+    if text.startswith("/"):
+        return Server(socket=text)
+    host, port = text, default_port
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(filename, 0, "server %r: missing ']'" % text)
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(filename, 0, "server %r: expected ':port' after ']'" % text)
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host:
+        raise ConfigError(filename, 0, "server %r has no host" % text)
+    try:
+        port = int(port)
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(filename, 0, "server %r: port must be 1-65535" % text)
+    return Server(host=host, port=port)
+
+
+@dataclass
+class Config:
+    qmail_dir: str = DEFAULT_QMAIL_DIR
+    servers: list = field(default_factory=list)
+    write_server: Server = None
+    login: str = ""
+    password: str = ""
+    db: str = "qmail"
+    connect_timeout: int = 5
+    read_timeout: int = 10
+    ssl: dict = field(default_factory=dict)
+    auto_break: bytes = b"-"
+    userlen: int = 32
+    funky_queries: bool = False
+    magic_forwarding: bool = False
+    system_users: bool = True
+    cache_ttl: int = 300
+    negative_ttl: int = 10
+    stale_ttl: int = 3600
+    rehash: bool = False
+    default_scheme: str = "sha512-crypt"
+    path: str = ""
+
+    @property
+    def socket_path(self):
+        return socket_path(self.qmail_dir)
+
+
+_BOOLS = {"yes": True, "y": True, "true": True, "on": True, "1": True,
+          "no": False, "n": False, "false": False, "off": False, "0": False}
+
+
+def _bool(key, value, filename):
+    try:
+        return _BOOLS[value.strip().lower()]
+    except KeyError:
+        raise ConfigError(filename, 0, "%s must be yes or no, not %r" % (key, value))
+
+
+def _int(key, value, filename, low=0):
+    try:
+        n = int(value)
+    except ValueError:
+        n = low - 1
+    if n < low:
+        raise ConfigError(filename, 0, "%s must be a whole number >= %d, not %r"
+                          % (key, low, value))
+    return n
+
+
+def check_private(path, st):
+    """Refuse a credentials file that users other than owner and group can read."""
+    if st.st_mode & stat.S_IROTH:
+        raise ConfigError(str(path), 0, "holds the DB password but is readable by every "
+                          "local user; fix: " + FIX_PERMS.format(path=path))
+
+
+def from_mapping(values, qmail_home=DEFAULT_QMAIL_DIR, filename="control/sqlserver"):
+    """Build a Config from parse_sqlserver()'s result (types and defaults checked here)."""
+    cfg = Config(qmail_dir=qmail_home, path=filename)
+    default_port = _int("port", values.get("port", "3306"), filename, 1)
+    servers = []
+    if "socket" in values:
+        servers.append(Server(socket=values["socket"]))
+    for text in values.get("server", []):
+        servers.append(parse_server(text, default_port, filename))
+    if not servers:
+        raise ConfigError(filename, 0, "no `server` (or `socket`) line: say where the DB is")
+    # sockets first, otherwise in the order given
+    cfg.servers = [s for s in servers if s.socket] + [s for s in servers if not s.socket]
+    cfg.write_server = (parse_server(values["write_server"], default_port, filename)
+                        if "write_server" in values else servers[0])
+    cfg.login = values.get("login", "")
+    if not cfg.login:
+        raise ConfigError(filename, 0, "no `login` line: name the DB user")
+    cfg.password = values.get("password", "")
+    cfg.db = values.get("db", cfg.db)
+    for key in ("connect_timeout", "read_timeout"):
+        if key in values:
+            setattr(cfg, key, _int(key, values[key], filename, 1))
+    for key in ("cache_ttl", "negative_ttl", "stale_ttl"):
+        if key in values:
+            setattr(cfg, key, _int(key, values[key], filename, 0))
+    if "userlen" in values:
+        cfg.userlen = _int("userlen", values["userlen"], filename, 2)
+    if "auto_break" in values:
+        brk = values["auto_break"].encode("utf-8")
+        if len(brk) != 1:
+            raise ConfigError(filename, 0, "auto_break must be one ASCII character")
+        cfg.auto_break = brk
+    for key in ("funky_queries", "magic_forwarding", "system_users", "rehash"):
+        if key in values:
+            setattr(cfg, key, _bool(key, values[key], filename))
+    for key in ("ssl_ca", "ssl_cert", "ssl_key"):
+        if key in values:
+            cfg.ssl[key[4:]] = values[key]
+    if "ssl_verify" in values:
+        cfg.ssl["verify"] = _bool("ssl_verify", values["ssl_verify"], filename)
+    if "default_scheme" in values:
+        cfg.default_scheme = values["default_scheme"]
+    return cfg
+
+
+def load(qmail_home=None, path=None):
+    """Read QMAIL/control/sqlserver; every problem is a ConfigError that names the file."""
+    qmail_home = qmail_dir(qmail_home)
+    path = Path(path or os.path.join(qmail_home, "control", "sqlserver"))
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except FileNotFoundError:
+        raise ConfigError(str(path), 0, "missing; create it (see `qmailsql --help` and the "
+                          "README) or point --qmail-dir / QMAILSQL_QMAIL_DIR at your qmail")
+    except PermissionError:
+        raise ConfigError(str(path), 0, "not readable by uid %d; the daemon's user must be "
+                          "able to read it (%s)" % (os.getuid(), FIX_PERMS.format(path=path)))
+    except OSError as e:
+        raise ConfigError(str(path), 0, "cannot read: %s" % e.strerror)
+    values = parse_sqlserver(data, str(path))
+    if "password" in values:
+        check_private(path, st)
+    if "password_file" in values:
+        if "password" in values:
+            raise ConfigError(str(path), 0, "give `password` or `password_file`, not both")
+        pw_path = values["password_file"]
+        try:
+            with open(pw_path, "rb") as f:
+                check_private(pw_path, os.fstat(f.fileno()))
+                values["password"] = f.read().split(b"\n")[0].decode("utf-8")
+        except OSError as e:
+            raise ConfigError(pw_path, 0, "password_file cannot be read: %s" % e.strerror)
+    return from_mapping(values, qmail_home, str(path))

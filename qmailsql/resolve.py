@@ -1,0 +1,193 @@
+"""Where a local part is delivered: qmail-getpw's answer, from the DB (SPEC section 4).
+
+One resolution code path serves the `qmailsql getpw` command, the Python API and the
+daemon; only the source of mailbox rows differs (a Directory, or the daemon's cache).
+"""
+import errno
+import os
+import pwd
+from dataclasses import dataclass
+
+from qmailsql.hotpath import candidates
+
+ALIAS_USER = "alias"  # qmail's auto_usera
+
+# exit codes, as qmail-lspawn reads them (qlx.h)
+EXIT_OK = 0
+EXIT_USAGE = 100
+EXIT_TEMP = 111
+EXIT_NFS = 115
+EXIT_NOALIAS = 116
+
+# stat() errors that mean "try again", not "no such home" (qmail's error_temp, plus
+# permission trouble: a daemon that cannot look must not bounce the mail)
+TEMP_ERRNOS = {errno.EINTR, errno.ENOMEM, errno.ETXTBSY, errno.EIO, errno.ETIMEDOUT,
+               errno.EAGAIN, errno.ECONNREFUSED, errno.ECONNRESET, errno.ENETUNREACH,
+               errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ESTALE,
+               errno.EREMOTE, errno.ENOLINK, errno.EACCES, errno.EPERM, errno.ENFILE,
+               errno.EMFILE}
+
+
+class Refusal(Exception):
+    """No delivery answer: EXIT code for qmail-lspawn and one line saying why."""
+
+    def __init__(self, code, message):
+        Exception.__init__(self, message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Account:
+    """A mailbox row or passwd entry, as qmail-getpw sees it."""
+    name: str
+    uid: int
+    gid: int
+    home: str
+    source: str  # "mailbox" or "passwd"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    user: bytes
+    uid: int
+    gid: int
+    home: bytes
+    dash: bytes
+    ext: bytes
+
+    def fields(self):
+        """Stock qmail-getpw output: six NUL-terminated fields."""
+        return b"".join(f + b"\0" for f in (self.user, b"%d" % self.uid, b"%d" % self.gid,
+                                           self.home, self.dash, self.ext))
+
+
+def account_from_row(row):
+    """A mailbox row -> Account; a row qmail cannot use is a misconfiguration (111)."""
+    username, uid, gid, home = row[:4]
+    if uid is None or gid is None or not home or not str(home).startswith("/"):
+        raise Refusal(EXIT_TEMP, "misconfigured mailbox row for %r: uid, gid and an absolute "
+                      "home are required (uid=%r gid=%r home=%r)" % (username, uid, gid, home))
+    try:
+        uid, gid = int(uid), int(gid)
+    except (TypeError, ValueError):
+        raise Refusal(EXIT_TEMP, "misconfigured mailbox row for %r: uid/gid not numbers"
+                      % (username,))
+    return Account(username, uid, gid, home, "mailbox")
+
+
+def passwd_account(name):
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    except OSError as e:  # nsswitch trouble is a temporary failure, as in qmail
+        raise Refusal(EXIT_TEMP, "getpwnam(%r) failed: %s" % (name, e))
+    return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, "passwd")
+
+
+def pick_row(rows, name):
+    """The row for NAME among case-insensitive matches (the DB's collation pads and folds)."""
+    exact = [r for r in rows if r[0] == name]
+    if exact:
+        return exact[0]
+    folded = [r for r in rows if isinstance(r[0], str) and r[0].lower() == name]
+    return folded[0] if folded else None
+
+
+def shown(local, limit=64):
+    """LOCAL for a log line: printable, and short even for 10 kB of junk."""
+    text = repr(local[:limit])[1:]
+    return text + ("...(%d bytes)" % len(local) if len(local) > limit else "")
+
+
+def _text(name):
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class Resolver:
+    """qmail-getpw's logic over a source of mailbox rows.
+
+    `mailbox_rows(names)` returns the mailbox rows (username, uid, gid, home) whose
+    username matches any of NAMES; it raises for DB trouble, which becomes exit 111.
+    """
+
+    def __init__(self, config, mailbox_rows):
+        self.config = config
+        self.mailbox_rows = mailbox_rows
+
+    def account(self, name, rows):
+        """The Account called NAME (mailbox first, then /etc/passwd), or None."""
+        row = pick_row(rows, name)
+        if row is not None:
+            return account_from_row(row)
+        if self.config.system_users:
+            return passwd_account(name)
+        return None
+
+    def usable_home(self, acct, say):
+        try:
+            st = os.stat(acct.home)
+        except OSError as e:
+            if e.errno in TEMP_ERRNOS:
+                raise Refusal(EXIT_TEMP if e.errno in (errno.EACCES, errno.EPERM) else EXIT_NFS,
+                              "cannot check home %s of %s: %s" % (acct.home, acct.name,
+                                                                   e.strerror))
+            say("rejected: home %s: %s" % (acct.home, e.strerror))
+            return False
+        if st.st_uid != acct.uid:
+            say("rejected: home %s is owned by uid %d, not %d" % (acct.home, st.st_uid,
+                                                                    acct.uid))
+            return False
+        return True
+
+    def getpw(self, local, explain=None):
+        """Delivery for LOCAL (bytes), or raise Refusal. EXPLAIN, a list, gets the story."""
+        say = explain.append if explain is not None else (lambda line: None)
+        if not isinstance(local, bytes):
+            local = os.fsencode(local)
+        if b"\0" in local:
+            raise Refusal(EXIT_USAGE, "local part contains NUL")
+        cands = candidates(local, self.config.auto_break, self.config.userlen)
+        names = []
+        for cand, _, _ in cands:
+            text = _text(cand)
+            if text is not None:
+                names.append(text)
+        try:
+            rows = list(self.mailbox_rows(names + [ALIAS_USER]))
+        except Refusal:
+            raise
+        except Exception as e:  # any DB trouble: mail waits, never goes to the alias user
+            raise Refusal(EXIT_TEMP, "DB lookup failed: %s" % e)
+        for cand, dash, ext in cands:
+            name = _text(cand)
+            if name is None:
+                say("candidate %r: not valid UTF-8, cannot be a user" % cand)
+                continue
+            acct = self.account(name, rows)
+            if acct is None:
+                say("candidate %r: no such user in mailbox%s" % (
+                    name, " or /etc/passwd" if self.config.system_users else ""))
+                continue
+            prefix = "candidate %r (%s uid %d):" % (name, acct.source, acct.uid)
+            if acct.uid == 0:
+                say(prefix + " rejected: uid 0 never gets mail")
+                continue
+            if not self.usable_home(acct, lambda m: say(prefix + " " + m)):
+                continue
+            say(prefix + " taken, home %s, dash %r ext %r" % (acct.home, dash.decode(
+                "latin-1"), ext.decode("latin-1")))
+            return Delivery(os.fsencode(acct.name), acct.uid, acct.gid, os.fsencode(acct.home),
+                            dash, ext)
+        alias = self.account(ALIAS_USER, rows)
+        if alias is None:
+            say("no candidate and no alias user: exit %d" % EXIT_NOALIAS)
+            raise Refusal(EXIT_NOALIAS, "no user for %s and no alias user" % shown(local))
+        say("no candidate: alias user (%s), dash '-' ext %r" % (alias.source,
+                                                               local.decode("latin-1")))
+        return Delivery(os.fsencode(alias.name), alias.uid, alias.gid, os.fsencode(alias.home),
+                        b"-", local)

@@ -1,0 +1,86 @@
+"""Shared fixtures: every DB test runs against a private MariaDB started by the project.
+
+`sandbox` is one sandbox for the whole session (tables emptied per test by `db`);
+`own_sandbox` is a fresh one for a test that stops or kills the server.
+"""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import qmailsql
+from qmailsql import sandbox as sb
+
+
+def _new_sandbox(daemon):
+    # short path: unix socket paths are limited to 107 bytes
+    root = tempfile.mkdtemp(prefix="qst-", dir="/tmp")
+    env = sb.up(root, daemon=daemon)
+    return Path(root), env
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    root, env = _new_sandbox(daemon=True)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield root
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    sb.down(root)
+
+
+TABLES = ("mailbox", "alias", "virtual", "rcpthosts")
+
+
+@pytest.fixture
+def db(sandbox):
+    """A Session on the shared sandbox with every table empty and homes under tmp."""
+    with qmailsql.connect(str(sandbox)) as q:
+        for t in TABLES:
+            q.directory.query("DELETE FROM `%s`" % t, write=True)
+        yield q
+        flush_daemon(sandbox)
+
+
+def flush_daemon(root):
+    """Drop the daemon's cache so the next test sees its own rows."""
+    sock = sb.Paths(root).daemon_socket
+    if not sock.exists():
+        return
+    import socket
+    from qmailsql.hotpath import encode_frame
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(5)
+        s.connect(str(sock))
+        s.sendall(encode_frame([b"flush"]))
+        s.recv(100)
+    except OSError:
+        pass
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def own_sandbox():
+    root, env = _new_sandbox(daemon=True)
+    yield root, env
+    try:
+        sb.down(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def homes(tmp_path):
+    """A directory for mailbox homes that the test can chown freely."""
+    d = tmp_path / "homes"
+    d.mkdir()
+    os.chmod(tmp_path, 0o755)
+    return d
