@@ -108,16 +108,24 @@ def cmd_daemon(args):
     return daemon.main(args)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with qmail's exit code for a usage error (100, not 2)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(100, "%s: %s\n" % (self.prog, message))
+
+
 def build_parser():
     from qmailsql.config import compiled_qmail_dir
-    p = argparse.ArgumentParser(prog="qmailsql", description=DESCRIPTION,
+    p = Parser(prog="qmailsql", description=DESCRIPTION,
                                 epilog=EPILOG % compiled_qmail_dir(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version="qmailsql " + __version__)
     p.add_argument("--qmail-dir", metavar="DIR",
                    help="qmail home holding control/sqlserver (default: $QMAILSQL_QMAIL_DIR "
                         "or conf-qmail)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     s = sub.add_parser("getpw", help="resolve a local part like qmail-getpw (direct to the DB)",

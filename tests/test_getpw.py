@@ -1,0 +1,178 @@
+"""qmail-getpw resolution against a real MariaDB (SPEC section 4, steps 2-4)."""
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from qmailsql import demo, resolve, sandbox as sb
+from qmailsql.resolve import Delivery, Refusal
+
+UID, GID = 800, 100
+
+
+def add_mailbox(q, name, home, uid=UID, gid=GID, make_home=True):
+    q.directory.query("INSERT INTO mailbox (username, uid, gid, home, password, password_type)"
+                      " VALUES (%s,%s,%s,%s,'x','Password')", (name, uid, gid, str(home)),
+                      write=True)
+    if make_home:
+        os.makedirs(home, exist_ok=True)
+        os.chown(home, uid, gid)
+
+
+def getpw_cli(local, env=None):
+    return subprocess.run([sys.executable, "-m", "qmailsql", "getpw", local],
+                          capture_output=True, env=env, timeout=60)
+
+
+def test_faq_solaris_example(db, homes):
+    demo.load_faq(db.directory, str(homes))
+    assert db.getpw(b"iain") == Delivery(b"iain", UID, GID, os.fsencode(homes / "iain"),
+                                         b"", b"")
+    assert db.getpw(b"iain-sanity") == Delivery(b"iain-sanity", UID, GID,
+                                                os.fsencode(homes / "sanity"), b"", b"")
+    assert db.getpw(b"iain-slowlaris") == Delivery(b"iain", UID, GID,
+                                                   os.fsencode(homes / "iain"), b"-",
+                                                   b"slowlaris")
+
+
+def test_cli_prints_stock_fields(db, homes):
+    demo.load_faq(db.directory, str(homes))
+    r = getpw_cli("iain-slowlaris")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"iain\x00800\x00100\x00" + os.fsencode(homes / "iain") + b"\x00-\x00slowlaris\x00"
+
+
+def test_case_lowered_but_ext_keeps_case(db, homes):
+    add_mailbox(db, "iain", homes / "iain")
+    d = db.getpw(b"IAIN-SlowLaris")
+    assert (d.user, d.dash, d.ext) == (b"iain", b"-", b"SlowLaris")
+
+
+def test_explain_says_why(db, homes):
+    add_mailbox(db, "iain", homes / "iain")
+    add_mailbox(db, "iain-x", homes / "x", make_home=False)
+    story = []
+    db.getpw(b"iain-x", story)
+    assert "candidate 'iain-x' (mailbox uid 800): rejected: home" in story[0]
+    assert "No such file or directory" in story[0]
+    assert "taken" in story[1] and "'iain'" in story[1]
+
+
+def test_home_owned_by_another_uid_is_rejected(db, homes):
+    add_mailbox(db, "iain", homes / "iain")
+    add_mailbox(db, "iain-other", homes / "other")
+    os.chown(homes / "other", UID + 1, GID)
+    story = []
+    d = db.getpw(b"iain-other", story)
+    assert (d.user, d.ext) == (b"iain", b"other")
+    assert "owned by uid 801, not 800" in story[0]
+
+
+def test_uid_zero_is_never_a_candidate(db, homes):
+    add_mailbox(db, "boss", homes / "boss", uid=0, gid=0)
+    add_mailbox(db, "alias", homes / "alias", uid=UID)
+    story = []
+    d = db.getpw(b"boss", story)
+    assert (d.user, d.dash, d.ext) == (b"alias", b"-", b"boss")
+    assert "uid 0 never gets mail" in story[0]
+
+
+def test_no_candidate_goes_to_alias_user(db, homes):
+    add_mailbox(db, "alias", homes / "alias", uid=UID + 5)
+    d = db.getpw(b"Nobody-Here")
+    assert d == Delivery(b"alias", UID + 5, GID, os.fsencode(homes / "alias"), b"-",
+                         b"Nobody-Here")
+
+
+def test_no_alias_user_is_116(db, homes):
+    with pytest.raises(Refusal) as e:
+        db.getpw(b"nobody-here")
+    assert e.value.code == 116
+    assert getpw_cli("nobody-here").returncode == 116
+
+
+def test_mailbox_row_wins_over_passwd(db, homes):
+    add_mailbox(db, "daemon", homes / "d", uid=UID)
+    assert db.getpw(b"daemon").uid == UID
+
+
+def test_system_users_from_passwd_and_switch(db, homes):
+    # root is in /etc/passwd everywhere, with uid 0: found there and refused
+    story = []
+    with pytest.raises(Refusal):
+        db.getpw(b"root", story)
+    assert "candidate 'root' (passwd uid 0): rejected" in story[0]
+    cfg = dataclasses.replace(db.config, system_users=False)
+    story = []
+    with pytest.raises(Refusal):
+        resolve.Resolver(cfg, db.directory.mailboxes).getpw(b"root", story)
+    assert story[0] == "candidate 'root': no such user in mailbox"
+
+
+def test_trailing_space_and_accents_do_not_match(db, homes):
+    # MariaDB's collation pads and folds; qmail compares exact lower-case names
+    add_mailbox(db, "jose", homes / "jose")
+    add_mailbox(db, "alias", homes / "alias")
+    assert db.getpw(b"jose ").user == b"alias"
+    assert db.getpw("josé".encode()).user == b"alias"
+    assert db.getpw(b"JOSE").user == b"jose"
+
+
+HOSTILE = [b"o'brien", b"back\\slash", b"100%", b"under_score", b"' OR 1=1 -- ",
+           b"\xff\xfe\xfd", "ünï".encode(), b"x" * 10240, b"a-" * 5000, b"%-_-%"]
+
+
+@pytest.mark.parametrize("local", HOSTILE, ids=lambda b: repr(b[:12]))
+def test_hostile_locals_get_a_correct_answer(db, homes, local):
+    add_mailbox(db, "alias", homes / "alias")
+    add_mailbox(db, "o'brien", homes / "ob")
+    add_mailbox(db, "a", homes / "a")
+    d = db.getpw(local)
+    if local == b"o'brien":
+        assert d.user == b"o'brien" and d.ext == b""
+    elif local.startswith(b"a-"):
+        assert d.user == b"a" and d.ext == local[2:]
+    else:
+        assert d.user == b"alias" and d.ext == local
+
+
+def test_nul_in_local_is_refused(db):
+    with pytest.raises(Refusal) as e:
+        db.getpw(b"a\0b")
+    assert e.value.code == 100
+
+
+def test_misconfigured_row_is_111(db, homes):
+    add_mailbox(db, "rel", homes / "rel")
+    db.directory.query("UPDATE mailbox SET home='relative/path' WHERE username='rel'",
+                       write=True)
+    with pytest.raises(Refusal) as e:
+        db.getpw(b"rel")
+    assert e.value.code == 111 and "absolute home" in e.value.message
+
+
+def test_cli_usage_error_is_100():
+    r = subprocess.run([sys.executable, "-m", "qmailsql", "getpw"], capture_output=True)
+    assert r.returncode == 100
+    assert b"usage" in r.stderr
+
+
+def test_db_down_is_111_never_alias(own_sandbox, homes):
+    root, env = own_sandbox
+    import qmailsql
+    with qmailsql.connect(str(root)) as q:
+        demo.load_faq(q.directory, str(homes))
+        q.directory.query("INSERT INTO mailbox (username, uid, gid, home) VALUES "
+                          "('alias', 800, 100, %s)", (str(homes),), write=True)
+    environ = dict(os.environ, **env)
+    assert getpw_cli("iain", environ).returncode == 0
+    sb.stop_db(sb.Paths(root), sig=signal.SIGKILL)
+    r = getpw_cli("iain", environ)
+    assert r.returncode == 111
+    assert b"no DB server answered" in r.stderr
+    assert r.stdout == b""  # never the alias user's fields
+    sb.start_db(sb.Paths(root))
+    assert getpw_cli("iain", environ).returncode == 0
