@@ -115,9 +115,25 @@ class Resolver:
     username matches any of NAMES; it raises for DB trouble, which becomes exit 111.
     """
 
-    def __init__(self, config, mailbox_rows):
+    def __init__(self, config, mailbox_rows, virtual_rows=None):
+        """VIRTUAL_ROWS(pairs, funky) -> (known hosts, rows) feeds the virtual step
+        (qmailsql.virtual.fetch). When it is not given and MAILBOX_ROWS is a bound
+        method of a db.Directory (anything with .query), the virtual rows come from
+        that same object; otherwise there is no virtual step."""
         self.config = config
         self.mailbox_rows = mailbox_rows
+        if virtual_rows is None:
+            owner = getattr(mailbox_rows, "__self__", None)
+            if owner is not None and callable(getattr(owner, "query", None)):
+                from qmailsql import virtual
+                virtual_rows = virtual.row_source(owner)
+        self.virtual_rows = virtual_rows
+
+    @classmethod
+    def for_directory(cls, config, directory):
+        """The full resolver (mailbox, passwd, virtual) over one db.Directory."""
+        from qmailsql import virtual
+        return cls(config, directory.mailboxes, virtual.row_source(directory))
 
     def account(self, name, rows):
         """The Account called NAME (mailbox first, then /etc/passwd), or None."""
@@ -151,6 +167,39 @@ class Resolver:
             local = os.fsencode(local)
         if b"\0" in local:
             raise Refusal(EXIT_USAGE, "local part contains NUL")
+        if self.virtual_rows is not None:
+            from qmailsql import virtual
+            hit = virtual.match(self.config, self.virtual_rows, local, say)
+            if hit is not None and hit.kind == "local":
+                return self.resolve_local(hit.target, say)
+            if hit is not None:
+                return self.alias_delivery(local, say, forward=hit.kind == "forward")
+        return self.resolve_local(local, say)
+
+    def alias_delivery(self, local, say, forward=False):
+        """The alias user with dash '-' and ext LOCAL (virtual: no row, or magic forward)."""
+        try:
+            rows = list(self.mailbox_rows([ALIAS_USER]))
+        except Refusal:
+            raise
+        except Exception as e:
+            raise Refusal(EXIT_TEMP, "DB lookup failed: %s" % e)
+        alias = self.account(ALIAS_USER, rows)
+        if alias is None:
+            if forward:  # a configured forward must not bounce for want of the alias user
+                raise Refusal(EXIT_TEMP, "magic forward for %s needs the alias user %r "
+                              "(create it: qmailsql mailbox add %s ...)"
+                              % (shown(local), ALIAS_USER, ALIAS_USER))
+            say("no virtual row and no alias user: exit %d" % EXIT_NOALIAS)
+            raise Refusal(EXIT_NOALIAS, "no user for %s and no alias user" % shown(local))
+        say("%s: alias user (%s), dash '-' ext %r" % (
+            "magic forward" if forward else "no virtual row", alias.source,
+            local.decode("latin-1")))
+        return Delivery(os.fsencode(alias.name), alias.uid, alias.gid, os.fsencode(alias.home),
+                        b"-", local)
+
+    def resolve_local(self, local, say):
+        """Steps 2 and 3 of SPEC section 4 for LOCAL (bytes, no NUL)."""
         cands = candidates(local, self.config.auto_break, self.config.userlen)
         names = []
         for cand, _, _ in cands:

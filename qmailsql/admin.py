@@ -1,0 +1,454 @@
+"""Admin API and commands: mailbox, alias, virtual and rcpthost rows (SPEC section 7).
+
+    qmailsql mailbox add NAME --uid N --gid N --home DIR [--password-type SCHEME]
+                                 [--password-stdin] [--suspended]
+    qmailsql mailbox del NAME | list
+    qmailsql alias add USER LINE [--ext EXT]     LINE as in a dot-qmail file:
+                                                 ./Maildir/  /home/u/Mailbox  '|prog'
+                                                 &addr  or  addr@host (a forward)
+    qmailsql alias del USER [--ext EXT] [LINE] | list [USER]
+    qmailsql virtual add ADDRESS --user NAME [--ext EXT]     u@host, @host (catch-all),
+    qmailsql virtual add ADDRESS --forward ADDR              or a pattern with funky_queries
+    qmailsql virtual del ADDRESS | list [HOST]
+    qmailsql rcpthost add HOST | del HOST | list
+    qmailsql sync [--qmail-dir DIR] [--no-reload]
+
+Every write goes to the write server, refuses rows that would misdeliver or defer mail
+(blank alias rows, magic-forward loops, unusable hosts), then asks the daemon to drop
+its cache (a `flush` frame; an unreachable daemon is a warning: its cache expires by
+itself after cache_ttl seconds).
+"""
+import argparse
+import socket
+import sys
+
+from qmailsql import virtual
+from qmailsql.aliases import SPECIAL, line_for
+from qmailsql.resolve import Refusal
+
+
+class AdminError(ValueError):
+    """A row the command refuses to write; the message says why and what to do."""
+
+
+# ------------------------------------------------------------------- daemon cache
+
+def flush_daemon(config, warn=None):
+    """Ask qmailsqld to drop its cache. True when it answered; else WARN(message)."""
+    from qmailsql.hotpath import decode_frame, encode_frame
+    warn = warn or (lambda m: sys.stderr.write("qmailsql: warning: %s\n" % m))
+    path = config.socket_path
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(encode_frame([b"flush"]))
+        buf = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise OSError("connection closed before the answer")
+            buf += chunk
+            payload, used = decode_frame(buf)
+            if used:
+                break
+        if not payload.startswith(b"0\0"):
+            raise OSError("answered %r" % payload[:80])
+        return True
+    except (OSError, ValueError) as e:
+        warn("daemon not reachable at %s (%s): its cache keeps old answers for up to "
+             "cache_ttl=%ds; run `qmailsql flush` when it is back"
+             % (path, getattr(e, "strerror", None) or e, config.cache_ttl))
+        return False
+    finally:
+        s.close()
+
+
+# ------------------------------------------------------------------- checks
+
+def _clean(value, what, allow_blank=False):
+    value = "" if value is None else str(value)
+    if "\n" in value or "\0" in value or "\r" in value:
+        raise AdminError("%s must not contain newline, carriage return or NUL" % what)
+    if not allow_blank and not value.strip():
+        raise AdminError("%s must not be blank" % what)
+    return value.strip()
+
+
+def check_host(host):
+    from qmailsql.sync import SyncError, check_host as ch
+    try:
+        return ch(host, "virtual")
+    except SyncError:
+        raise AdminError("host %r is not usable in qmail's control files (blank, white space "
+                         "or one of : # @ / \\ , ;)" % host)
+
+
+def parse_line(line):
+    """A dot-qmail LINE -> (alias_username, alias_host) as the table stores it."""
+    line = _clean(line, "delivery line")
+    if line[0] in SPECIAL:
+        if len(line) == 1:
+            raise AdminError("%r alone is not a delivery: give the rest (./Maildir/, "
+                             "/home/u/Mailbox, |program)" % line)
+        return line[0], line[1:]
+    if line[0] == "#":
+        raise AdminError("a comment line delivers nothing; not stored")
+    if line[0] == "&":
+        line = line[1:].strip()
+    if not line or line[0] == "@":
+        raise AdminError("forward address %r has no mailbox part" % line)
+    at = line.rfind("@")
+    if at < 0:
+        return line, ""
+    return line[:at], line[at + 1:]
+
+
+def parse_address(address):
+    """u@host, @host (catch-all) -> (virtual_username, virtual_host)."""
+    address = _clean(address, "address")
+    at = address.rfind("@")
+    if at < 0:
+        raise AdminError("address %r needs @host (use @host alone for a catch-all)" % address)
+    return address[:at], check_host(address[at + 1:])
+
+
+# ------------------------------------------------------------------- mailbox
+
+def add_mailbox(directory, name, uid, gid, home, password="", password_type="Crypt-Password",
+                suspended=False, replace=False):
+    name = _clean(name, "mailbox name")
+    if name.lower() != name:
+        raise AdminError("mailbox names are matched lower-cased (qmail-getpw lower-cases the "
+                         "local part): use %r" % name.lower())
+    if int(uid) == 0:
+        raise AdminError("uid 0 never gets mail (qmail-getpw refuses it)")
+    if not str(home).startswith("/"):
+        raise AdminError("home must be an absolute path")
+    verb = "REPLACE" if replace else "INSERT"
+    try:
+        directory.query(verb + " INTO mailbox (username, uid, gid, home, password, "
+                        "password_type, suspended) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                        (name, int(uid), int(gid), _clean(home, "home"), password or "",
+                         password_type, "Y" if suspended else "N"), write=True)
+    except Exception as e:
+        if "Duplicate" in str(e):
+            raise AdminError("mailbox %r exists (use --replace to overwrite it)" % name)
+        raise
+
+
+def del_mailbox(directory, name):
+    n = directory.query("SELECT COUNT(*) FROM mailbox WHERE username=%s", (name,), write=True)
+    directory.query("DELETE FROM mailbox WHERE username=%s", (name,), write=True)
+    return int(n[0][0])
+
+
+def list_mailboxes(directory):
+    return directory.query("SELECT username, uid, gid, home, password_type, suspended "
+                           "FROM mailbox ORDER BY username", write=True)
+
+
+# ------------------------------------------------------------------- alias
+
+def add_alias(directory, username, alias, alias_username, alias_host):
+    username = _clean(username, "user")
+    alias = _clean(alias, "ext", allow_blank=True)
+    au = _clean(alias_username, "alias_username", allow_blank=True)
+    ah = _clean(alias_host, "alias_host", allow_blank=True)
+    try:
+        line_for((None, username, alias, au, ah), b"", None)
+    except Refusal as r:
+        raise AdminError(r.message.split("; fix:")[0].replace("alias row id=None ", "alias row "))
+    directory.query("INSERT INTO alias (username, alias, alias_username, alias_host) "
+                    "VALUES (%s,%s,%s,%s)", (username, alias, au, ah), write=True)
+
+
+def del_alias(directory, username, alias="", alias_username=None, alias_host=None):
+    sql = "DELETE FROM alias WHERE username=%s AND alias=%s"
+    params = [username, alias]
+    if alias_username is not None:
+        sql += " AND alias_username=%s AND alias_host=%s"
+        params += [alias_username, alias_host or ""]
+    before = directory.query("SELECT COUNT(*) FROM alias WHERE " + sql[len(
+        "DELETE FROM alias WHERE "):], params, write=True)
+    directory.query(sql, params, write=True)
+    return int(before[0][0])
+
+
+def list_aliases(directory, username=None):
+    if username is None:
+        return directory.query("SELECT username, alias, alias_username, alias_host FROM alias "
+                               "ORDER BY username, alias, id", write=True)
+    return directory.query("SELECT username, alias, alias_username, alias_host FROM alias "
+                           "WHERE username=%s ORDER BY alias, id", (username,), write=True)
+
+
+# ------------------------------------------------------------------- virtual
+
+def add_virtual(directory, virtual_username, virtual_host, username, ext=""):
+    config = directory.config
+    vu = _clean(virtual_username, "virtual_username", allow_blank=True)
+    vh = check_host(virtual_host)
+    username = _clean(username, "username")
+    ext = _clean(ext, "ext", allow_blank=True)
+    if username.lower() == virtual.FORWARD_USER:
+        if config.magic_forwarding:
+            if not ext or " " in ext or "\t" in ext:
+                raise AdminError("a magic forward needs the target address in ext")
+        else:
+            sys.stderr.write("qmailsql: note: magic_forwarding is off, so %r is an ordinary "
+                             "user; it needs a mailbox row and alias rows (the FAQ's old "
+                             "method)\n" % username)
+    rows = virtual.all_rows(directory)
+    key = (vu.lower(), vh)
+    if any((r.virtual_username.lower(), r.virtual_host.lower()) == key for r in rows):
+        raise AdminError("%s@%s already has a virtual row (delete it first)" % (vu, vh))
+    new = virtual.Row(username, ext, vu, vh)
+    loops = virtual.find_forward_loops(rows + [new], config.funky_queries)
+    if config.magic_forwarding and loops:
+        raise AdminError("refusing: magic forwards would loop: " + "; ".join(
+            " -> ".join(l + [l[0]]) for l in loops))
+    directory.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
+                    "VALUES (%s,%s,%s,%s)", (username, ext, vu, vh), write=True)
+
+
+def del_virtual(directory, virtual_username, virtual_host):
+    rows = directory.query("SELECT id, virtual_username, virtual_host FROM virtual WHERE "
+                           "virtual_host=%s AND virtual_username=%s",
+                           (virtual_host, virtual_username), write=True)
+    ids = [r[0] for r in rows if r[1].lower() == virtual_username.lower()
+           and r[2].lower() == virtual_host.lower()]
+    for i in ids:
+        directory.query("DELETE FROM virtual WHERE id=%s", (i,), write=True)
+    return len(ids)
+
+
+def list_virtual(directory, host=None):
+    sql = "SELECT virtual_username, virtual_host, username, ext FROM virtual"
+    if host is None:
+        return directory.query(sql + " ORDER BY virtual_host, virtual_username", write=True)
+    return directory.query(sql + " WHERE virtual_host=%s ORDER BY virtual_username", (host,),
+                           write=True)
+
+
+# ------------------------------------------------------------------- rcpthosts
+
+def add_rcpthost(directory, host):
+    h = check_host(host)
+    directory.query("INSERT IGNORE INTO rcpthosts (host) VALUES (%s)", (h,), write=True)
+    return h
+
+
+def del_rcpthost(directory, host):
+    n = directory.query("SELECT COUNT(*) FROM rcpthosts WHERE host=%s", (host,), write=True)
+    directory.query("DELETE FROM rcpthosts WHERE host=%s", (host,), write=True)
+    return int(n[0][0])
+
+
+def list_rcpthosts(directory):
+    return directory.query("SELECT host FROM rcpthosts ORDER BY host", write=True)
+
+
+# ------------------------------------------------------------------- commands
+
+def _session(args):
+    import qmailsql
+    return qmailsql.connect(args.qmail_dir)
+
+
+def _print_rows(rows, header):
+    print("\t".join(header))
+    for r in rows:
+        print("\t".join("" if v is None else str(v) for v in r))
+
+
+def _done(q, what, hosts_changed=False):
+    print(what)
+    flush_daemon(q.config)
+    if hosts_changed:
+        print("hosts changed: run `qmailsql sync` so qmail's control files follow")
+    return 0
+
+
+def _fail(e):
+    sys.stderr.write("qmailsql: %s\n" % e)
+    return 100
+
+
+def cmd_mailbox(args):
+    with _session(args) as q:
+        try:
+            if args.action == "add":
+                password, kind = "", "Crypt-Password"
+                if args.password_stdin or args.password_type:
+                    from qmailsql.passwords import hash_password
+                    raw = sys.stdin.buffer.readline().rstrip(b"\r\n")
+                    kind, password = hash_password(args.password_type
+                                                   or q.config.default_scheme, raw)
+                add_mailbox(q.directory, args.name, args.uid, args.gid, args.home, password,
+                            kind, args.suspended, args.replace)
+                return _done(q, "mailbox %s added" % args.name)
+            if args.action == "del":
+                n = del_mailbox(q.directory, args.name)
+                if not n:
+                    return _fail("no mailbox %r" % args.name)
+                return _done(q, "mailbox %s deleted" % args.name)
+        except (AdminError, ValueError) as e:
+            return _fail(e)
+        _print_rows(list_mailboxes(q.directory),
+                    ("username", "uid", "gid", "home", "password_type", "suspended"))
+        return 0
+
+
+def cmd_alias(args):
+    with _session(args) as q:
+        try:
+            if args.action == "add":
+                au, ah = parse_line(args.line)
+                add_alias(q.directory, args.user, args.ext, au, ah)
+                return _done(q, "alias %s ext %r: %s" % (args.user, args.ext, args.line))
+            if args.action == "del":
+                au = ah = None
+                if args.line:
+                    au, ah = parse_line(args.line)
+                n = del_alias(q.directory, args.user, args.ext, au, ah)
+                if not n:
+                    return _fail("no matching alias row")
+                return _done(q, "%d alias row(s) deleted" % n)
+        except AdminError as e:
+            return _fail(e)
+        _print_rows(list_aliases(q.directory, args.user),
+                    ("username", "alias", "alias_username", "alias_host"))
+        return 0
+
+
+def cmd_virtual(args):
+    with _session(args) as q:
+        try:
+            if args.action == "add":
+                vu, vh = parse_address(args.address)
+                if bool(args.forward) == bool(args.user):
+                    return _fail("give --user NAME (with --ext) or --forward ADDRESS")
+                if args.forward:
+                    if not q.config.magic_forwarding:
+                        return _fail("--forward needs `magic_forwarding yes` in "
+                                     "control/sqlserver")
+                    add_virtual(q.directory, vu, vh, virtual.FORWARD_USER, args.forward)
+                else:
+                    add_virtual(q.directory, vu, vh, args.user, args.ext)
+                return _done(q, "virtual %s added" % args.address, hosts_changed=True)
+            if args.action == "del":
+                vu, vh = parse_address(args.address)
+                n = del_virtual(q.directory, vu, vh)
+                if not n:
+                    return _fail("no virtual row for %s" % args.address)
+                return _done(q, "virtual %s deleted" % args.address, hosts_changed=True)
+        except AdminError as e:
+            return _fail(e)
+        _print_rows(list_virtual(q.directory, args.host),
+                    ("virtual_username", "virtual_host", "username", "ext"))
+        return 0
+
+
+def cmd_rcpthost(args):
+    with _session(args) as q:
+        try:
+            if args.action == "add":
+                h = add_rcpthost(q.directory, args.host)
+                return _done(q, "rcpthost %s added" % h, hosts_changed=True)
+            if args.action == "del":
+                if not del_rcpthost(q.directory, args.host):
+                    return _fail("no rcpthost %r" % args.host)
+                return _done(q, "rcpthost %s deleted" % args.host, hosts_changed=True)
+        except AdminError as e:
+            return _fail(e)
+        _print_rows(list_rcpthosts(q.directory), ("host",))
+        return 0
+
+
+def add_commands(sub):
+    """Add mailbox, alias, virtual, rcpthost and sync to the `qmailsql` subparsers."""
+    from qmailsql import sync
+
+    def qdir(p):  # --qmail-dir after the subcommand too; SUPPRESS keeps the global one
+        p.add_argument("--qmail-dir", metavar="DIR", default=argparse.SUPPRESS,
+                       help="qmail home (default: $QMAILSQL_QMAIL_DIR or conf-qmail)")
+
+    s = sub.add_parser("mailbox", help="add, delete or list mailbox rows")
+    a = s.add_subparsers(dest="action", metavar="ACTION")
+    a.required = True
+    p = a.add_parser("add", help="add a mailbox (password from stdin)")
+    p.add_argument("name")
+    p.add_argument("--uid", type=int, required=True)
+    p.add_argument("--gid", type=int, required=True)
+    p.add_argument("--home", required=True, help="absolute path owned by --uid")
+    p.add_argument("--password-type", metavar="SCHEME",
+                   help="hash scheme for the password read from stdin (plain, mysql41, "
+                        "sha512-crypt, ...; default: control/sqlserver's default_scheme)")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password (first line) from stdin")
+    p.add_argument("--suspended", action="store_true")
+    p.add_argument("--replace", action="store_true", help="overwrite an existing mailbox")
+    qdir(p)
+    p = a.add_parser("del", help="delete a mailbox")
+    p.add_argument("name")
+    qdir(p)
+    qdir(a.add_parser("list", help="list mailboxes"))
+    s.set_defaults(func=cmd_mailbox)
+
+    s = sub.add_parser("alias", help="add, delete or list alias rows (dot-qmail lines)")
+    a = s.add_subparsers(dest="action", metavar="ACTION")
+    a.required = True
+    p = a.add_parser("add", help="add a delivery line for USER (and --ext)")
+    p.add_argument("user")
+    p.add_argument("line", help="./Maildir/, /home/u/Mailbox, '|program', &addr or addr@host")
+    p.add_argument("--ext", "--alias", default="",
+                   help="extension: '' is the plain .qmail, default, foo-default, @ ...")
+    qdir(p)
+    p = a.add_parser("del", help="delete USER's rows for --ext (only LINE if given)")
+    p.add_argument("user")
+    p.add_argument("line", nargs="?")
+    p.add_argument("--ext", "--alias", default="")
+    qdir(p)
+    p = a.add_parser("list", help="list alias rows")
+    p.add_argument("user", nargs="?")
+    qdir(p)
+    s.set_defaults(func=cmd_alias)
+
+    s = sub.add_parser("virtual", help="add, delete or list virtual address rows")
+    a = s.add_subparsers(dest="action", metavar="ACTION")
+    a.required = True
+    p = a.add_parser("add", help="map u@host (or @host, the catch-all) to a user")
+    p.add_argument("address")
+    p.add_argument("--user", help="the mailbox/user that gets the mail")
+    p.add_argument("--ext", default="", help="extension appended to --user (e.g. @)")
+    p.add_argument("--forward", metavar="ADDR", help="magic forward to ADDR")
+    qdir(p)
+    p = a.add_parser("del", help="delete the row for u@host (@host: the catch-all)")
+    p.add_argument("address")
+    qdir(p)
+    p = a.add_parser("list", help="list virtual rows")
+    p.add_argument("host", nargs="?")
+    qdir(p)
+    s.set_defaults(func=cmd_virtual)
+
+    s = sub.add_parser("rcpthost", help="add, delete or list extra accepted domains")
+    a = s.add_subparsers(dest="action", metavar="ACTION")
+    a.required = True
+    for name in ("add", "del"):
+        p = a.add_parser(name)
+        p.add_argument("host")
+        qdir(p)
+    qdir(a.add_parser("list"))
+    s.set_defaults(func=cmd_rcpthost)
+
+    s = sub.add_parser("sync", help="write control/virtualdomains and rcpthosts from the DB",
+                       description="Write control/virtualdomains (host:host per virtual "
+                       "host), control/rcpthosts (rcpthosts table + virtual hosts; beyond "
+                       "50 hosts also morercpthosts and morercpthosts.cdb) atomically, only "
+                       "when changed; lines outside the qmailsql block are kept. Then HUP "
+                       "qmail-send ($QMAILSQL_QMAIL_SEND_PID, else svc -h "
+                       "/service/qmail-send).")
+    s.add_argument("--no-reload", action="store_true", help="do not signal qmail-send")
+    qdir(s)
+    s.set_defaults(func=sync.cmd_sync)

@@ -1,0 +1,218 @@
+"""Dot-qmail lines kept in the `alias` table (SPEC section 5).
+
+For qmail-local's (user, dash, ext) the rows are searched in qmail-local's own order
+(qmail-local.c qmesearch()):
+
+  dash '-':  `ext`, then `prefix-default` for every prefix of ext ending in '-', longest
+             first, then `default` (ext '' has no row of its own: stock qmail-local
+             would read `.qmail-`, which the table cannot name; it goes to `default`)
+  dash '':   the user's plain `.qmail`: rows with alias = ''
+
+Only the first level that has rows is used, as qmail-local uses the first file found.
+The `alias` column is compared as qmail-local compares file names: ASCII case ignored
+and '.' equal to ':' (qmail-local lower-cases ext and turns '.' into ':' before it looks
+for `.qmail-ext`), so `John.Smith`, `john.smith` and `john:smith` are one level.
+Trailing spaces are not ignored (the DB collation would pad them; Python filters).
+
+A row is one line: alias_username `.`, `/` or `|` alone -> that character + alias_host
+(`./Maildir/`, `/home/iain/Mailbox`, `|prog`); anything else -> the forward
+`&alias_username@alias_host` (`&alias_username` when alias_host is blank). Rows that
+would make a line qmail-local misreads (both columns blank, a delivery character with
+no target, a newline or NUL) are refused with exit 111: the mail stays queued while the
+row is fixed (the original patch ate such mail).
+
+The wrapper hands the lines to stock qmail-local as aliasempty with dash and ext empty,
+so qmail-local sets EXT..EXT4 to '' and no DEFAULT; program lines are therefore
+rewritten to set EXT, EXT2, EXT3, EXT4 and (for a `-default` level) DEFAULT the way
+qmail-local would have, with single-quote shell quoting:
+
+  |EXT='foo-bar'; EXT2='bar'; EXT3=''; EXT4=''; DEFAULT='bar'; export EXT EXT2 EXT3 EXT4 DEFAULT; prog
+
+Files versus rows: when the table has rows for a user at any level, those rows are
+delivered and dot-qmail files at more specific levels are not consulted (the wrapper
+defers with 111 when ~/.qmail or ~/.qmaildefault exists, because stock qmail-local
+would read those instead of the lines). With no rows, stock qmail-local runs unchanged
+and reads the files as usual.
+"""
+import os
+
+from qmailsql.resolve import ALIAS_USER, EXIT_TEMP, Refusal, shown
+
+SPECIAL = (".", "/", "|")
+
+
+def _b(value):
+    if value is None:
+        return b""
+    return value if isinstance(value, bytes) else os.fsencode(value)
+
+
+def lower_ascii(b):
+    return bytes(c + 32 if 65 <= c <= 90 else c for c in b)
+
+
+def safe(b):
+    """qmail-local's safeext: ASCII lower case, '.' -> ':'."""
+    return lower_ascii(b).replace(b".", b":")
+
+
+def levels(dash, ext):
+    """[(level name as written in ext, safe level, DEFAULT or None)] in search order."""
+    dash, ext = _b(dash), _b(ext)
+    if not dash:
+        return [(b"", b"", None)]
+    sx = safe(ext)
+    out = []
+    if ext:
+        out.append((ext, sx, ext[-7:] if sx.endswith(b"default") else None))
+    for i in range(len(sx), -1, -1):
+        if i == 0 or sx[i - 1:i] == b"-":
+            out.append((ext[:i] + b"default", sx[:i] + b"default", ext[i:]))
+    seen = set()
+    uniq = []
+    for raw, s, default in out:
+        if s not in seen:
+            seen.add(s)
+            uniq.append((raw, s, default))
+    return uniq
+
+
+def fetch(directory, user, names):
+    """alias rows (id, username, alias, alias_username, alias_host) of USER whose alias
+    is one of NAMES (text), in id order; the caller filters exactly."""
+    marks = ",".join(["%s"] * len(names))
+    return directory.query(
+        "SELECT id, username, alias, alias_username, alias_host FROM alias "
+        "WHERE username=%s AND alias IN (" + marks + ") ORDER BY id", [user] + list(names))
+
+
+def _row_text(row):
+    return "alias row id=%s (username=%r, alias=%r, alias_username=%r, alias_host=%r)" % (
+        row[0], row[1], row[2], row[3], row[4])
+
+
+def shell_quote(b):
+    return b"'" + b.replace(b"'", b"'\\''") + b"'"
+
+
+def ext_env(ext, default):
+    """The shell prefix that sets EXT..EXT4 (and DEFAULT) as qmail-local would."""
+    values = [ext]
+    x = ext
+    for _ in range(3):
+        i = x.find(b"-")
+        x = x[i + 1:] if i >= 0 else b""
+        values.append(x)
+    names = [b"EXT", b"EXT2", b"EXT3", b"EXT4"]
+    if default is not None:
+        names.append(b"DEFAULT")
+        values.append(default)
+    return (b"".join(n + b"=" + shell_quote(v) + b"; " for n, v in zip(names, values))
+            + b"export " + b" ".join(names) + b"; ")
+
+
+def line_for(row, ext, default):
+    """The dot-qmail line (bytes, with "\\n") for one alias row; Refusal for a bad row."""
+    au = row[3] if row[3] is not None else ""
+    ah = row[4] if row[4] is not None else ""
+    fix = " WHERE id=%s" % row[0]
+    if au.strip() == "" and ah.strip() == "":
+        raise Refusal(EXIT_TEMP, "misconfigured %s: both alias_username and alias_host blank "
+                      "(an empty dot-qmail line would eat the mail); fix: UPDATE alias SET "
+                      "alias_username='.', alias_host='/Maildir/'%s" % (_row_text(row), fix))
+    if "\n" in au + ah or "\0" in au + ah:
+        raise Refusal(EXIT_TEMP, "misconfigured %s: newline or NUL in alias_username/"
+                      "alias_host; fix: UPDATE alias SET ...%s" % (_row_text(row), fix))
+    key, ah = au.strip(), ah.strip()
+    if key in SPECIAL:
+        if ah == "":
+            raise Refusal(EXIT_TEMP, "misconfigured %s: %r needs the rest of the delivery "
+                          "instruction in alias_host (e.g. '/Maildir/'); fix: UPDATE alias "
+                          "SET alias_host='...'%s" % (_row_text(row), key, fix))
+        line = key.encode("utf-8") + ah.encode("utf-8")
+        if key == "|":
+            if b"\n" in ext or b"\0" in ext:
+                raise Refusal(EXIT_TEMP, "extension %s contains a newline; refusing to pass "
+                              "it to a program" % shown(ext))
+            line = b"|" + ext_env(ext, default) + ah.encode("utf-8")
+        return line + b"\n"
+    if key == "":
+        raise Refusal(EXIT_TEMP, "misconfigured %s: alias_username blank but alias_host set "
+                      "(a forward needs the mailbox part); fix: UPDATE alias SET "
+                      "alias_username='...'%s" % (_row_text(row), fix))
+    target = key + ("@" + ah if ah else "")
+    return b"&" + target.encode("utf-8") + b"\n"
+
+
+def lines_for(directory, user, dash, ext):
+    """(level, DEFAULT, rows) of the first level of USER's rows for (DASH, EXT), or None."""
+    user, dash, ext = _b(user), _b(dash), _b(ext)
+    try:
+        user_t = user.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lv = levels(dash, ext)
+    names = []
+    for raw, s, _ in lv:
+        for variant in (raw, s):
+            try:
+                t = variant.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if t not in names:
+                names.append(t)
+    if not names:
+        return None
+    rows = fetch(directory, user_t, names)
+    rows = [r for r in rows if lower_ascii(_b(r[1])) == lower_ascii(user)]
+    for raw, s, default in lv:
+        here = [r for r in rows if safe(_b(r[2] if r[2] is not None else "")) == s]
+        if here:
+            return s, default, here
+    return None
+
+
+def delivery_lines(directory, config, user, homedir, local, dash, ext, domain):
+    """The body of the daemon's `local` answer: dot-qmail lines, each ending in "\\n",
+    or b"" when the table has no rows (stock qmail-local then runs unchanged).
+
+    Raises Refusal(111, message) for DB trouble or a misconfigured row."""
+    user, local, dash, ext = _b(user), _b(local), _b(dash), _b(ext)
+    try:
+        if config.magic_forwarding:
+            fwd = magic_forward(directory, config, user, local, dash, ext)
+            if fwd is not None:
+                return fwd
+        found = lines_for(directory, user, dash, ext)
+    except Refusal:
+        raise
+    except Exception as e:
+        raise Refusal(EXIT_TEMP, "DB lookup of alias rows failed: %s" % e)
+    if found is None:
+        return b""
+    _, default, rows = found
+    return b"".join(line_for(r, ext, default) for r in rows)
+
+
+def magic_forward(directory, config, user, local, dash, ext):
+    """b"&address\\n" when this is the alias user's delivery of a magic forward (see
+    qmailsql.virtual), else None."""
+    if lower_ascii(user) != ALIAS_USER.encode() or dash != b"-" or ext != local:
+        return None
+    from qmailsql import virtual
+    hit = virtual.match(config, virtual.row_source(directory), local)
+    if hit is None or hit.kind != "forward":
+        return None
+    return b"&" + hit.address + b"\n"
+
+
+def problems(directory):
+    """Alias rows that defer mail (for `qmailsql doctor`), as fix-it sentences."""
+    out = []
+    for row in directory.query("SELECT id, username, alias, alias_username, alias_host "
+                               "FROM alias ORDER BY id"):
+        try:
+            line_for(row, b"", None)
+        except Refusal as r:
+            out.append(r.message)
+    return out

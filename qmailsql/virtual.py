@@ -1,0 +1,343 @@
+"""Virtual domains: the `virtual` table (SPEC section 4 step 1).
+
+`qmailsql sync` writes `H:H` into control/virtualdomains for every virtual host H, so
+qmail-send hands mail for `u@H` to qmail-lspawn as the local part `H-u` (qmail-send's
+rewrite() always joins prefix and address with a literal '-', whatever auto_break is).
+qmail-getpw then sees `H-u` and this module turns it back into `u@H`.
+
+Host: hosts contain dots and dashes, so `a.b-c.com-u` could be `c.com-u@a.b` or
+`u@a.b-c.com`. Every prefix of L that ends just before a '-' is a possible host; the
+known ones (any `virtual` row has that host) are tried longest first and the first
+known host decides: an address that matches no row there is not tried again at a
+shorter host. `ambiguous_hosts()` reports host pairs where this matters.
+
+Rows for `u@H`, first match wins:
+  1. exact: virtual_username equal to u, ignoring ASCII and Unicode case (compared in
+     Python: the DB collation also pads trailing spaces and folds accents, which qmail
+     would not do);
+  2. with funky_queries: LIKE patterns (virtual_username containing an unescaped `%`
+     or `_`; `\\` escapes), most specific first: more literal (non-wildcard)
+     characters first, then fewer `%`, then more `_`, then the pattern's text;
+  3. the catch-all: blank virtual_username (it works with funky_queries too, so the
+     FAQ's "UPDATE virtual SET virtual_username='%' WHERE virtual_username=''" is
+     optional; `%` then outranks the blank row, both catch everything).
+Without funky_queries `%` and `_` are ordinary characters.
+
+A row gives the local part `username` (+ auto_break + `ext` when ext is not blank);
+resolve.Resolver resolves it by the mailbox/passwd steps (the FAQ's `@` ext is an
+ordinary value: `virtual @ '' virtual.com` gives `virtual-@`).
+
+Magic forwarding (magic_forwarding yes): a row whose username is `forward` (any case)
+forwards to the address in its ext. qmail-getpw answers the alias user with dash '-'
+and ext = L (the whole local part, as for an unknown address); qmail-local's request
+for (alias user, local L, ext L) is recognised by aliases.delivery_lines(), which looks
+L up here again and answers the single dot-qmail line `&address`, which stock
+qmail-local forwards. A forward whose target is one of our own virtual addresses and
+that leads back to itself is a loop: `forward_loops()` finds them (doctor) and
+admin refuses to create one.
+
+An address at a known host that matches no row goes to the alias user with ext = L:
+stock qmail-local bounces it "no mailbox here by that name" unless the alias user has
+a default; it is never relayed.
+"""
+import re
+from collections import namedtuple
+
+from qmailsql.resolve import EXIT_TEMP, Refusal, shown
+
+HOST_SEP = b"-"       # qmail-send.c rewrite(): prefix + "-" + address
+FORWARD_USER = "forward"
+MAX_HOST = 255        # virtual.virtual_host is VARCHAR(255)
+MAX_PREFIXES = 64     # at most this many host guesses per local part
+
+Row = namedtuple("Row", "username ext virtual_username virtual_host")
+# kind: "local" (deliver to target), "forward" (to address), "nomatch" (alias user)
+Match = namedtuple("Match", "kind host user row target address")
+
+
+def _text(b):
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def splits(local):
+    """(host, user) text pairs for every prefix of LOCAL ending just before a '-',
+    longest host first. A host that is not UTF-8 cannot be in the table and is left
+    out; a user part that is not UTF-8 is None (only a blank catch-all can take it)."""
+    out = []
+    end = min(len(local), MAX_HOST + 1)
+    for p in range(end - 1, 0, -1):
+        if local[p:p + 1] == HOST_SEP:
+            host = _text(local[:p])
+            if host is not None:
+                out.append((host, _text(local[p + 1:])))
+                if len(out) >= MAX_PREFIXES:
+                    break
+    return out
+
+
+# --------------------------------------------------------------------- patterns
+
+def is_pattern(value):
+    """True if VALUE has an unescaped LIKE wildcard (`%` or `_`)."""
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c in "%_":
+            return True
+        i += 1
+    return False
+
+
+def _pattern_parts(pattern):
+    """(regex, literal count, '%' count, '_' count) of a LIKE pattern, `\\` escaping."""
+    rx = []
+    literal = percent = under = 0
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            rx.append(re.escape(pattern[i + 1]))
+            literal += 1
+            i += 2
+            continue
+        if c == "%":
+            rx.append(".*")
+            percent += 1
+        elif c == "_":
+            rx.append(".")
+            under += 1
+        else:
+            rx.append(re.escape(c))
+            literal += 1
+        i += 1
+    return "".join(rx), literal, percent, under
+
+
+def like(pattern, value):
+    """SQL LIKE, case-insensitive, no padding (what MariaDB's LIKE does here)."""
+    rx = _pattern_parts(pattern.lower())[0]
+    return re.fullmatch(rx, value.lower(), re.S) is not None
+
+
+def specificity(pattern):
+    """Sort key of a LIKE pattern: most specific first (see the module docstring)."""
+    _, literal, percent, under = _pattern_parts(pattern)
+    return (-literal, percent, -under, pattern)
+
+
+def _blank(value):
+    return value is None or str(value).strip() == ""
+
+
+def _same(a, b):
+    return a is not None and b is not None and a.lower() == b.lower()
+
+
+def choose(rows, host, user, funky):
+    """The row that takes USER@HOST among ROWS (any rows; filtered here), or None."""
+    here = [r for r in rows if _same(r.virtual_host, host)]
+    if user is None:  # not UTF-8: no name or pattern in the table can be it
+        blank = [r for r in here if _blank(r.virtual_username)]
+        return blank[0] if blank else None
+    if user != "":
+        exact = [r for r in here if not _blank(r.virtual_username)
+                 and _same(r.virtual_username, user)]
+        if exact:
+            return exact[0]
+    if funky:
+        pats = [r for r in here if r.virtual_username and is_pattern(r.virtual_username)
+                and like(r.virtual_username, user)]
+        if pats:
+            return min(pats, key=lambda r: specificity(r.virtual_username))
+    blank = [r for r in here if _blank(r.virtual_username)]
+    return blank[0] if blank else None
+
+
+# --------------------------------------------------------------------- the DB side
+
+def fetch(directory, pairs, funky):
+    """(known hosts, candidate rows) for the (host, user) PAIRS, in one query.
+
+    known hosts: lower-cased hosts among PAIRS that have any row at all. Candidate
+    rows: rows at those hosts whose virtual_username may take the user (equal, blank,
+    or with FUNKY a LIKE pattern that matches); choose() makes the final decision."""
+    if not pairs:
+        return set(), []
+    hosts = list(dict.fromkeys(h for h, _ in pairs))
+    users = list(dict.fromkeys(u for _, u in pairs if u))
+    params = []
+    parts = []
+    for h in hosts:
+        # one index probe per guess; the shortest spelling first (trailing-space
+        # variants are equal under the collation but not to qmail)
+        parts.append("(SELECT 0, virtual_host, '', '', '' FROM virtual WHERE virtual_host=%s "
+                     "ORDER BY CHAR_LENGTH(virtual_host) LIMIT 1)")
+        params.append(h)
+    marks = ",".join(["%s"] * len(hosts))
+    cond = "virtual_username IN (" + ",".join(["%s"] * (len(users) + 1)) + ")"
+    cparams = users + [""]
+    if funky:
+        for h, u in pairs:
+            if u is None:
+                continue
+            cond += " OR (virtual_host=%s AND %s LIKE virtual_username)"
+            cparams += [h, u]
+    parts.append("(SELECT 1, virtual_host, username, ext, virtual_username FROM virtual "
+                 "WHERE virtual_host IN (" + marks + ") AND (" + cond + "))")
+    params += hosts + cparams
+    rows = directory.query(" UNION ALL ".join(parts), params)
+    known = set()
+    out = []
+    for kind, vhost, username, ext, vuser in rows:
+        if kind == 0:
+            known.add(vhost.lower())
+        else:
+            out.append(Row(username, ext, vuser, vhost))
+    return known, out
+
+
+def row_source(directory):
+    """A `virtual_rows(pairs, funky)` callable for resolve.Resolver over DIRECTORY."""
+    def virtual_rows(pairs, funky):
+        return fetch(directory, pairs, funky)
+    return virtual_rows
+
+
+def all_rows(directory):
+    return [Row(*r) for r in directory.query(
+        "SELECT username, ext, virtual_username, virtual_host FROM virtual ORDER BY id")]
+
+
+# --------------------------------------------------------------------- resolution
+
+def match(config, virtual_rows, local, say=lambda line: None):
+    """Step 1 for LOCAL (bytes): None (not at a virtual host) or a Match.
+
+    Raises Refusal(111) for DB trouble or a misconfigured row."""
+    pairs = splits(local)
+    if not pairs:
+        return None
+    try:
+        known, rows = virtual_rows(pairs, config.funky_queries)
+    except Refusal:
+        raise
+    except Exception as e:  # DB trouble: the mail waits
+        raise Refusal(EXIT_TEMP, "DB lookup of virtual hosts failed: %s" % e)
+    for host, user in pairs:
+        if host.lower() not in known:
+            continue
+        say("virtual: %s starts with virtual host %r; looking up %r@%s"
+            % (shown(local), host, user, host))
+        row = choose(rows, host, user, config.funky_queries)
+        if row is None:
+            say("virtual: no row for %r@%s (no exact, pattern or catch-all row)"
+                % (user, host))
+            return Match("nomatch", host, user, None, None, None)
+        return from_row(config, row, host, user, say)
+    return None
+
+
+def from_row(config, row, host, user, say=lambda line: None):
+    where = "virtual row (username=%r, ext=%r, virtual_username=%r, virtual_host=%r)" % (
+        row.username, row.ext, row.virtual_username, row.virtual_host)
+    if _blank(row.username):
+        raise Refusal(EXIT_TEMP, "misconfigured %s: blank username; fix: UPDATE virtual SET "
+                      "username='...' WHERE virtual_host=%r AND virtual_username=%r"
+                      % (where, row.virtual_host, row.virtual_username))
+    if config.magic_forwarding and row.username.strip().lower() == FORWARD_USER:
+        address = (row.ext or "").strip()
+        if not address or any(c in address for c in "\n\r\0 \t"):
+            raise Refusal(EXIT_TEMP, "misconfigured %s: a magic forward needs one address in "
+                          "ext; fix: UPDATE virtual SET ext='user@example.com' WHERE "
+                          "virtual_host=%r AND virtual_username=%r"
+                          % (where, row.virtual_host, row.virtual_username))
+        say("virtual: %s: magic forward to %s" % (where, address))
+        return Match("forward", host, user, row, None, address.encode("utf-8"))
+    target = row.username.strip().encode("utf-8")
+    if not _blank(row.ext):
+        target += config.auto_break + row.ext.encode("utf-8")
+    if b"\0" in target or b"\n" in target:
+        raise Refusal(EXIT_TEMP, "misconfigured %s: NUL or newline in username/ext" % where)
+    say("virtual: %s: local part %r" % (where, target.decode("utf-8")))
+    return Match("local", host, user, row, target, None)
+
+
+# --------------------------------------------------------------------- checks (doctor)
+
+def _split_address(address):
+    at = address.rfind("@")
+    if at < 0:
+        return None, None
+    return address[:at], address[at + 1:]
+
+
+def find_forward_loops(rows, funky=False):
+    """Loops among magic forwards in ROWS (Row tuples): a list of lists of addresses,
+    each loop once, starting at its smallest address."""
+    hosts = {r.virtual_host.lower() for r in rows if r.virtual_host}
+    loops = {}
+    for start in rows:
+        if (start.username or "").strip().lower() != FORWARD_USER:
+            continue
+        chain = []
+        row = start
+        while row is not None and (row.username or "").strip().lower() == FORWARD_USER:
+            addr = ("%s@%s" % (row.virtual_username, row.virtual_host)).lower()
+            if addr in chain:
+                loop = chain[chain.index(addr):]
+                k = loop.index(min(loop))
+                loop = loop[k:] + loop[:k]
+                loops[tuple(loop)] = loop
+                break
+            chain.append(addr)
+            user, host = _split_address((row.ext or "").strip())
+            if host is None or host.lower() not in hosts:
+                break
+            row = choose(rows, host, user, funky)
+    return [loops[k] for k in sorted(loops)]
+
+
+def forward_loops(directory, funky=None):
+    """Magic-forward loops in the DB (see find_forward_loops), for `qmailsql doctor`."""
+    if funky is None:
+        funky = directory.config.funky_queries
+    return find_forward_loops(all_rows(directory), funky)
+
+
+def ambiguous_hosts(hosts):
+    """Pairs (short, long) of virtual hosts where long starts with short + '-':
+    `x-u@short` and `u@long` reach qmail-getpw as the same local part."""
+    hs = sorted({h.lower() for h in hosts})
+    return [(a, b) for a in hs for b in hs if b.startswith(a + "-")]
+
+
+def problems(directory, config=None):
+    """Human-readable virtual-table problems for `qmailsql doctor` (empty list: none)."""
+    config = config or directory.config
+    rows = all_rows(directory)
+    out = []
+    for r in rows:
+        addr = "%s@%s" % (r.virtual_username, r.virtual_host)
+        if _blank(r.username):
+            out.append("virtual row %s has a blank username; mail to it is deferred" % addr)
+        if not config.funky_queries and r.virtual_username and is_pattern(r.virtual_username):
+            out.append("virtual row %s looks like a LIKE pattern but funky_queries is off: it "
+                       "only matches that literal name; set `funky_queries yes` in "
+                       "control/sqlserver or use a blank virtual_username for a catch-all"
+                       % addr)
+        if (r.username or "").strip().lower() == FORWARD_USER:
+            if config.magic_forwarding and _blank(r.ext):
+                out.append("virtual row %s is a magic forward with a blank ext (the target "
+                           "address); mail to it is deferred" % addr)
+    for loop in find_forward_loops(rows, config.funky_queries):
+        out.append("magic-forward loop: %s -> %s" % (" -> ".join(loop), loop[0]))
+    for a, b in ambiguous_hosts({r.virtual_host for r in rows}):
+        out.append("virtual hosts %s and %s overlap: mail for x-u@%s is read as u@%s "
+                   "(longest host wins)" % (a, b, a, b))
+    return out

@@ -1,0 +1,232 @@
+"""Alias-table deliveries (SPEC section 5): aliases.delivery_lines and its parts."""
+import dataclasses
+import os
+import subprocess
+
+import pytest
+
+from qmailsql import aliases
+from qmailsql import config as configmod
+from qmailsql import db as dbmod
+from qmailsql.resolve import Refusal
+
+
+def arow(q, username, alias, au, ah):
+    q.directory.query("INSERT INTO alias (username, alias, alias_username, alias_host) "
+                      "VALUES (%s,%s,%s,%s)", (username, alias, au, ah), write=True)
+
+
+def lines(q, user, dash, ext, local=None, config=None):
+    local = local if local is not None else user + dash + ext
+    return aliases.delivery_lines(q.directory, config or q.config, user.encode(), b"/home/x",
+                                  local.encode(), dash.encode(), ext.encode(), b"example.com")
+
+
+# ------------------------------------------------------------------ search order
+
+def names(dash, ext):
+    return [(s.decode(), None if d is None else d.decode()) for _, s, d in
+            aliases.levels(dash.encode(), ext.encode())]
+
+
+def test_levels_follow_qmail_local():
+    # qmail-local.c's own comment: "-/" "a-b-c": "-/a-b-c" "-/a-b-default" "-/a-default" ...
+    assert names("-", "a-b-c") == [("a-b-c", None), ("a-b-default", "c"),
+                                   ("a-default", "b-c"), ("default", "a-b-c")]
+    assert names("-", "a-") == [("a-", None), ("a-default", ""), ("default", "a-")]
+    assert names("-", "a") == [("a", None), ("default", "a")]
+    assert names("", "") == [("", None)]
+    assert names("-", "") == [("default", "")]
+
+
+def test_levels_case_and_dots():
+    assert names("-", "John.Smith-X") == [("john:smith-x", None), ("john:smith-default", "X"),
+                                          ("default", "John.Smith-X")]
+    raw = [r for r, _, _ in aliases.levels(b"-", b"John.Smith-X")]
+    assert raw == [b"John.Smith-X", b"John.Smith-default", b"default"]
+
+
+def test_levels_ext_ending_in_default():
+    assert names("-", "foo-default") == [("foo-default", "default"), ("default",
+                                                                      "foo-default")]
+
+
+# ------------------------------------------------------------------ lines of a row
+
+def L(au, ah, ext=b"", default=None):
+    return aliases.line_for((7, "u", "", au, ah), ext, default)
+
+
+def test_line_kinds():
+    assert L("/", "home/iain/Mailbox") == b"/home/iain/Mailbox\n"
+    assert L(".", "/Maildir/") == b"./Maildir/\n"
+    assert L("address", "external.com") == b"&address@external.com\n"
+    assert L("bob", "") == b"&bob\n"
+    assert L(".x", "h.org") == b"&.x@h.org\n"       # not alone: an address
+    assert L("|", "/usr/bin/prog a") == (b"|EXT=''; EXT2=''; EXT3=''; EXT4=''; "
+                                         b"export EXT EXT2 EXT3 EXT4; /usr/bin/prog a\n")
+
+
+@pytest.mark.parametrize("au,ah,why", [
+    ("", "", "both alias_username and alias_host blank"),
+    ("  ", " ", "both alias_username and alias_host blank"),
+    ("|", "", "needs the rest"), (".", "", "needs the rest"), ("/", " ", "needs the rest"),
+    ("", "external.com", "alias_username blank"),
+    ("a\nb", "h", "newline"), ("|", "prog\n|rm -rf /", "newline"), (".", "/Mail\0", "NUL"),
+])
+def test_bad_rows_defer(au, ah, why):
+    with pytest.raises(Refusal) as e:
+        L(au, ah)
+    assert e.value.code == 111
+    assert why in e.value.message
+    assert "id=7" in e.value.message
+
+
+def test_program_line_env_values():
+    line = L("|", "prog", b"foo-bar-baz-qux-quux", b"qux-quux")
+    assert line == (b"|EXT='foo-bar-baz-qux-quux'; EXT2='bar-baz-qux-quux'; "
+                    b"EXT3='baz-qux-quux'; EXT4='qux-quux'; DEFAULT='qux-quux'; "
+                    b"export EXT EXT2 EXT3 EXT4 DEFAULT; prog\n")
+
+
+def test_program_line_refuses_newline_in_ext():
+    with pytest.raises(Refusal) as e:
+        L("|", "prog", b"a\n|evil", None)
+    assert e.value.code == 111
+
+
+HOSTILE = b"it's-$(touch /tmp/qs-pwned)-`id`-\"q\" \\ *-x"
+
+
+def test_program_line_quoting_survives_sh(tmp_path):
+    """The line as /bin/sh -c runs it (qmail-local's mailprogram): the program sees
+    the values exactly, and nothing in them is executed."""
+    default = HOSTILE[3:]
+    line = L("|", 'printf "%s\\0" "$EXT" "$EXT2" "$EXT3" "$EXT4" "$DEFAULT"', HOSTILE, default)
+    assert line.startswith(b"|") and line.endswith(b"\n")
+    env = {"PATH": "/usr/bin:/bin", "EXT": "", "EXT2": "", "EXT3": "", "EXT4": ""}
+    r = subprocess.run(["/bin/sh", "-c", line[1:-1]], env=env, capture_output=True,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    parts = r.stdout.split(b"\0")[:-1]
+    assert parts == [HOSTILE, b"$(touch /tmp/qs-pwned)-`id`-\"q\" \\ *-x",
+                     b"pwned)-`id`-\"q\" \\ *-x", b"`id`-\"q\" \\ *-x", default]
+    assert not os.path.exists("/tmp/qs-pwned")
+
+
+def test_program_line_exports_to_child(tmp_path):
+    line = L("|", "sh -c 'echo \"$EXT/$EXT2/$DEFAULT\"'", b"a-b", b"b")
+    r = subprocess.run(["/bin/sh", "-c", line[1:-1]], env={"PATH": "/usr/bin:/bin"},
+                       capture_output=True)
+    assert r.stdout == b"a-b/b/b\n"
+
+
+# ------------------------------------------------------------------ against the DB
+
+def test_faq_mailbox_delivery(db):
+    arow(db, "iain", "", "/", "home/iain/Mailbox")
+    assert lines(db, "iain", "", "") == b"/home/iain/Mailbox\n"
+
+
+def test_faq_slowlaris(db):
+    arow(db, "iain", "slowlaris", ".", "/Maildir/")
+    assert lines(db, "iain", "-", "slowlaris") == b"./Maildir/\n"
+    assert lines(db, "iain", "-", "SlowLaris") == b"./Maildir/\n"
+    assert lines(db, "iain", "", "") == b""
+    assert lines(db, "iain", "-", "other") == b""
+    assert lines(db, "iainx", "-", "slowlaris") == b""
+
+
+def test_faq_virtual_catchall_alias(db):
+    arow(db, "virtual", "@", ".", "/Maildir/")
+    assert lines(db, "virtual", "-", "@", local="virtual.com-joe") == b"./Maildir/\n"
+
+
+def test_faq_old_style_forward(db):
+    arow(db, "forward", "", "address", "external.com")
+    assert lines(db, "forward", "", "") == b"&address@external.com\n"
+
+
+def test_first_level_only_and_row_order(db):
+    arow(db, "u", "default", ".", "/Maildir/")
+    arow(db, "u", "foo-default", "a", "one.org")
+    arow(db, "u", "foo-bar", "b", "two.org")
+    arow(db, "u", "foo-bar", "c", "")
+    assert lines(db, "u", "-", "foo-bar") == b"&b@two.org\n&c\n"
+    assert lines(db, "u", "-", "foo-baz") == b"&a@one.org\n"
+    assert lines(db, "u", "-", "zap") == b"./Maildir/\n"
+    assert lines(db, "u", "-", "") == b"./Maildir/\n"
+    assert lines(db, "u", "", "") == b""
+
+
+def test_default_program_sees_default(db):
+    arow(db, "u", "list-default", "|", "/usr/bin/handle")
+    assert lines(db, "u", "-", "list-Join-me") == (
+        b"|EXT='list-Join-me'; EXT2='Join-me'; EXT3='me'; EXT4=''; DEFAULT='Join-me'; "
+        b"export EXT EXT2 EXT3 EXT4 DEFAULT; /usr/bin/handle\n")
+
+
+def test_dots_and_colons_are_one_level(db):
+    arow(db, "u", "john.smith", ".", "/a/")
+    arow(db, "u", "jane:doe", ".", "/b/")
+    assert lines(db, "u", "-", "John.Smith") == b"./a/\n"
+    assert lines(db, "u", "-", "jane.doe") == b"./b/\n"
+
+
+def test_padded_alias_is_not_the_level(db):
+    arow(db, "u", "foo ", ".", "/pad/")
+    arow(db, "u", "default", ".", "/d/")
+    assert lines(db, "u", "-", "foo") == b"./d/\n"
+
+
+def test_blank_row_defers_not_eaten(db):
+    arow(db, "u", "x", ".", "/Maildir/")
+    arow(db, "u", "x", "", "")
+    with pytest.raises(Refusal) as e:
+        lines(db, "u", "-", "x")
+    assert e.value.code == 111
+    assert "both alias_username and alias_host blank" in e.value.message
+    assert "UPDATE alias SET" in e.value.message
+    assert aliases.problems(db.directory) and "blank" in aliases.problems(db.directory)[0]
+
+
+def test_hostile_ext_values(db):
+    arow(db, "u", "default", ".", "/d/")
+    for ext in ("o'brien", "a\\b", "100%", "x_y", "' OR 1=1 -- ", "%"):
+        assert lines(db, "u", "-", ext) == b"./d/\n"
+    arow(db, "u", "100%", ".", "/p/")
+    assert lines(db, "u", "-", "100%") == b"./p/\n"
+    assert lines(db, "u", "-", "100x") == b"./d/\n"     # '%' is no wildcard here
+
+
+def test_non_utf8_ext_still_finds_default(db):
+    arow(db, "u", "a-default", ".", "/a/")
+    got = aliases.delivery_lines(db.directory, db.config, b"u", b"/h", b"u-a-\xff", b"-",
+                                 b"a-\xff", b"h")
+    assert got == b"./a/\n"
+
+
+def test_magic_forward_lines(db):
+    cfg = dataclasses.replace(db.config, magic_forwarding=True)
+    db.directory.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
+                       "VALUES ('forward', 'popaccount@hotmail.com', 'user', 'virtual.com')",
+                       write=True)
+    arow(db, "alias", "default", ".", "/catchall/")
+    L_ = "virtual.com-user"
+    assert lines(db, "alias", "-", L_, local=L_, config=cfg) == b"&popaccount@hotmail.com\n"
+    # only the alias user's fall-back delivery of that very local part
+    assert lines(db, "alias", "-", "x-" + L_, local="alias-x-" + L_, config=cfg) == \
+        b"./catchall/\n"
+    assert lines(db, "alias", "-", L_, local=L_, config=db.config) == b"./catchall/\n"
+    other = "virtual.com-other"
+    assert lines(db, "alias", "-", other, local=other, config=cfg) == b"./catchall/\n"
+
+
+def test_db_down_is_111(sandbox):
+    cfg = dataclasses.replace(configmod.load(str(sandbox)),
+                              servers=[configmod.Server(socket="/nonexistent/mysql.sock")],
+                              connect_timeout=1)
+    d = dbmod.Directory(cfg)
+    with pytest.raises(Refusal) as e:
+        aliases.delivery_lines(d, cfg, b"u", b"/h", b"u-x", b"-", b"x", b"h")
+    assert e.value.code == 111
