@@ -1,0 +1,479 @@
+"""Who may read mail: the daemon's side of checkpassword (SPEC section 6).
+
+The contract for qmailsqld (its ``auth`` command, run in a thread pool because a
+slow hash must not stall deliveries)::
+
+    payload = auth.response(directory, config, login, password, remoteip)
+
+returns the complete response payload of csrc/PROTOCOL.md and never raises:
+
+* ``0\\0user\\0uid\\0gid\\0home\\0shell\\0``  login accepted (shell is empty: the
+  mailbox table has no shell column, checkpassword then sets ``/bin/sh``);
+* ``1\\0reason``   login refused (bad login or password, suspended, empty stored
+  password, uid 0, a stored value of the wrong shape, too many failures);
+* ``111\\0reason`` temporary trouble (DB down, a misconfigured row, a bug).
+
+It logs one line per attempt through ``log`` (default: ``directory.log``), with the
+reason, never the password. Underneath, :func:`authenticate` returns
+``(user, uid, gid, home, shell)`` or raises :class:`LoginRefused` (status 1) or
+``resolve.Refusal(111, reason)``.
+
+What it does, in order:
+
+1. The failed-login :class:`Limiter` (per login and per remote address): a login or
+   address with too many recent failures is refused at once ("too many failures").
+2. ``user@host`` logins are resolved through the ``virtual`` table (the exact
+   ``virtual_username`` at ``virtual_host``, never a catch-all), then one
+   parameterised query fetches the mailbox row; usernames are compared lower-cased
+   in Python, because the column's collation folds case and pads spaces.
+3. Every refusal costs about what a wrong password costs: a row that can verify is
+   verified (even when it is suspended or uid 0, and the answer is thrown away);
+   unknown logins and unusable rows spend the time in ``passwords.dummy_verify``.
+4. Opt-in rehash (``rehash yes`` in control/sqlserver): after a successful login
+   with a weak stored hash, the row gets ``hash_password(default_scheme, password)``
+   through the write server, guarded so that a concurrent change is not overwritten.
+   A failed rehash is logged and the login still succeeds.
+
+Nothing here is cached: every login asks the DB.
+"""
+import os
+import re
+import threading
+import time
+from collections import deque
+
+from qmailsql import passwords
+from qmailsql.resolve import EXIT_TEMP, Refusal, pick_row, shown
+
+__all__ = ["LoginRefused", "NoSuchMailbox", "Limiter", "LIMITER", "authenticate", "response",
+           "set_password", "MAX_LOGIN", "MAX_PASSWORD"]
+
+EXIT_REFUSED = 1
+
+# checkpassword delivers at most 512 bytes of login + password; a direct request to
+# the daemon could send 64 kB. SHA-crypt's cost grows with the password's length, so
+# absurd sizes are refused before anything is looked up or hashed (the answer does
+# not depend on the login, so it tells nothing).
+MAX_LOGIN = 1024
+MAX_PASSWORD = 1024
+
+class LoginRefused(Refusal):
+    """Bad login: status 1. `reason` (also `.message`) is for the log; the POP3/IMAP
+    client never sees it. A Refusal with code 1, so a caller that only knows
+    resolve.Refusal still answers status 1."""
+
+    def __init__(self, reason):
+        Refusal.__init__(self, EXIT_REFUSED, reason)
+        self.reason = reason
+
+
+class NoSuchMailbox(Exception):
+    """`qmailsql passwd` was given a user the mailbox table does not have."""
+
+
+# ---------------------------------------------------------------- failed-login limiter
+
+class _Record:
+    __slots__ = ("failures", "blocked_until", "strikes")
+
+    def __init__(self):
+        self.failures = deque()  # (time, login) of recent failures
+        self.blocked_until = 0.0
+        self.strikes = 0
+
+
+class Limiter:
+    """Refuses logins and remote addresses with too many recent failures.
+
+    Failures are counted per login and per remote address (when known).
+    `max_failures` failures of one key within `window` seconds block that key for a
+    back-off that starts at `base_delay` and doubles with each further block, capped
+    at `max_delay` seconds. While failures keep coming inside the window, each new
+    failure after a block has ended blocks again (longer); a window with no failure
+    forgets the key. Attempts refused by the limiter are not failures themselves, so
+    nobody can keep a user locked out for longer than `max_delay` at a time.
+
+    A successful login forgets that login's record, and at its address only that
+    login's failures (a user's own typos are forgiven; an attacker's successful login
+    to their own account does not wipe the count of their guesses at others).
+
+    In memory, thread-safe, bounded to `max_keys` keys. `clock` (default
+    time.monotonic) is injectable for tests.
+    """
+
+    def __init__(self, max_failures=5, window=300.0, base_delay=5.0, max_delay=60.0,
+                 clock=time.monotonic, max_keys=100000):
+        if max_failures < 1 or window <= 0 or base_delay <= 0 or max_delay < base_delay:
+            raise ValueError("bad limiter settings")
+        self.max_failures = max_failures
+        self.window = window
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.clock = clock
+        self.max_keys = max_keys
+        self._records = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _keys(login, remoteip):
+        keys = [("login", login)]
+        if remoteip:
+            keys.append(("ip", remoteip))
+        return keys
+
+    def _fresh(self, key, now):
+        """The record for KEY with failures older than the window dropped (or None)."""
+        rec = self._records.get(key)
+        if rec is None:
+            return None
+        while rec.failures and rec.failures[0][0] <= now - self.window:
+            rec.failures.popleft()
+        if not rec.failures and rec.blocked_until <= now:
+            del self._records[key]
+            return None
+        return rec
+
+    def blocked(self, login, remoteip=""):
+        """(("login"|"ip", value), seconds left) if LOGIN or REMOTEIP is blocked, else None."""
+        now = self.clock()
+        with self._lock:
+            for key in self._keys(login, remoteip):
+                rec = self._fresh(key, now)
+                if rec is not None and rec.blocked_until > now:
+                    return key, rec.blocked_until - now
+        return None
+
+    def failure(self, login, remoteip=""):
+        """Count a failed login; returns [(key, delay)] for the keys blocked by it."""
+        now = self.clock()
+        started = []
+        with self._lock:
+            for key in self._keys(login, remoteip):
+                rec = self._fresh(key, now)
+                if rec is None:
+                    if len(self._records) >= self.max_keys:
+                        self._sweep(now)
+                    rec = self._records[key] = _Record()
+                rec.failures.append((now, login))
+                while len(rec.failures) > self.max_failures:
+                    rec.failures.popleft()
+                if len(rec.failures) >= self.max_failures and rec.blocked_until <= now:
+                    delay = min(self.max_delay, self.base_delay * (2 ** min(rec.strikes, 30)))
+                    rec.blocked_until = now + delay
+                    rec.strikes += 1
+                    started.append((key, delay))
+        return started
+
+    def success(self, login, remoteip=""):
+        """LOGIN logged in (from REMOTEIP): forget its failures."""
+        with self._lock:
+            self._records.pop(("login", login), None)
+            if remoteip:
+                rec = self._records.get(("ip", remoteip))
+                if rec is not None:
+                    rec.failures = deque(f for f in rec.failures if f[1] != login)
+                    if not rec.failures:
+                        del self._records[("ip", remoteip)]
+
+    def _sweep(self, now):
+        for key in list(self._records):
+            self._fresh(key, now)
+        if len(self._records) >= self.max_keys:  # still full: forget the stalest half
+            def last(k):
+                rec = self._records[k]
+                return rec.failures[-1][0] if rec.failures else rec.blocked_until
+            stale = sorted(self._records, key=last)
+            for key in stale[:len(stale) // 2 + 1]:
+                del self._records[key]
+
+    def __len__(self):
+        return len(self._records)
+
+
+LIMITER = Limiter()  # the daemon's, shared by its worker threads
+
+
+# ---------------------------------------------------------------- helpers
+
+def _text(value, what):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise LoginRefused("%s is not valid UTF-8" % what)
+    raise TypeError("%s must be bytes or str, not %s" % (what, type(value).__name__))
+
+
+def _bytes(value):
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError("password must be bytes or str, not %s" % type(value).__name__)
+
+
+def _show(text, limit=64):
+    """LOGIN for a log line: printable, one line, short."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogateescape")
+    return shown(text, limit)
+
+
+def _ip(remoteip):
+    if remoteip is None:
+        return ""
+    if isinstance(remoteip, (bytes, bytearray, memoryview)):
+        remoteip = bytes(remoteip).decode("latin-1")
+    return remoteip.strip()[:64]
+
+
+# crypt(3) hashes of a shape that can verify: a refusal of such a row is a wrong
+# password, no need to ask check_stored (which would cost one more hash).
+_C = "[./0-9A-Za-z]"
+_WELL_FORMED_CRYPT = re.compile(
+    r"\A(?:\$6\$(?:rounds=[0-9]+\$)?{c}{{1,16}}\${c}{{86}}"
+    r"|\$5\$(?:rounds=[0-9]+\$)?{c}{{1,16}}\${c}{{43}}"
+    r"|\$2[aby]\$[0-9]{{2}}\${c}{{53}}"
+    r"|\$y\${c}+\${c}+\${c}{{43}}"
+    r"|\$1\${c}{{1,8}}\${c}{{22}}"
+    r"|{c}{{13}})\Z".format(c=_C))
+
+
+def _shape_problem(password_type, stored):
+    """What is wrong with the row's stored password, or None (cheap for good shapes)."""
+    if (isinstance(password_type, str) and password_type.strip().lower() == "crypt-password"
+            and isinstance(stored, str) and _WELL_FORMED_CRYPT.match(stored)):
+        return None
+    try:
+        return passwords.check_stored(password_type, stored)
+    except Exception as e:  # a diagnosis must never turn a refusal into trouble
+        return "cannot check the stored password: %s" % e
+
+
+# ---------------------------------------------------------------- lookups
+
+_MAILBOX_SQL = ("SELECT username, uid, gid, home, password, password_type, suspended "
+                "FROM mailbox WHERE username IN (%s)")
+
+
+def _virtual_names(directory, config, local, host, note):
+    """Mailbox names a `local@host` login may mean, best first: only the exact
+    virtual_username at virtual_host counts (never a pattern or the catch-all).
+    Uses qmailsql.virtual's query and row rules (a blank username is a
+    misconfiguration: Refusal 111)."""
+    from qmailsql import virtual
+    _, rows = virtual.fetch(directory, [(host, local)], False)
+    exact = [r for r in rows if isinstance(r.virtual_username, str)
+             and isinstance(r.virtual_host, str) and r.virtual_username.strip() != ""
+             and r.virtual_username.lower() == local and r.virtual_host.lower() == host]
+    if not exact:
+        return []
+    match = virtual.from_row(config, exact[0], host, local)
+    if match.kind != "local":
+        note.append("%s@%s is a magic forward, not a mailbox" % (local, host))
+        return []
+    # mail to local@host goes to the local part username[-ext]; a login reads the
+    # mailbox that mail is delivered to: the user named username-ext if there is
+    # one, else username (what qmail-getpw's longest-first rule picks)
+    names = [match.target.decode("utf-8").lower()]
+    base = exact[0].username.strip().lower()
+    if base not in names:
+        names.append(base)
+    return names
+
+
+def _lookup(directory, config, login):
+    """(mailbox row or None, notes). Raises for DB trouble."""
+    note = []
+    names = []
+    if "@" in login:
+        local, _, host = login.rpartition("@")
+        if local and host:
+            names = _virtual_names(directory, config, local, host, note)
+            if names:
+                note.append("via virtual: %s" % " or ".join(names))
+    if login not in names:
+        names.append(login)  # a plain login, or a mailbox literally named user@host
+    rows = directory.query(_MAILBOX_SQL % ",".join(["%s"] * len(names)), names)
+    for name in names:
+        row = pick_row(rows, name)
+        if row is not None:
+            return row, note
+    return None, note
+
+
+# ---------------------------------------------------------------- authenticate
+
+def authenticate(directory, config, login, password, remoteip="", log=None, limiter=None):
+    """(user, uid, gid, home, shell) for a correct LOGIN and PASSWORD.
+
+    Raises LoginRefused (status 1) for a bad login, resolve.Refusal(111, reason) for
+    trouble (DB down, misconfigured row). LOGIN, PASSWORD and REMOTEIP may be bytes
+    or str. Only side events are logged here (limiter blocks, malformed stored
+    passwords, rehash); the outcome is the caller's to log (response() does)."""
+    log = log or getattr(directory, "log", None) or (lambda msg: None)
+    limiter = LIMITER if limiter is None else limiter
+    scheme = getattr(config, "default_scheme", "sha512-crypt") or "sha512-crypt"
+    password = _bytes(password)
+    ip = _ip(remoteip)
+    if len(login) > MAX_LOGIN or len(password) > MAX_PASSWORD:
+        raise LoginRefused("login or password longer than %d bytes" % MAX_LOGIN)
+    try:
+        name = _text(login, "login").lower()
+    except LoginRefused:
+        passwords.dummy_verify(password, scheme)
+        raise
+    hit = limiter.blocked(name, ip)
+    if hit is not None:
+        (kind, value), left = hit
+        raise LoginRefused("too many failures (%s %s blocked for %.0f more s)"
+                           % (kind, _show(value), max(left, 1)))
+
+    def refuse(reason):
+        for (kind, value), delay in limiter.failure(name, ip):
+            log("auth limiter: %s %s blocked for %.0f s after %d failures in %.0f s"
+                % (kind, _show(value), delay, limiter.max_failures, limiter.window))
+        raise LoginRefused(reason)
+
+    if not name or "\0" in name:
+        passwords.dummy_verify(password, scheme)
+        refuse("empty login" if not name else "login contains NUL")
+
+    try:
+        row, notes = _lookup(directory, config, name)
+    except Refusal:
+        raise
+    except Exception as e:  # DirectoryUnavailable and anything else from the DB
+        raise Refusal(EXIT_TEMP, "DB lookup for login %s failed: %s" % (_show(name), e))
+    via = (" (%s)" % "; ".join(notes)) if notes else ""
+
+    if row is None:
+        passwords.dummy_verify(password, scheme)
+        refuse("unknown login %s%s" % (_show(name), via))
+
+    username, uid, gid, home, stored, password_type, suspended = row
+    who = "%s%s" % (_show(username), via)
+    if stored is None or stored == "" or stored == b"":
+        passwords.dummy_verify(password, scheme)
+        refuse("empty stored password for %s: nobody can log in" % who)
+
+    ok = passwords.verify(password_type, stored, password)
+    if isinstance(suspended, str) and suspended.strip().upper() == "Y":
+        refuse("account %s suspended" % who)
+    if uid is not None and str(uid).strip() == "0":
+        refuse("%s has uid 0, which may never log in" % who)
+    if not ok:
+        problem = _shape_problem(password_type, stored)
+        if problem is not None:
+            passwords.dummy_verify(password, scheme)  # verify() gave up early: spend the time
+            log("auth: mailbox %s has an unusable stored password: %s" % (_show(username),
+                                                                            problem))
+            refuse("unusable stored password for %s: %s" % (who, problem))
+        refuse("wrong password for %s" % who)
+
+    # the password is right: a row qmail cannot use is trouble, not a bad login
+    try:
+        uid, gid = int(uid), int(gid)
+    except (TypeError, ValueError):
+        raise Refusal(EXIT_TEMP, "misconfigured mailbox row for %s: uid/gid not numbers "
+                      "(uid=%r gid=%r)" % (who, uid, gid))
+    if (not isinstance(home, str) or not home.startswith("/") or "\0" in home
+            or not isinstance(username, str) or "\0" in username or not username):
+        raise Refusal(EXIT_TEMP, "misconfigured mailbox row for %s: an absolute home is "
+                      "required (home=%r)" % (who, home))
+    if uid < 0 or gid < 0:
+        raise Refusal(EXIT_TEMP, "misconfigured mailbox row for %s: negative uid/gid" % who)
+
+    limiter.success(name, ip)
+    if getattr(config, "rehash", False) and passwords.is_weak(password_type, stored):
+        _rehash(directory, config, username, password_type, stored, password, log)
+    return username, uid, gid, home, ""
+
+
+def _rehash(directory, config, username, old_type, old_stored, password, log):
+    """Store PASSWORD in default_scheme unless the row changed meanwhile. Never raises."""
+    scheme = getattr(config, "default_scheme", "sha512-crypt") or "sha512-crypt"
+    try:
+        new_type, new_stored = passwords.hash_password(scheme, password)
+        if passwords.is_weak(new_type, new_stored):
+            return  # default_scheme is itself weak: nothing to gain
+        # byte-exact comparison of the old value: the column's collation would call
+        # 'Secret' and 'secret ' equal and overwrite a concurrent change
+        directory.query(
+            "UPDATE mailbox SET password = %s, password_type = %s "
+            "WHERE username = %s AND CAST(password AS BINARY) = CAST(%s AS BINARY) "
+            "AND password_type = %s",
+            (new_stored, new_type, username, old_stored, old_type), write=True)
+        rows = directory.query(
+            "SELECT password FROM mailbox WHERE username = %s", (username,), write=True)
+        if any(r[0] == new_stored for r in rows):
+            log("auth: rehashed the %s password of %s to %s" % (old_type, _show(username),
+                                                                  scheme))
+        else:
+            log("auth: rehash of %s skipped: its password changed meanwhile" % _show(username))
+    except Exception as e:
+        log("auth: rehash of %s failed (login still accepted): %s" % (_show(username), e))
+
+
+# ---------------------------------------------------------------- the daemon's entry point
+
+def _line(text, limit=400):
+    """A response body: one line, no NUL, bounded."""
+    text = " ".join(str(text).replace("\0", " ").split())
+    return (text[:limit] + "...") if len(text) > limit else text
+
+
+def response(directory, config, login, password, remoteip="", log=None, limiter=None):
+    """The complete response payload for the `auth` command (see the module doc).
+    Never raises; logs one line per attempt (never the password)."""
+    log = log or getattr(directory, "log", None) or (lambda msg: None)
+    ip = _ip(remoteip)
+    where = (" from %s" % ip) if ip else ""
+    try:
+        shown_login = _show(login)
+    except Exception:
+        shown_login = "?"
+    try:
+        user, uid, gid, home, shell = authenticate(directory, config, login, password,
+                                                   remoteip, log=log, limiter=limiter)
+        fields = [os.fsencode(user), b"%d" % uid, b"%d" % gid, os.fsencode(home),
+                  os.fsencode(shell)]
+        if any(b"\0" in f for f in fields):
+            raise Refusal(EXIT_TEMP, "mailbox row for %s contains NUL" % shown_login)
+    except LoginRefused as r:
+        log("auth refused %s%s: %s" % (shown_login, where, r.reason))
+        return b"1\0" + _line(r.reason).encode("utf-8", "replace")
+    except Refusal as r:
+        code = r.code if isinstance(r.code, int) and 0 < r.code < 256 and r.code != 1 \
+            else EXIT_TEMP
+        log("auth trouble %s%s: %s" % (shown_login, where, r.message))
+        return b"%d\0" % code + _line(r.message).encode("utf-8", "replace")
+    except Exception as e:  # a bug must never become a login
+        log("auth trouble %s%s: internal error: %s: %s" % (shown_login, where,
+                                                           type(e).__name__, e))
+        return b"111\0internal error in qmailsqld (see its log)"
+    log("auth ok %s%s: user %s uid %d" % (shown_login, where, _show(user), uid))
+    return b"0\0" + b"".join(f + b"\0" for f in fields)
+
+
+# ---------------------------------------------------------------- qmailsql passwd
+
+def set_password(directory, config, user, password, scheme=None):
+    """Set USER's password (hashed in SCHEME, default config.default_scheme) through
+    the write server. Returns (username as stored, password_type, scheme).
+    Raises NoSuchMailbox, ValueError (bad scheme, empty password) or DB errors."""
+    scheme = scheme or getattr(config, "default_scheme", None) or "sha512-crypt"
+    name = user.lower()
+    rows = directory.query("SELECT username FROM mailbox WHERE username = %s", (name,),
+                           write=True)
+    row = pick_row(rows, name)
+    if row is None:
+        raise NoSuchMailbox("no mailbox named %s" % _show(user))
+    password_type, stored = passwords.hash_password(scheme, password)
+    directory.query("UPDATE mailbox SET password = %s, password_type = %s WHERE username = %s",
+                    (stored, password_type, row[0]), write=True)
+    return row[0], password_type, scheme

@@ -1,0 +1,214 @@
+"""A real POP3 login: Dovecot's checkpassword passdb runs the compiled checkpassword,
+which asks qmailsqld, which asks MariaDB (SPEC section 6: "It must work ... as
+Dovecot's checkpassword passdb").
+
+Dovecot (Debian: dovecot-core, dovecot-pop3d; 2.3) runs as a child of the test with
+its own dovecot.conf, base_dir, state_dir and log in a temporary directory and a
+POP3 listener on a free 127.0.0.1 port, so a system dovecot service (if the package
+started one) is neither used nor disturbed.
+
+How Dovecot drives checkpassword (db-checkpassword.c, checkpassword-reply.c): the
+auth process runs `<args> /usr/lib/dovecot/checkpassword-reply` with
+`login\\0password\\0\\0` on fd 3; the checkpassword program exits 1 for a bad login
+(Dovecot: "[AUTH] Authentication failed"), any other failure (111) is an internal
+failure ("[SYS/TEMP] Temporary authentication failure" / "[UNAVAIL]"); on success
+it execs checkpassword-reply, which sends USER, HOME and its own uid/gid back on
+fd 4 (userdb fields for `userdb { driver = prefetch }`). Our checkpassword
+setuid()s to the mailbox uid before that exec, so checkpassword-reply runs as that
+uid and refuses unless INSECURE_SETUID is in its environment (Dovecot >= 2.2.7,
+"Security" in Dovecot's checkpassword page). Hence `service auth { user = root }`
+(checkpassword must be root to change uid, and qmailsqld answers `auth` to root)
+and `import_environment = ... INSECURE_SETUID=1 QMAILSQL_SOCKET=...`.
+"""
+import os
+import poplib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+import qmailsql
+from qmailsql import sandbox as sb
+from qmailsql.helpers import HelperMissing, helper_path
+
+UID, GID = 5000, 5000
+PASSWORD = "pop secret"
+MESSAGE = (b"From: sender@example.org\r\nTo: alice@example.com\r\n"
+           b"Subject: qmailsql pop3 test\r\n\r\nHello from the maildir.\r\n")
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+REPLY = "/usr/lib/dovecot/checkpassword-reply"
+
+pytestmark = pytest.mark.skipif(
+    not (os.access(DOVECOT, os.X_OK) and os.access(REPLY, os.X_OK)),
+    reason="Dovecot is not installed (apt-get install dovecot-core dovecot-pop3d)")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, proc, log, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("dovecot exited with %s:\n%s" % (proc.returncode, tail(log)))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail("dovecot did not listen on 127.0.0.1:%d within %ds:\n%s"
+                % (port, timeout, tail(log)))
+
+
+def tail(path, n=4000):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")[-n:]
+    except OSError as e:
+        return "(no log: %s)" % e
+
+
+CONF = """\
+# written by tests/test_pop3_e2e.py
+base_dir = {top}/run
+state_dir = {top}/state
+instance_name = qmailsql-test-{port}
+log_path = {top}/dovecot.log
+info_log_path = {top}/dovecot.log
+protocols = pop3
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+auth_verbose = yes
+first_valid_uid = {uid}
+last_valid_uid = {uid}
+mail_location = maildir:~/Maildir
+import_environment = TZ INSECURE_SETUID=1 QMAILSQL_SOCKET={socket}
+
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+}}
+service auth {{
+  user = root
+}}
+passdb {{
+  driver = checkpassword
+  args = {checkpassword}
+}}
+userdb {{
+  driver = prefetch
+}}
+"""
+
+
+@pytest.fixture
+def pop3_world(own_sandbox):
+    """A private sandbox (its daemon gets stopped here), a mailbox with one message,
+    and a Dovecot POP3 server using our checkpassword."""
+    root, _ = own_sandbox
+    paths = sb.Paths(root)
+    if os.geteuid() != 0:
+        pytest.skip("Dovecot's auth must run checkpassword as root here: run the tests as root")
+    if not sb.daemon_available():
+        pytest.skip("qmailsql.daemon is not importable: no qmailsqld for checkpassword")
+    try:
+        cp = str(helper_path("checkpassword"))
+    except HelperMissing as e:
+        pytest.skip(str(e))
+    if " " in cp:
+        pytest.skip("Dovecot splits passdb args at spaces: %r" % cp)
+    top = tempfile.mkdtemp(prefix="qsdv-", dir="/tmp")  # short and searchable by every uid
+    os.chmod(top, 0o755)
+    home = os.path.join(top, "alice")
+    for sub in ("", "/Maildir", "/Maildir/new", "/Maildir/cur", "/Maildir/tmp"):
+        os.mkdir(home + sub, 0o700)
+        os.chown(home + sub, UID, GID)
+    msg = os.path.join(home, "Maildir", "new", "1700000000.P1Q1.qmailsql-test")
+    with open(msg, "wb") as f:
+        f.write(MESSAGE)
+    os.chown(msg, UID, GID)
+    from qmailsql.passwords import hash_password
+    ptype, stored = hash_password("sha512-crypt", PASSWORD.encode())
+    with qmailsql.connect(str(root)) as q:
+        q.directory.query("INSERT INTO mailbox (username, uid, gid, home, password, "
+                          "password_type) VALUES (%s,%s,%s,%s,%s,%s)",
+                          ("alice", UID, GID, home, stored, ptype), write=True)
+    port = free_port()
+    conf = os.path.join(top, "dovecot.conf")
+    with open(conf, "w") as f:
+        f.write(CONF.format(top=top, port=port, uid=UID, socket=paths.daemon_socket,
+                            checkpassword=cp))
+    log = os.path.join(top, "dovecot.log")
+    proc = subprocess.Popen([DOVECOT, "-F", "-c", conf], stdin=subprocess.DEVNULL,
+                            stdout=open(log + ".out", "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_port(port, proc, log + ".out")
+        yield {"port": port, "paths": paths, "log": log, "home": home}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(10)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def pop3(world):
+    return poplib.POP3("127.0.0.1", world["port"], timeout=30)
+
+
+def test_pop3_login_retr_refusal_and_trouble(pop3_world):
+    world = pop3_world
+    # the right password: one message, its content
+    p = pop3(world)
+    try:
+        p.user("alice")
+        p.pass_(PASSWORD)
+        count, _ = p.stat()
+        assert count == 1
+        resp, lines, _ = p.retr(1)
+        assert resp.startswith(b"+OK")
+        assert b"\r\n".join(lines) + b"\r\n" == MESSAGE
+    finally:
+        p.quit()
+
+    # a wrong password: Dovecot's plain authentication failure
+    p = pop3(world)
+    try:
+        p.user("alice")
+        with pytest.raises(poplib.error_proto) as exc:
+            p.pass_("not the password")
+        wrong = str(exc.value)
+        assert "[AUTH]" in wrong and "Authentication failed" in wrong
+    finally:
+        p.close()
+
+    # qmailsqld stopped: a temporary failure, not "wrong password"
+    sb.stop_daemon(world["paths"])
+    p = pop3(world)
+    try:
+        p.user("alice")
+        with pytest.raises(poplib.error_proto) as exc:
+            p.pass_(PASSWORD)
+        temp = str(exc.value)
+        assert "Authentication failed" not in temp, temp
+        assert "[UNAVAIL]" in temp or "[SYS/TEMP]" in temp or "Temporary" in temp, temp
+    finally:
+        p.close()
+    log = tail(world["log"], 20000)
+    assert "exited with status 111" in log, log
