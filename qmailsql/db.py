@@ -2,6 +2,26 @@
 
 Every query here takes its values as parameters; nothing is pasted into SQL text.
 Trouble of any kind becomes DirectoryUnavailable, which callers turn into exit 111.
+
+Routing. control/sqlserver lists servers (`server`, tried in order, sockets first) and
+one `write_server` (default: the first server). Reads go to the first healthy server;
+writes (`query(..., write=True)`) go to the write_server only, on their own connection,
+so a rehash never moves the reads of a host off its nearest replica. A server that
+fails to connect, or loses the connection mid-query, is skipped for
+ServerHealth.cool_down seconds while others remain; once that has passed, the next read
+tries it again (fail-back to the preferred server). A statement the server refuses (a
+write on a read_only replica, a lock wait timeout, a bad column) is not retried on
+another server: it is DirectoryUnavailable at once.
+
+Replication lag (the lag rule). A replica may not yet have a row the primary already
+has. Finding a row on a lagging replica is harmless; *not* finding one is not: it
+would send a just-created user's mail to the alias user (or bounce it). So a lookup
+whose answer is "no such row" and that was answered by a server other than the
+write_server is asked again on the write_server, and that answer is the one used
+(`read_confirmed`, and `mailboxes`, which uses it). Hits cost nothing extra; misses,
+rare for real mail, cost one query on the write_server. If the write_server cannot be
+reached, the miss is DirectoryUnavailable (exit 111: the mail waits), never a bounce.
+Changes to existing rows (a new home) are still seen with the replica's delay.
 """
 import threading
 import time
@@ -10,13 +30,31 @@ import MySQLdb
 
 COOL_DOWN = 30.0  # seconds a server that failed is skipped while others remain
 
+# Client-side errors (CR_*, 2000-2999) mean the connection or the server is gone:
+# fail over. These server errors mean the same; any other server error is an answer
+# about the statement, the same on every server: no failover.
+SERVER_GOING_AWAY = {
+    1040,  # ER_CON_COUNT_ERROR, too many connections
+    1053,  # ER_SERVER_SHUTDOWN
+    1077,  # ER_NORMAL_SHUTDOWN
+    1152,  # ER_ABORTING_CONNECTION
+    1184,  # ER_NEW_ABORTING_CONNECTION
+    1927,  # ER_CONNECTION_KILLED
+    4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
+}
+CR_SERVER_GONE_ERROR = 2006  # "server has gone away": also an idle connection it closed
+
 
 class DirectoryUnavailable(Exception):
     """The DB can't answer now (down, timeout, refused login): try again later."""
 
 
 class ServerHealth:
-    """Shared by every connection of a process: which servers failed recently."""
+    """Shared by every connection of a process: which servers failed recently.
+
+    COOL_DOWN: seconds a failed server is tried only after the healthy ones
+    (default db.COOL_DOWN; 0 turns the skipping off).
+    """
 
     def __init__(self, cool_down=COOL_DOWN):
         self.cool_down = cool_down
@@ -32,6 +70,10 @@ class ServerHealth:
                              key=lambda s: self._failed[s])
         return ok + cooling
 
+    def cooling(self, server):
+        with self._lock:
+            return self._failed.get(server, 0) > time.monotonic()
+
     def failed(self, server):
         with self._lock:
             self._failed[server] = time.monotonic() + self.cool_down
@@ -41,83 +83,197 @@ class ServerHealth:
             self._failed.pop(server, None)
 
 
-def connect(config, server):
+def connect_args(config, server):
+    """MySQLdb.connect() arguments for SERVER.
+
+    TLS (any ssl_* key in control/sqlserver) applies to TCP servers; a unix socket is
+    local and is used as it is. With TLS the connection fails rather than fall back to
+    plain text. Given ssl_ca, the server's certificate must be signed by that CA;
+    `ssl_verify yes` (the default when ssl_ca is given) also checks that the
+    certificate names the host connected to (subjectAltName). `ssl_verify no` without
+    ssl_ca encrypts without checking who answers. ssl_cert/ssl_key: the client
+    certificate, for accounts created REQUIRE X509.
+    """
     args = dict(server.connect_args(), user=config.login, passwd=config.password,
                 db=config.db, connect_timeout=config.connect_timeout,
                 read_timeout=config.read_timeout, write_timeout=config.read_timeout,
                 charset="utf8mb4", use_unicode=True, autocommit=True)
-    if config.ssl:
-        ssl = {k: v for k, v in config.ssl.items() if k in ("ca", "cert", "key")}
-        if config.ssl.get("verify"):
-            ssl["check_hostname"] = True
-        args["ssl"] = ssl
-    return MySQLdb.connect(**args)
+    if config.ssl and not server.socket:
+        args["ssl"] = {k: config.ssl[k] for k in ("ca", "cert", "key") if config.ssl.get(k)}
+        verify = config.ssl.get("verify", bool(config.ssl.get("ca")))
+        # mysqlclient maps ssl_mode onto MariaDB's MYSQL_OPT_SSL_ENFORCE and
+        # MYSQL_OPT_SSL_VERIFY_SERVER_CERT (which checks chain and host name)
+        args["ssl_mode"] = "VERIFY_IDENTITY" if verify else "REQUIRED"
+    return args
+
+
+def connect(config, server):
+    return MySQLdb.connect(**connect_args(config, server))
+
+
+class _Link:
+    """One connection and the server it goes to."""
+    __slots__ = ("conn", "server", "used")
+
+    def __init__(self, conn, server):
+        self.conn = conn
+        self.server = server
+        self.used = False
 
 
 class Directory:
-    """One DB connection (reconnecting, failing over); not shared between threads."""
+    """DB connections (reconnecting, failing over); not shared between threads.
+
+    At most two connections: one for reads, one to the write_server for writes (the
+    read connection is used for both when it already goes to the write_server).
+    """
 
     def __init__(self, config, health=None, log=None):
         self.config = config
         self.health = health or ServerHealth()
         self.log = log or (lambda msg: None)
-        self.conn = None
-        self.server = None
+        self._read = None
+        self._write = None
+        self.last_server = None   # the server that answered the last query
+        self.confirmed_misses = 0  # misses asked again on the write_server (lag rule)
+
+    # compatibility: the read connection and its server
+    @property
+    def conn(self):
+        return self._read.conn if self._read else None
+
+    @property
+    def server(self):
+        return self._read.server if self._read else None
 
     def close(self):
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except MySQLdb.Error:
-                pass
-        self.conn = None
+        for link in (self._read, self._write):
+            if link is not None:
+                try:
+                    link.conn.close()
+                except MySQLdb.Error:
+                    pass
+        self._read = self._write = None
+
+    def _drop(self, link):
+        try:
+            link.conn.close()
+        except MySQLdb.Error:
+            pass
+        if self._read is link:
+            self._read = None
+        if self._write is link:
+            self._write = None
 
     def _connect(self, servers):
         problems = []
         for server in self.health.order(servers):
             try:
-                self.conn = connect(self.config, server)
-                self.server = server
-                self.health.ok(server)
-                return
-            except MySQLdb.Error as e:
+                conn = connect(self.config, server)
+            except (MySQLdb.Error, ValueError, TypeError) as e:
                 self.health.failed(server)
                 problems.append("%s: %s" % (server, _reason(e)))
                 self.log("db %s unreachable: %s" % (server, _reason(e)))
+                continue
+            self.health.ok(server)
+            return _Link(conn, server)
         raise DirectoryUnavailable("no DB server answered (" + "; ".join(problems) + ")")
 
+    def _link(self, write):
+        wserver = self.config.write_server
+        if write:
+            if self._read is not None and self._read.server == wserver:
+                return self._read
+            if self._write is None:
+                self._write = self._connect([wserver])
+            return self._write
+        if self._read is not None and self._read.server != self.config.servers[0]:
+            preferred = self.health.order(self.config.servers)[0]
+            if preferred != self._read.server and not self.health.cooling(preferred):
+                # a server listed before ours is out of its cool-down: go back to it
+                self.log("db trying %s again instead of %s" % (preferred, self._read.server))
+                self._drop(self._read)
+        if self._read is None:
+            self._read = self._connect(self.config.servers)
+        return self._read
+
     def query(self, sql, params=(), write=False):
-        """Run SQL with PARAMS; rows as tuples. One retry on a fresh connection."""
-        servers = [self.config.write_server] if write else self.config.servers
+        """Run SQL with PARAMS; rows as tuples. One retry on a fresh connection.
+
+        WRITE: run it on the write_server (writes, and reads that must see the newest
+        data). Otherwise on the first healthy server.
+        """
         for attempt in (1, 2):
-            if self.conn is None or (write and self.server != self.config.write_server):
-                self.close()
-                self._connect(servers)
+            link = self._link(write)
             try:
-                cur = self.conn.cursor()
+                cur = link.conn.cursor()
                 try:
                     cur.execute(sql, params)
-                    return cur.fetchall()
+                    rows = cur.fetchall()
                 finally:
                     cur.close()
-            except MySQLdb.OperationalError as e:
-                self.health.failed(self.server)
-                self.log("db %s failed: %s" % (self.server, _reason(e)))
-                self.close()
+                link.used = True
+                self.last_server = link.server
+                return rows
+            except MySQLdb.Error as e:
+                code = e.args[0] if e.args and isinstance(e.args[0], int) else 0
+                lost = (2000 <= code < 3000 or code in SERVER_GOING_AWAY
+                        or isinstance(e, MySQLdb.InterfaceError))
+                if not lost:
+                    # the server answered: the statement is refused (read_only, lock
+                    # timeout, schema problem). Another server would say the same or,
+                    # worse, accept a write meant for elsewhere. Mail waits.
+                    raise DirectoryUnavailable("DB error on %s: %s" % (link.server,
+                                                                        _reason(e)))
+                # an idle connection the server closed is not a sick server
+                if not (code == CR_SERVER_GONE_ERROR and link.used and attempt == 1):
+                    self.health.failed(link.server)
+                self.log("db %s failed: %s" % (link.server, _reason(e)))
+                self._drop(link)
                 if attempt == 2:
                     raise DirectoryUnavailable("DB query failed on %s: %s"
-                                               % (self.server, _reason(e)))
-            except MySQLdb.Error as e:
-                # a programming or schema problem: no retry will help, but mail waits
-                raise DirectoryUnavailable("DB error on %s: %s" % (self.server, _reason(e)))
+                                               % (link.server, _reason(e)))
 
-    def mailboxes(self, names):
-        """mailbox rows whose username is one of NAMES (any case; caller picks exact)."""
+    def read_confirmed(self, sql, params=(), miss=None):
+        """A read that must not say "no such row" because a replica lags (the lag rule).
+
+        Runs like query(); when MISS(rows) (default: no rows) and the answer came from
+        a server other than the write_server, runs again on the write_server and
+        returns that answer instead.
+        """
+        rows = self.query(sql, params)
+        is_miss = miss(rows) if miss is not None else not rows
+        if is_miss and self.last_server != self.config.write_server:
+            self.confirmed_misses += 1
+            self.log("db miss on %s: asking write_server %s" % (self.last_server,
+                                                                 self.config.write_server))
+            rows = self.query(sql, params, write=True)
+        return rows
+
+    def mailboxes(self, names, confirm_miss=True):
+        """mailbox rows whose username is one of NAMES (any case; caller picks exact).
+
+        CONFIRM_MISS (default): when no row matches any of NAMES other than the alias
+        user (the answer would be the alias user, or 116), the lookup is repeated on the
+        write_server if it was answered by another server (the lag rule, see above).
+        """
         if not names:
             return []
+        names = list(names)
         marks = ",".join(["%s"] * len(names))
-        return self.query("SELECT username, uid, gid, home FROM mailbox WHERE username IN ("
-                          + marks + ")", list(names))
+        sql = "SELECT username, uid, gid, home FROM mailbox WHERE username IN (" + marks + ")"
+        if not confirm_miss:
+            return self.query(sql, names)
+        return self.read_confirmed(sql, names, miss=lambda rows: not _matches_user(rows, names))
+
+
+def _matches_user(rows, names):
+    """Whether ROWS hold a row for one of NAMES that is not the alias user."""
+    from qmailsql.resolve import ALIAS_USER
+    wanted = {n.lower() for n in names if isinstance(n, str) and n.lower() != ALIAS_USER}
+    if not wanted:  # only the alias user was asked for: its absence is the miss
+        wanted = {ALIAS_USER}
+    return any(isinstance(r[0], str) and r[0].lower() in wanted for r in rows)
 
 
 def _reason(err):

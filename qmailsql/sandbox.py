@@ -7,11 +7,23 @@ DIR/qmailsql/             the daemon's socket, pid file and log
 
 The server runs with no TCP port unless asked, so it never clashes with a MariaDB
 service already on the machine, and it is started directly, without systemd.
+
+Replication and TLS, for the tests and for trying a multi-host set-up on one machine:
+
+    up(P, port=free_port(), log_bin=True, daemon=False)   # a primary with a binary log
+    up_replica(P, R)                 # R: a second mariadbd replicating P (GTID), read_only,
+                                     # R/control/sqlserver lists R first, write_server P
+    up(D, port=free_port(), ssl=make_certs(D / "tls"))   # TLS (see test_tls.py)
+
+Each server's start options are kept in DIR/mysql/options.json, so restart_db() brings a
+stopped (or killed) server back exactly as it was, replication included.
 """
+import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +65,8 @@ class Paths:
         self.db_pid = self.mysql / "mysqld.pid"
         self.db_log = self.mysql / "error.log"
         self.root_cnf = self.mysql / "root.cnf"
+        self.db_options = self.mysql / "options.json"
+        self.binlog = self.mysql / "binlog"
         self.run = self.root / "qmailsql"
         self.daemon_socket = self.run / "qmailsqld.sock"
         self.daemon_pid = self.run / "qmailsqld.pid"
@@ -60,12 +74,15 @@ class Paths:
 
 
 def _pid_alive(pidfile):
+    """The pid in PIDFILE if that process runs (a zombie, killed but not reaped, does not)."""
     try:
         pid = int(Path(pidfile).read_text().strip())
         os.kill(pid, 0)
-        return pid
     except (OSError, ValueError):
         return None
+    if _zombie_or_gone(pid):
+        return None
+    return pid
 
 
 def _wait(predicate, timeout, what):
@@ -81,8 +98,7 @@ def root_sql(paths, statements, password=None):
     """Run (sql, params) STATEMENTS as the sandbox's DB root (set-up only)."""
     import MySQLdb
     if password is None:
-        password = dict(l.split("=", 1) for l in paths.root_cnf.read_text().split("\n")
-                        if "=" in l).get("password", "")
+        password = root_password(paths)
     conn = MySQLdb.connect(unix_socket=str(paths.db_socket), user="root", passwd=password,
                            connect_timeout=10)
     try:
@@ -94,8 +110,31 @@ def root_sql(paths, statements, password=None):
         conn.close()
 
 
-def start_db(paths, port=None, extra_args=()):
-    """Start the private mariadbd (initialising its datadir the first time)."""
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def db_options(paths):
+    """The options the server in PATHS was last started with ({} if never)."""
+    try:
+        return json.loads(paths.db_options.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def start_db(paths, port=None, extra_args=(), server_id=None, log_bin=False, read_only=False,
+             ssl=None):
+    """Start the private mariadbd (initialising its datadir the first time).
+
+    PORT: also listen on 127.0.0.1:PORT (else no networking at all). SERVER_ID and
+    LOG_BIN: what a replication primary needs (binary log in DIR/mysql/binlog, row
+    format, GTIDs). READ_ONLY: read_only=1, as on a replica (only accounts with SUPER,
+    and the replication thread, may write). SSL: {'ca', 'cert', 'key'} file paths.
+    The options are recorded for restart_db().
+    """
     if len(str(paths.db_socket)) > SOCKET_MAX:
         raise SandboxError("sandbox path too long for a unix socket (%d > %d chars): "
                            "choose a shorter DIR" % (len(str(paths.db_socket)), SOCKET_MAX))
@@ -107,15 +146,36 @@ def start_db(paths, port=None, extra_args=()):
     if fresh:
         r = subprocess.run([_which("mariadb-install-db", "mysql_install_db"), "--no-defaults",
                             "--datadir=%s" % paths.datadir, "--auth-root-authentication-method=normal",
-                            "--skip-test-db"] + as_root, capture_output=True, text=True)
+                            "--skip-test-db"] + as_root, capture_output=True, text=True,
+                           timeout=300)
         if r.returncode:
             raise SandboxError("mariadb-install-db failed:\n" + r.stdout[-2000:] + r.stderr[-2000:])
     net = ["--port=%d" % port, "--bind-address=127.0.0.1"] if port else ["--skip-networking"]
+    repl = []
+    if server_id is not None:
+        repl.append("--server-id=%d" % server_id)
+    if log_bin:
+        paths.binlog.mkdir(exist_ok=True)
+        repl += ["--log-bin=%s" % (paths.binlog / "mysql-bin"), "--binlog-format=ROW"]
+    else:
+        repl.append("--skip-log-bin")
+    if read_only:
+        repl.append("--read-only=1")
+    tls = []
+    if ssl:
+        tls = ["--ssl-%s=%s" % (k, ssl[k]) for k in ("ca", "cert", "key") if ssl.get(k)]
     cmd = [_which("mariadbd", "mysqld"), "--no-defaults", "--datadir=%s" % paths.datadir,
            "--socket=%s" % paths.db_socket, "--pid-file=%s" % paths.db_pid,
            "--log-error=%s" % paths.db_log, "--innodb-buffer-pool-size=32M",
-           "--innodb-log-file-size=16M", "--skip-log-bin", "--max-connections=200",
-           "--character-set-server=utf8mb4"] + net + as_root + list(extra_args)
+           "--innodb-log-file-size=16M", "--max-connections=200",
+           "--character-set-server=utf8mb4"] + repl + net + tls + as_root + list(extra_args)
+    paths.db_options.write_text(json.dumps({
+        "port": port, "extra_args": list(extra_args), "server_id": server_id,
+        "log_bin": bool(log_bin), "read_only": bool(read_only), "ssl": ssl or None}))
+    try:  # a killed server leaves its socket behind; readiness is its reappearance
+        paths.db_socket.unlink()
+    except FileNotFoundError:
+        pass
     with open(os.devnull, "rb") as null:
         subprocess.Popen(cmd, stdin=null, stdout=null, stderr=null, start_new_session=True)
     try:
@@ -127,10 +187,26 @@ def start_db(paths, port=None, extra_args=()):
     if fresh or not paths.root_cnf.exists():
         secret = secrets.token_hex(16)
         root_sql(paths, [("ALTER USER root@localhost IDENTIFIED BY %s", (secret,))], "")
-        fd = os.open(paths.root_cnf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("[client]\nuser=root\npassword=%s\nsocket=%s\n"
-                    % (secret, paths.db_socket))
+        write_root_cnf(paths, secret)
+
+
+def write_root_cnf(paths, secret):
+    fd = os.open(paths.root_cnf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("[client]\nuser=root\npassword=%s\nsocket=%s\n" % (secret, paths.db_socket))
+
+
+def root_password(paths):
+    return dict(l.split("=", 1) for l in paths.root_cnf.read_text().split("\n")
+                if "=" in l).get("password", "")
+
+
+def restart_db(paths):
+    """Start a stopped or killed server again with the options it last ran with."""
+    opts = db_options(paths)
+    start_db(paths, port=opts.get("port"), extra_args=opts.get("extra_args", ()),
+             server_id=opts.get("server_id"), log_bin=opts.get("log_bin", False),
+             read_only=opts.get("read_only", False), ssl=opts.get("ssl"))
 
 
 def stop_db(paths, sig=signal.SIGTERM, timeout=60):
@@ -139,8 +215,7 @@ def stop_db(paths, sig=signal.SIGTERM, timeout=60):
     if not pid:
         return
     os.kill(pid, sig)
-    _wait(lambda: not _pid_alive(paths.db_pid) or _zombie_or_gone(pid), timeout,
-          "mariadbd to stop")
+    _wait(lambda: _zombie_or_gone(pid), timeout, "mariadbd to stop")
     if sig == signal.SIGKILL:
         try:
             paths.db_pid.unlink()
@@ -156,15 +231,19 @@ def _zombie_or_gone(pid):
         return True
 
 
-def write_sqlserver(paths, password, server=None):
+def write_sqlserver(paths, password, server=None, write_server=None, extra="", login=DB_USER):
+    """DIR/control/sqlserver (mode 0640). SERVER: one server or a list, tried in order."""
     paths.control.mkdir(parents=True, exist_ok=True)
+    servers = server if isinstance(server, (list, tuple)) else [server or paths.db_socket]
     text = ("# written by `qmailsql sandbox up`\n"
-            "server    %s\n"
-            "login     %s\n"
-            "password  %s\n"
-            "db        %s\n"
-            "connect_timeout 2\n"
-            "read_timeout    5\n" % (server or paths.db_socket, DB_USER, password, DB_NAME))
+            + "".join("server    %s\n" % s for s in servers)
+            + ("write_server %s\n" % write_server if write_server else "")
+            + "login     %s\n"
+              "password  %s\n"
+              "db        %s\n"
+              "connect_timeout 2\n"
+              "read_timeout    5\n" % (login, password, DB_NAME)
+            + extra)
     tmp = paths.sqlserver.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     with os.fdopen(fd, "w") as f:
@@ -199,6 +278,11 @@ def start_daemon(paths):
     if _pid_alive(paths.daemon_pid):
         return
     paths.run.mkdir(parents=True, exist_ok=True)
+    for stale in (paths.daemon_socket, paths.daemon_pid):  # left by a killed daemon
+        try:
+            stale.unlink()
+        except FileNotFoundError:
+            pass
     env = dict(os.environ, QMAILSQL_QMAIL_DIR=str(paths.root),
                QMAILSQL_SOCKET=str(paths.daemon_socket))
     log = open(paths.daemon_log, "ab")
@@ -231,12 +315,19 @@ def daemon_available():
         return False
 
 
-def up(root, port=None, daemon=True, userlen=32):
-    """Bring the sandbox up (idempotent). Returns the environment to export."""
+def up(root, port=None, daemon=True, userlen=32, log_bin=False, server_id=None, ssl=None):
+    """Bring the sandbox up (idempotent). Returns the environment to export.
+
+    PORT, LOG_BIN, SERVER_ID, SSL: as for start_db(); LOG_BIN without SERVER_ID uses
+    server_id 1. With a PORT, control/sqlserver names the server by its unix socket
+    all the same (the socket is tried first anyway).
+    """
     paths = Paths(root)
     paths.root.mkdir(parents=True, exist_ok=True)
     (paths.root / MARKER).touch()
-    start_db(paths, port=port)
+    if log_bin and server_id is None:
+        server_id = 1
+    start_db(paths, port=port, server_id=server_id, log_bin=log_bin, ssl=ssl)
     if not paths.sqlserver.exists():
         write_sqlserver(paths, create_db(paths))
     from qmailsql import db, schema
@@ -250,6 +341,170 @@ def up(root, port=None, daemon=True, userlen=32):
     if daemon and daemon_available():
         start_daemon(paths)
     return env(paths)
+
+
+REPL_USER = "qmailsql_repl"
+# files of a datadir that belong to that server alone, not to a copy of its data
+_NOT_COPIED = ("master.info", "relay-log.info", "multi-master.info", "*relay-bin*",
+               "*.pid", "*.sock", "*.err")
+
+
+def up_replica(primary_root, replica_root, port=None, daemon=False, server_id=None):
+    """A second private mariadbd in REPLICA_ROOT, a real GTID replica of PRIMARY_ROOT's.
+
+    The primary must be a running sandbox. It is stopped for a moment: its datadir is
+    copied as the replica's starting point (a cold copy: same tables, rows and users),
+    and it is started again with a binary log and a TCP port if it had none (replication
+    needs both). A replication user is created on the primary, and the replica runs
+    CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos, START SLAVE, with read_only=1, on
+    PORT (default: a free one) and SERVER_ID (default: its port). Its
+    control/sqlserver lists the replica first, then the primary, and names the
+    primary as write_server. Idempotent: a replica already set up is just started.
+    Returns the replica's environment (as up()).
+    """
+    primary, replica = Paths(primary_root), Paths(replica_root)
+    if not (primary.root / MARKER).exists() or not primary.sqlserver.exists():
+        raise SandboxError("%s is not a sandbox that is up: run up() on it first" % primary.root)
+    replica.root.mkdir(parents=True, exist_ok=True)
+    (replica.root / MARKER).touch()
+    if (replica.datadir / "mysql").exists() and db_options(replica).get("read_only"):
+        restart_db(replica)
+    else:
+        popts = db_options(primary)
+        pport = popts.get("port") or free_port()
+        pid = popts.get("server_id") or 1
+        stop_db(primary)
+        if replica.mysql.exists():
+            shutil.rmtree(replica.mysql)
+        replica.mysql.mkdir(parents=True)
+        shutil.copytree(primary.datadir, replica.datadir,
+                        ignore=shutil.ignore_patterns(*_NOT_COPIED))
+        start_db(primary, port=pport, extra_args=popts.get("extra_args", ()), server_id=pid,
+                 log_bin=True, ssl=popts.get("ssl"))
+        write_root_cnf(replica, root_password(primary))
+        port = port or free_port()
+        if server_id is None:
+            server_id = port if port != pid else port + 1
+        start_db(replica, port=port, server_id=server_id, read_only=True)
+        # the copy holds everything up to the primary's binlog position at its restart
+        gtid = root_sql(primary, [("SELECT @@GLOBAL.gtid_binlog_pos", ())])[0][0]
+        repl_password = secrets.token_hex(12)
+        root_sql(primary, [
+            ("CREATE OR REPLACE USER %s@'127.0.0.1' IDENTIFIED BY %s", (REPL_USER, repl_password)),
+            ("GRANT REPLICATION SLAVE ON *.* TO %s@'127.0.0.1'", (REPL_USER,)),
+        ])
+        root_sql(replica, [
+            ("STOP SLAVE", ()),
+            ("SET GLOBAL gtid_slave_pos = %s", (gtid,)),
+            ("CHANGE MASTER TO MASTER_HOST=%s, MASTER_PORT=%s, MASTER_USER=%s, "
+             "MASTER_PASSWORD=%s, MASTER_CONNECT_RETRY=1, MASTER_USE_GTID=slave_pos",
+             ("127.0.0.1", pport, REPL_USER, repl_password)),
+            ("START SLAVE", ()),
+        ])
+        cfg = configmod.load(str(primary.root))
+        write_sqlserver(replica, cfg.password, server=["127.0.0.1:%d" % port,
+                                                       "127.0.0.1:%d" % pport],
+                        write_server="127.0.0.1:%d" % pport, login=cfg.login)
+    wait_replicating(replica)
+    install_helpers(replica)
+    if daemon and daemon_available():
+        start_daemon(replica)
+    return env(replica)
+
+
+def replica_status(paths):
+    """SHOW SLAVE STATUS of the server in PATHS as a dict ({} if it is no replica)."""
+    import MySQLdb
+    conn = MySQLdb.connect(unix_socket=str(paths.db_socket), user="root",
+                           passwd=root_password(paths), connect_timeout=10)
+    try:
+        cur = conn.cursor(MySQLdb.cursors.DictCursor)
+        cur.execute("SHOW SLAVE STATUS")
+        row = cur.fetchone()
+        return dict(row) if row else {}
+    finally:
+        conn.close()
+
+
+def wait_replicating(paths, timeout=60):
+    """Wait until both replication threads of the replica in PATHS run."""
+    last = {}
+
+    def running():
+        last.update(replica_status(paths))
+        return last.get("Slave_IO_Running") == "Yes" and last.get("Slave_SQL_Running") == "Yes"
+    try:
+        _wait(running, timeout, "replication to run")
+    except SandboxError:
+        raise SandboxError("replica %s is not replicating: IO %s (%s), SQL %s (%s)" % (
+            paths.root, last.get("Slave_IO_Running"), last.get("Last_IO_Error"),
+            last.get("Slave_SQL_Running"), last.get("Last_SQL_Error")))
+
+
+def wait_caught_up(primary_paths, replica_paths, timeout=60):
+    """Wait until the replica has applied everything the primary has logged so far."""
+    gtid = root_sql(primary_paths, [("SELECT @@GLOBAL.gtid_binlog_pos", ())])[0][0]
+    got = root_sql(replica_paths, [("SELECT MASTER_GTID_WAIT(%s, %s)", (gtid, timeout))])
+    if got[0][0] != 0:
+        raise SandboxError("replica %s did not reach the primary's position %s within %ds"
+                           % (replica_paths.root, gtid, timeout))
+
+
+def stop_replication(paths):
+    """STOP SLAVE on the replica in PATHS: it keeps answering, with old data."""
+    root_sql(paths, [("STOP SLAVE", ())])
+
+
+def start_replication(paths):
+    root_sql(paths, [("START SLAVE", ())])
+    wait_replicating(paths)
+
+
+def make_certs(directory, name="qmailsql test", hosts=("127.0.0.1", "localhost"), ca=None):
+    """A throw-away CA and a server and a client certificate from it, made with openssl.
+
+    Returns {'ca', 'cert', 'key', 'client_cert', 'client_key', 'ca_key'} file paths;
+    {'ca', 'cert', 'key'} is what start_db(ssl=...) wants. HOSTS go into the server
+    certificate's subjectAltName (IP addresses as IP entries). CA: an earlier result
+    whose CA signs the new certificates (default: a new CA).
+    """
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise SandboxError("openssl not found; install it: apt-get install openssl")
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    files = {k: str(d / f) for k, f in (("ca", "ca.pem"), ("ca_key", "ca.key"),
+                                        ("cert", "server.pem"), ("key", "server.key"),
+                                        ("client_cert", "client.pem"),
+                                        ("client_key", "client.key"))}
+    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args):
+        r = subprocess.run([openssl] + list(args), capture_output=True, text=True, timeout=60)
+        if r.returncode:
+            raise SandboxError("openssl %s failed: %s" % (args[0], r.stderr[-1000:]))
+    if ca:
+        for k in ("ca", "ca_key"):
+            shutil.copyfile(ca[k], files[k])
+    else:
+        run("req", "-x509", *newkey, "-keyout", files["ca_key"], "-out", files["ca"],
+            "-days", "2", "-subj", "/CN=%s CA" % name,
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    san = ",".join(("IP:%s" if h.replace(".", "").isdigit() or ":" in h else "DNS:%s") % h
+                   for h in hosts)
+    for who, cn, ext in (("", hosts[0], "subjectAltName=%s\nextendedKeyUsage=serverAuth\n"
+                          % san),
+                         ("client_", "qmailsql", "extendedKeyUsage=clientAuth\n")):
+        key, cert = files[who + "key"], files[who + "cert"]
+        csr, extfile = cert + ".csr", cert + ".ext"
+        Path(extfile).write_text("basicConstraints=CA:FALSE\n" + ext)
+        run("req", "-new", *newkey, "-keyout", key, "-out", csr, "-subj", "/CN=%s" % cn)
+        run("x509", "-req", "-in", csr, "-CA", files["ca"], "-CAkey", files["ca_key"],
+            "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", extfile)
+    for k in ("key", "client_key", "ca_key"):
+        os.chmod(files[k], 0o600)
+    return files
 
 
 def env(paths):
