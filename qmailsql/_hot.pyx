@@ -158,3 +158,94 @@ def split_fields(bytes payload):
     if n == 0 or (<const unsigned char *>payload)[n - 1] != 0:
         raise ValueError("request fields must each end in NUL")
     return payload[:n - 1].split(b"\0")
+
+
+# ---------------------------------------------------------------------------
+# qmailsqld's hot path: response framing, the response cache and its policy
+# (same names and behaviour as in qmailsql/fallback.py).
+
+def encode_response(long status, bytes body=b""):
+    cdef bytes payload = b"%d\0" % status + body
+    return b"%d:%s," % (len(payload), payload)
+
+
+def cache_times(bytes request, long status, bytes body, cache_ttl, negative_ttl, stale_ttl):
+    cdef Py_ssize_t n = len(request)
+    cdef bytes head = request[:6]
+    cdef list fields
+    cdef bytes local
+    if head == b"getpw\0":
+        if status == 0:
+            fields = body.split(b"\0")
+            if len(fields) != 7 or len(<bytes>fields[6]) != 0:
+                return (0, 0)
+            local = request[6:n - 1] if n > 6 else b""
+            if fields[0] == b"alias" and fields[4] == b"-" and fields[5] == local:
+                return (negative_ttl, 0)
+            return (cache_ttl, stale_ttl)
+        if status == 116:
+            return (negative_ttl, 0)
+        return (0, 0)
+    if head == b"local\0":
+        if status == 0:
+            return (cache_ttl, 0)
+        return (0, 0)
+    return (0, 0)
+
+
+cdef class _Entry:
+    cdef bytes response
+    cdef double fresh
+    cdef double stale
+
+
+cdef class ResponseCache:
+    cdef dict _d
+    cdef public Py_ssize_t max_entries
+    cdef public long generation
+
+    def __init__(self, Py_ssize_t max_entries=100000):
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self.generation = 0
+        self._d = {}
+
+    def __len__(self):
+        return len(self._d)
+
+    cpdef object get(self, bytes key, double now):
+        cdef object e = self._d.get(key)
+        if e is not None and now < (<_Entry>e).fresh:
+            return (<_Entry>e).response
+        return None
+
+    cpdef object get_stale(self, bytes key, double now):
+        cdef object e = self._d.get(key)
+        if e is not None and now < (<_Entry>e).stale:
+            return (<_Entry>e).response
+        return None
+
+    cpdef bint put(self, bytes key, bytes response, double now, double ttl, double stale=0):
+        cdef _Entry e
+        if ttl <= 0:
+            return False
+        if key in self._d:
+            del self._d[key]
+        elif len(self._d) >= self.max_entries:
+            self._evict()
+        e = _Entry.__new__(_Entry)
+        e.response = response
+        e.fresh = now + ttl
+        e.stale = e.fresh + (stale if stale > 0 else 0)
+        self._d[key] = e
+        return True
+
+    cdef _evict(self):
+        cdef Py_ssize_t keep = self.max_entries // 2
+        cdef list items = list(self._d.items())
+        self._d = dict(items[len(items) - keep:]) if keep else {}
+
+    def clear(self):
+        self._d = {}
+        self.generation += 1

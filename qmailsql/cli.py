@@ -103,9 +103,146 @@ def cmd_helper(args):
     return 0
 
 
+def cmd_passwd(args):
+    """Set a mailbox password: twice at a terminal prompt, else one line of stdin."""
+    from qmailsql import auth
+    if sys.stdin is not None and sys.stdin.isatty():
+        import getpass
+        first = getpass.getpass("New password for %s: " % args.user)
+        if getpass.getpass("Retype it: ") != first:
+            return die(1, "passwd: the two passwords differ; nothing changed")
+        password = first.encode("utf-8")
+    else:
+        line = sys.stdin.buffer.readline() if sys.stdin is not None else b""
+        password = line[:-1] if line.endswith(b"\n") else line
+        if password.endswith(b"\r"):
+            password = password[:-1]
+    with session(args) as q:
+        try:
+            name, kind, scheme = auth.set_password(q.directory, q.config, args.user, password,
+                                                   args.scheme)
+        except auth.NoSuchMailbox as e:
+            return die(1, "passwd: %s; nothing changed" % e)
+    print("password of %s set (%s, %s)" % (name, kind, scheme))
+    return 0
+
+
 def cmd_daemon(args):
     from qmailsql import daemon
     return daemon.main(args)
+
+
+def cmd_flush(args):
+    from qmailsql import config as configmod, daemon
+    path = configmod.socket_path(configmod.qmail_dir(args.qmail_dir))
+    try:
+        status, body = daemon.flush(path)
+    except (OSError, ValueError) as e:
+        return die(111, "flush: cannot reach qmailsqld at %s: %s; start it with `qmailsql "
+                   "daemon` (run it under daemontools or systemd), then see `qmailsql doctor`"
+                   % (path, getattr(e, "strerror", None) or e))
+    if status:
+        return die(status, "flush: qmailsqld answered %d: %s" % (
+            status, body.decode("utf-8", "replace")))
+    print("ok: qmailsqld at %s dropped its cache" % path)
+    return 0
+
+
+# (built helper, name in QMAIL/bin, replaces a stock qmail program)
+INSTALLED = (("qmail-getpw", "qmail-getpw", True), ("qmail-local", "qmail-local", True),
+             ("checkpassword", "qmailsql-checkpassword", False))
+
+
+def _is_ours(data, new):
+    """A file in QMAIL/bin is one of our helpers (any build) rather than stock qmail's."""
+    return data == new or b"QMAILSQL_SOCKET" in data
+
+
+def cmd_install(args):
+    import grp
+    import shutil
+    from qmailsql import config as configmod
+    from qmailsql.helpers import HelperMissing, helper_path
+    qdir = configmod.qmail_dir(args.qmail_dir)
+    bindir = os.path.join(qdir, "bin")
+    if not os.path.isdir(bindir):
+        return die(111, "install: %s does not exist; is qmail installed in %s? (--qmail-dir)"
+                   % (bindir, qdir))
+    if args.undo:
+        for name, target, stock in INSTALLED:
+            dst = os.path.join(bindir, target)
+            orig = dst + ".orig"
+            if stock and os.path.exists(orig):
+                os.rename(orig, dst)
+                print("restored %s from %s" % (dst, orig))
+            elif stock:
+                print("%s: no %s to restore; left as it is" % (dst, orig))
+            elif os.path.exists(dst):
+                with open(dst, "rb") as f:
+                    if not _is_ours(f.read(), b""):
+                        print("%s: not qmailsql's helper; left as it is" % dst)
+                        continue
+                os.unlink(dst)
+                print("removed %s" % dst)
+        return 0
+    try:
+        gid = grp.getgrnam("qmail").gr_gid
+    except KeyError:
+        gid = -1
+    uid = 0 if os.geteuid() == 0 else -1
+    for name, target, stock in INSTALLED:
+        try:
+            src = helper_path(name)
+        except HelperMissing as e:
+            return die(111, "install: %s" % e)
+        with open(src, "rb") as f:
+            new = f.read()
+        dst = os.path.join(bindir, target)
+        orig = dst + ".orig"
+        try:
+            with open(dst, "rb") as f:
+                old = f.read()
+        except FileNotFoundError:
+            old = None
+        if old is not None and stock and not _is_ours(old, new) and os.path.lexists(orig):
+            return die(111, "install: %s is not qmailsql's helper and %s exists already (a "
+                       "qmail upgrade?); move one of them away, then run install again"
+                       % (dst, orig))
+        tmp = dst + ".qmailsql-new"
+        with open(tmp, "wb") as f:
+            f.write(new)
+        os.chmod(tmp, 0o755)
+        if uid == 0 or gid != -1:
+            try:
+                os.chown(tmp, uid, gid)
+            except OSError:
+                pass
+        if old is not None and stock and not _is_ours(old, new):
+            try:
+                os.link(dst, orig)  # keep the stock program; dst is never missing
+            except OSError:
+                shutil.copy2(dst, orig)
+            print("kept stock %s as %s" % (dst, orig))
+        os.rename(tmp, dst)
+        if old is None:
+            print("installed %s" % dst)
+        elif old == new:
+            print("refreshed %s (already this build)" % dst)
+        elif _is_ours(old, new):
+            print("updated %s (an older qmailsql helper)" % dst)
+        else:
+            print("installed %s" % dst)
+    run = os.path.join(qdir, "qmailsql")
+    if not os.path.isdir(run):
+        os.makedirs(run, 0o755)
+        print("created %s (qmailsqld's socket lives here)" % run)
+    print("done; start qmailsqld (`qmailsql daemon`) before qmail delivers with these helpers")
+    return 0
+
+
+def cmd_doctor(args):
+    from qmailsql import doctor
+    return doctor.cmd_doctor(args)
 
 
 class Parser(argparse.ArgumentParser):
@@ -164,6 +301,16 @@ def build_parser():
     s.add_argument("name", choices=["qmail-getpw", "qmail-local", "checkpassword"])
     s.set_defaults(func=cmd_helper)
 
+    s = sub.add_parser("passwd", help="set a mailbox password",
+                       description="Set USER's password in the mailbox table, through the "
+                       "write server. At a terminal it asks twice; otherwise it reads one "
+                       "line from stdin (for scripts). Exit 1: no such mailbox.")
+    s.add_argument("user", metavar="USER")
+    s.add_argument("--scheme", metavar="S",
+                   help="sha512-crypt, sha256-crypt, bcrypt, yescrypt, md5-crypt, mysql41 "
+                        "or plain (default: default_scheme in control/sqlserver)")
+    s.set_defaults(func=cmd_passwd)
+
     s = sub.add_parser("daemon", help="run qmailsqld in the foreground (logs on stderr)",
                        description="Run qmailsqld: listen on the socket, hold the DB "
                        "connections and the cache. Logs one line per event on stderr, for "
@@ -171,6 +318,42 @@ def build_parser():
     s.add_argument("--pidfile", help="write the pid here")
     s.add_argument("--debug", action="store_true", help="log every query")
     s.set_defaults(func=cmd_daemon)
+
+    s = sub.add_parser("flush", help="drop qmailsqld's cache (after changing the DB by hand)",
+                       description="Ask the running qmailsqld to drop its cache, so changes "
+                       "made to the tables are seen at once. Exit 111 if it is not running.")
+    s.set_defaults(func=cmd_flush)
+
+    s = sub.add_parser("install", help="put the compiled helpers into QMAIL/bin",
+                       description="Copy the built helpers into QMAIL/bin: qmail-getpw and "
+                       "qmail-local replace the stock programs, which are kept as NAME.orig "
+                       "(an existing .orig is never overwritten); checkpassword goes in as "
+                       "bin/qmailsql-checkpassword. Modes 0755, owner root, group qmail. "
+                       "--undo puts the .orig files back.")
+    s.add_argument("--qmail-dir", metavar="DIR", dest="qmail_dir", default=argparse.SUPPRESS,
+                   help="the qmail home (default: $QMAILSQL_QMAIL_DIR or conf-qmail)")
+    s.add_argument("--undo", action="store_true", help="restore the stock programs")
+    s.set_defaults(func=cmd_install)
+
+    from qmailsql import admin  # mailbox, alias, virtual, rcpthost, sync
+    admin.add_commands(sub)
+
+    s = sub.add_parser("doctor", help="find every FAQ pitfall and say how to fix it",
+                       description="Check control/sqlserver, each DB server, the schema, "
+                       "every mailbox home (owner, and searchable down to Maildir by its uid), "
+                       "alias and virtual rows, control files, users/cdb, the helpers in "
+                       "QMAIL/bin, the daemon and the alias user. One line what, one line "
+                       "fix per finding. Exit 0 healthy, 1 findings.")
+    s.add_argument("--qmail-dir", metavar="DIR", dest="qmail_dir", default=argparse.SUPPRESS,
+                   help="the qmail home (default: $QMAILSQL_QMAIL_DIR or conf-qmail)")
+    s.add_argument("--json", action="store_true",
+                   help="print a JSON list of {check, severity, what, fix}")
+    s.add_argument("--all", action="store_true",
+                   help="show every finding (default: at most 20 of each kind)")
+    s.set_defaults(func=cmd_doctor)
+
+    from qmailsql import importers  # import assign|vpopmail
+    importers.add_commands(sub)
     return p
 
 

@@ -184,3 +184,100 @@ def split_fields(payload):
     if not payload or payload[-1] != 0:
         raise ValueError("request fields must each end in NUL")
     return payload[:-1].split(b"\0")
+
+
+# ---------------------------------------------------------------------------
+# qmailsqld's hot path: response framing, the response cache and its policy.
+# (qmailsql/_hot.pyx has the same names; tests/test_hotpath_daemon.py holds
+# the two equal.)
+
+def encode_response(status, body=b""):
+    """One response frame: netstring of `status\\0body` (csrc/PROTOCOL.md)."""
+    payload = b"%d\0" % status + body
+    return b"%d:%s," % (len(payload), payload)
+
+
+def cache_times(request, status, body, cache_ttl, negative_ttl, stale_ttl):
+    """How long qmailsqld may keep the answer (STATUS, BODY) to REQUEST (a payload).
+
+    Returns (ttl, stale): the answer is fresh for ttl seconds and may then be given
+    for stale more seconds while the DB is unreachable; ttl 0 means never cache.
+    getpw: a real user lives cache_ttl (+ stale_ttl); the alias user's answer for
+    an unknown local (user `alias`, dash `-`, ext = the whole local) and 116 live
+    negative_ttl with no stale time, so a new user is not bounced for long and an
+    unknown address never goes to the alias user because the DB is down.
+    local: cache_ttl, no stale time. Everything else (auth, 111, ...): never.
+    """
+    if request[:6] == b"getpw\0":
+        if status == 0:
+            fields = body.split(b"\0")
+            if len(fields) != 7 or fields[6] != b"":
+                return (0, 0)
+            n = len(request)
+            local = request[6:n - 1] if n > 6 else b""
+            if fields[0] == b"alias" and fields[4] == b"-" and fields[5] == local:
+                return (negative_ttl, 0)
+            return (cache_ttl, stale_ttl)
+        if status == 116:
+            return (negative_ttl, 0)
+        return (0, 0)
+    if request[:6] == b"local\0":
+        if status == 0:
+            return (cache_ttl, 0)
+        return (0, 0)
+    return (0, 0)
+
+
+class ResponseCache:
+    """Response frames keyed by request payload, each fresh until / stale until a time.
+
+    Bounded: when max_entries is reached the older half (by insertion) is dropped.
+    clear() bumps `generation`, so answers computed before a flush are not stored.
+    """
+
+    def __init__(self, max_entries=100000):
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self.generation = 0
+        self._d = {}
+
+    def __len__(self):
+        return len(self._d)
+
+    def get(self, key, now):
+        """The response for KEY if it is still fresh at NOW, else None."""
+        e = self._d.get(key)
+        if e is not None and now < e[1]:
+            return e[0]
+        return None
+
+    def get_stale(self, key, now):
+        """The response for KEY if it may still be given while the DB is down, else None."""
+        e = self._d.get(key)
+        if e is not None and now < e[2]:
+            return e[0]
+        return None
+
+    def put(self, key, response, now, ttl, stale=0):
+        """Keep RESPONSE for KEY (fresh ttl seconds, then stale more); False if ttl <= 0."""
+        if ttl <= 0:
+            return False
+        d = self._d
+        if key in d:
+            del d[key]
+        elif len(d) >= self.max_entries:
+            self._evict()
+            d = self._d
+        fresh = now + ttl
+        d[key] = (response, fresh, fresh + (stale if stale > 0 else 0))
+        return True
+
+    def _evict(self):
+        keep = self.max_entries // 2
+        items = list(self._d.items())
+        self._d = dict(items[len(items) - keep:]) if keep else {}
+
+    def clear(self):
+        self._d = {}
+        self.generation += 1

@@ -1,0 +1,920 @@
+"""qmailsqld: the one process that reads control/sqlserver and talks to the DB.
+
+The compiled helpers (csrc/, protocol in csrc/PROTOCOL.md) ask it over a unix
+socket. One thread runs an epoll loop: accept, read, frame, dispatch. Answers the
+cache holds are sent inline; the rest go to a pool of DB worker threads (each with
+its own persistent, failing-over db.Directory), `auth` to a separate small pool so
+slow password hashes never delay deliveries. A worker sends its answer itself and
+hands the connection back to the loop, so requests on one connection are answered
+in order.
+
+Who may ask (SO_PEERCRED): `getpw`, `auth` and `flush` only uid 0, the daemon's own
+uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local` (qmail-local runs
+as the mailbox's uid) and `ping` anyone.
+
+Logs go to stderr, one line per event, no timestamps (multilog adds them).
+SIGTERM/SIGINT: stop accepting, finish what is in flight, remove socket and pidfile.
+SIGHUP: re-read control/sqlserver (keep the old one if the new one is bad) and drop
+the cache.
+"""
+import collections
+import errno
+import os
+import pwd
+import queue
+import select
+import signal
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+
+from qmailsql import config as configmod
+from qmailsql import db, resolve
+from qmailsql.hotpath import IMPLEMENTATION, ConfigError, decode_frame, encode_frame, split_fields
+from qmailsql.resolve import EXIT_TEMP, Refusal, shown
+
+if IMPLEMENTATION == "cython":
+    try:
+        from qmailsql._hot import ResponseCache, cache_times, encode_response
+    except ImportError:  # an older build of _hot: rebuild with setup.py build_ext
+        from qmailsql.fallback import ResponseCache, cache_times, encode_response
+        IMPLEMENTATION = "python"
+else:
+    from qmailsql.fallback import ResponseCache, cache_times, encode_response
+
+MAX_PAYLOAD = 65536           # csrc/PROTOCOL.md, both directions
+RECV_SIZE = MAX_PAYLOAD + 16
+DB_WORKERS = 4
+AUTH_WORKERS = 2
+CACHE_ENTRIES = 100000
+STOP_GRACE = 15.0             # seconds to finish requests in flight on SIGTERM
+IDLE_TIMEOUT = 60.0           # a connection silent this long (not waiting on us) is closed
+DRAIN_TIMEOUT = 5.0           # after a malformed request: read and drop this long at most
+STALE_SHORTCUT = 2.0          # after a DB failure, stale answers are given at once this long
+ACCEPT_PAUSE = 0.1            # out of file descriptors: stop accepting this long
+
+# commands a peer not in the client uid list may send
+OPEN_COMMANDS = frozenset([b"local", b"ping"])
+NARGS = {b"getpw": 1, b"local": 6, b"auth": 3, b"ping": 0, b"flush": 0}
+
+PONG = encode_response(0, b"pong")
+FLUSHED = encode_response(0, b"")
+MALFORMED = encode_response(EXIT_TEMP, b"malformed request")
+UCRED = struct.Struct("3i")
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+DONTWAIT = socket.MSG_DONTWAIT
+SOL_SOCKET = socket.SOL_SOCKET
+SO_PEERCRED = socket.SO_PEERCRED
+
+
+def log(message):
+    """One line on stderr; a single write(2), so lines from threads never interleave."""
+    data = ("qmailsqld: %s\n" % message).encode("utf-8", "backslashreplace")
+    try:
+        os.write(2, data)
+    except OSError:
+        pass
+
+
+class StartError(Exception):
+    """The daemon cannot start; the message says why (exit 111)."""
+
+
+def client_uids(environ=None):
+    """Uids that may ask getpw, auth and flush."""
+    environ = os.environ if environ is None else environ
+    uids = {0, os.getuid(), os.geteuid()}
+    try:
+        uids.add(pwd.getpwnam("qmailp").pw_uid)
+    except KeyError:
+        pass
+    for part in environ.get("QMAILSQL_CLIENT_UIDS", "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part.isdigit():
+            uids.add(int(part))
+            continue
+        try:
+            uids.add(pwd.getpwnam(part).pw_uid)
+        except KeyError:
+            raise ConfigError("QMAILSQL_CLIENT_UIDS", 0, "%r is neither a uid nor a user name"
+                              % part)
+    return frozenset(uids)
+
+
+def _env_int(name, default, low=1):
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise ConfigError(name, 0, "must be a whole number >= %d, not %r" % (low, text))
+    return value
+
+
+def probe(path, timeout=2.0):
+    """True if something accepts connections on the unix socket PATH."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        return True
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except (BlockingIOError, socket.timeout):
+        return True  # backlog full: someone is there, and busy
+    finally:
+        s.close()
+
+
+def listen(path, backlog=1024):
+    """A listening socket at PATH, mode 0666; a stale socket is replaced atomically."""
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        try:
+            os.makedirs(directory, 0o755, exist_ok=True)
+        except OSError as e:
+            raise StartError("cannot create %s for the socket: %s" % (directory, e.strerror))
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise StartError("cannot check %s: %s" % (path, e.strerror))
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise StartError("%s exists and is not a socket; move it away" % path)
+        try:
+            alive = probe(path)
+        except OSError as e:
+            raise StartError("cannot check the socket %s: %s" % (path, e.strerror))
+        if alive:
+            raise StartError("another qmailsqld is already answering on %s; stop it first"
+                             % path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tmp = os.path.join(directory, ".qmailsqld.%d" % os.getpid())
+    if len(tmp.encode()) > 107:
+        tmp = None
+    try:
+        if tmp:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            sock.bind(tmp)
+            os.chmod(tmp, 0o666)
+            sock.listen(backlog)
+            os.rename(tmp, path)  # atomic: clients never see the path missing
+        else:
+            if st is not None:
+                os.unlink(path)
+            sock.bind(path)
+            os.chmod(path, 0o666)
+            sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        if tmp:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise StartError("cannot listen on %s: %s" % (path, e.strerror or e))
+    sock.setblocking(False)
+    return sock
+
+
+class Conn:
+    __slots__ = ("sock", "fd", "uid", "pid", "privileged", "buf", "out", "busy", "closed",
+                 "close_after", "draining", "events", "last")
+
+    def __init__(self, sock, uid, pid, privileged):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.uid = uid
+        self.pid = pid
+        self.privileged = privileged
+        self.buf = b""
+        self.out = b""
+        self.busy = False
+        self.closed = False
+        self.close_after = False
+        self.draining = False
+        self.events = 0
+        self.last = 0.0
+
+
+class Task:
+    __slots__ = ("conn", "payload", "command", "args", "stale", "generation", "config",
+                 "status", "body", "frame", "served_stale")
+
+    def __init__(self, conn, payload, command, args, stale, generation, config):
+        self.conn = conn
+        self.payload = payload
+        self.command = command
+        self.args = args
+        self.stale = stale
+        self.generation = generation
+        self.config = config
+        self.status = EXIT_TEMP
+        self.body = b""
+        self.frame = b""
+        self.served_stale = False
+
+
+class WorkerDirectory(db.Directory):
+    """A worker's Directory: remembers the last DB failure (for stale answers) and,
+    with --debug, logs every query."""
+
+    debug = False
+    last_error = None
+
+    def query(self, sql, params=(), write=False):
+        if self.debug:
+            log("debug: query %s %r" % (" ".join(sql.split()), list(params)[:20]))
+        try:
+            return db.Directory.query(self, sql, params, write)
+        except db.DirectoryUnavailable as e:
+            self.last_error = e
+            raise
+
+
+class Worker:
+    """One DB worker thread: its own Directory and Resolver, rebuilt on reload."""
+
+    def __init__(self, daemon, tasks, name):
+        self.daemon = daemon
+        self.tasks = tasks
+        self.name = name
+        self.config = None
+        self.directory = None
+        self.resolver = None
+        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
+
+    def setup(self, config):
+        if self.directory is not None:
+            self.directory.close()
+        self.directory = WorkerDirectory(config, self.daemon.health, log)
+        self.directory.debug = self.daemon.debug
+        self.resolver = resolve.Resolver(config, self.directory.mailboxes)
+        self.config = config
+
+    def run(self):
+        self.setup(self.daemon.config)
+        try:  # connect now, so the first delivery does not wait for it
+            self.directory.query("SELECT 1")
+        except db.DirectoryUnavailable:
+            pass  # logged by the Directory; every request will try again
+        while True:
+            task = self.tasks.get()
+            if task is None:
+                break
+            if task.config is not self.config:
+                self.setup(task.config)
+            try:
+                self.handle(task)
+            except Exception as e:  # a bug must not kill the worker; mail waits
+                log("internal error in %s %s: %s: %s" % (task.command.decode("ascii",
+                    "replace"), shown(task.args[0]) if task.args else "", type(e).__name__, e))
+                task.status, task.body, task.frame = EXIT_TEMP, b"internal error in qmailsqld", b""
+            if not task.frame:
+                if len(task.body) > MAX_PAYLOAD - 4:  # the helpers refuse longer answers
+                    log("%s %s: answer of %d bytes is too long for the protocol" % (
+                        task.command.decode("ascii"), shown(task.args[0]), len(task.body)))
+                    task.status, task.body = EXIT_TEMP, b"answer too long for the protocol"
+                task.frame = encode_response(task.status, task.body)
+            self.daemon.reply(task)
+        if self.directory is not None:
+            self.directory.close()
+
+    def handle(self, task):
+        command = task.command
+        if command == b"getpw":
+            self.getpw(task)
+        elif command == b"local":
+            self.local(task)
+        elif command == b"auth":
+            self.auth(task)
+
+    def getpw(self, task):
+        local = task.args[0]
+        self.directory.last_error = None
+        try:
+            delivery = self.resolver.getpw(local)
+        except Refusal as r:
+            db_error = self.directory.last_error
+            if db_error is not None:
+                self.daemon.db_failed_at = time.monotonic()
+            if r.code == EXIT_TEMP and db_error is not None and task.stale is not None:
+                log("stale answer for getpw %s: %s" % (shown(local), db_error))
+                task.frame = task.stale
+                task.served_stale = True
+                task.status = 0
+                return
+            task.status, task.body = r.code, _bytes(r.message)
+            if r.code == EXIT_TEMP:
+                log("getpw %s: %s" % (shown(local), r.message))
+            return
+        task.status, task.body = 0, delivery.fields()
+        self.daemon.db_failed_at = -1e9  # the DB answers again
+
+    def local(self, task):
+        try:
+            from qmailsql import aliases
+        except ImportError:
+            task.status, task.body = EXIT_TEMP, b"alias lookup not available in this qmailsqld"
+            log("local %s: qmailsql.aliases is not available" % shown(task.args[0]))
+            return
+        user, homedir, local, dash, ext, domain = task.args
+        try:
+            body = aliases.delivery_lines(self.directory, self.config, user, homedir, local,
+                                          dash, ext, domain)
+        except Refusal as r:
+            task.status, task.body = r.code, _bytes(r.message)
+            log("local %s %s: %s" % (shown(user), shown(ext), r.message))
+            return
+        except db.DirectoryUnavailable as e:
+            task.status, task.body = EXIT_TEMP, _bytes(str(e))
+            log("local %s %s: %s" % (shown(user), shown(ext), e))
+            return
+        task.status, task.body = 0, _bytes(body or b"")
+
+    def auth(self, task):
+        login, password, remoteip = task.args
+        task.args = (login, b"", remoteip)  # the password goes no further than this
+        try:
+            from qmailsql import auth as authmod
+        except ImportError:
+            task.status, task.body = EXIT_TEMP, b"password check not available in this qmailsqld"
+            log("auth %s: qmailsql.auth is not available" % shown(login))
+            return
+        if hasattr(authmod, "response"):  # the whole answer, logged there
+            payload = authmod.response(self.directory, self.config, login, password,
+                                       remoteip, log=log)
+            status, _, body = payload.partition(b"\0")
+            task.status, task.body = int(status), body
+            return
+        try:
+            result = authmod.authenticate(self.directory, self.config, login, password,
+                                          remoteip)
+        except Refusal as r:
+            task.status, task.body = r.code, _bytes(r.message)
+            log("auth %s from %s refused (%d): %s" % (shown(login), shown(remoteip) or "?",
+                                                     r.code, r.message))
+            return
+        except db.DirectoryUnavailable as e:
+            task.status, task.body = EXIT_TEMP, _bytes(str(e))
+            log("auth %s: %s" % (shown(login), e))
+            return
+        task.status, task.body = 0, _auth_body(result)
+
+
+def _bytes(value):
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return os.fsencode(value)
+    return bytes(value)
+
+
+def _auth_body(result):
+    """authenticate()'s answer as `user\\0uid\\0gid\\0home\\0shell\\0`."""
+    if isinstance(result, (bytes, bytearray)):
+        return bytes(result)
+    if hasattr(result, "fields"):
+        return _bytes(result.fields())
+    if isinstance(result, (tuple, list)):
+        return b"".join(_bytes(x if isinstance(x, (bytes, str)) else str(x)) + b"\0"
+                        for x in result)
+    raise TypeError("authenticate() returned %r" % type(result).__name__)
+
+
+class Daemon:
+    def __init__(self, config, qmail_dir=None, debug=False, pidfile=None):
+        self.config = config
+        self.qmail_dir = qmail_dir
+        self.debug = debug
+        self.pidfile = pidfile
+        self.allowed = client_uids()
+        self.health = db.ServerHealth()
+        self.cache = ResponseCache(_env_int("QMAILSQL_CACHE_ENTRIES", CACHE_ENTRIES))
+        self.n_db = _env_int("QMAILSQL_DB_WORKERS", DB_WORKERS)
+        self.n_auth = _env_int("QMAILSQL_AUTH_WORKERS", AUTH_WORKERS)
+        self.db_tasks = queue.SimpleQueue()
+        self.auth_tasks = queue.SimpleQueue()
+        self.done = collections.deque()
+        self.conns = {}
+        self.busy = 0
+        self.stopping = False
+        self.reload_wanted = False
+        self.listener = None
+        self.socket_path = None
+        self.socket_ino = None
+        self.accept_paused_until = 0.0
+        self.db_failed_at = -1e9
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.ep = select.epoll()
+        self.workers = []
+
+    # ---------------------------------------------------------------- set-up
+
+    def start(self):
+        self.socket_path = self.config.socket_path
+        self.listener = listen(self.socket_path)
+        self.socket_ino = os.stat(self.socket_path).st_ino
+        self.ep.register(self.listener.fileno(), EPOLLIN)
+        self.ep.register(self.wake_r, EPOLLIN)
+        for i in range(self.n_db):
+            self.workers.append(Worker(self, self.db_tasks, "db-%d" % i))
+        for i in range(self.n_auth):
+            self.workers.append(Worker(self, self.auth_tasks, "auth-%d" % i))
+        log("start socket=%s servers=%s workers=%d+%d cache=%s pid=%d" % (
+            self.socket_path, ",".join(str(s) for s in self.config.servers), self.n_db,
+            self.n_auth, IMPLEMENTATION, os.getpid()))
+        for w in self.workers:
+            w.thread.start()
+        if self.pidfile:
+            write_pidfile(self.pidfile)
+
+    def on_signal(self, signum, frame):
+        if signum == signal.SIGHUP:
+            self.reload_wanted = True
+        else:
+            self.stopping = True
+        self.wake()
+
+    def wake(self):
+        try:
+            os.write(self.wake_w, b"\0")
+        except OSError:
+            pass  # pipe full: a wake-up is already pending
+
+    def reload(self):
+        self.reload_wanted = False
+        try:
+            new = configmod.load(self.qmail_dir)
+        except ConfigError as e:
+            log("reload failed, keeping the old configuration: %s" % e)
+            return
+        if new.socket_path != self.socket_path:
+            log("reload: the socket path changed to %s; restart qmailsqld to move it"
+                % new.socket_path)
+        self.config = new
+        self.cache.clear()
+        log("reloaded %s servers=%s, cache dropped" % (new.path, ",".join(
+            str(s) for s in new.servers)))
+
+    # ---------------------------------------------------------------- event loop
+
+    def run(self):
+        ep = self.ep
+        conns = self.conns
+        lfd = self.listener.fileno() if self.listener else -1
+        wake_r = self.wake_r
+        next_sweep = time.monotonic() + 1.0
+        stop_deadline = None
+        while True:
+            if self.reload_wanted:
+                self.reload()
+            if self.stopping and stop_deadline is None:
+                stop_deadline = time.monotonic() + STOP_GRACE
+                self.stop_listening()
+                lfd = -1
+            if stop_deadline is not None:
+                if not self.busy and not any(c.out for c in conns.values()):
+                    break
+                if time.monotonic() > stop_deadline:
+                    log("stop: gave up waiting for %d request(s) in flight" % self.busy)
+                    break
+            try:
+                events = ep.poll(1.0)
+            except InterruptedError:
+                continue
+            for fd, ev in events:
+                if fd == lfd:
+                    self.accept()
+                elif fd == wake_r:
+                    self.drain_wake()
+                else:
+                    conn = conns.get(fd)
+                    if conn is None:
+                        continue
+                    if ev & EPOLLOUT and conn.out:
+                        self.flush_out(conn)
+                    if ev & ~EPOLLOUT and not conn.closed and not conn.out:
+                        self.read(conn)
+                    self.rearm(conn)
+            now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + 1.0
+                self.sweep(now)
+
+    def accept(self):
+        """One connection per event (level-triggered: more come on the next poll)."""
+        if self.listener is None:
+            return
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log("accept: %s; pausing for %.1fs" % (e.strerror, ACCEPT_PAUSE))
+                self.ep.unregister(self.listener.fileno())
+                self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+            elif e.errno not in (errno.ECONNABORTED, errno.EPROTO):
+                log("accept: %s" % e)
+            return
+        # the socket stays in blocking mode: every recv/send passes MSG_DONTWAIT
+        try:
+            pid, uid, _gid = UCRED.unpack(sock.getsockopt(SOL_SOCKET, SO_PEERCRED, UCRED.size))
+        except OSError:
+            sock.close()
+            return
+        conn = Conn(sock, uid, pid, uid in self.allowed)
+        conn.last = time.monotonic()
+        self.conns[conn.fd] = conn
+        self.read(conn)  # the request is usually there already
+        self.rearm(conn)
+
+    def read(self, conn):
+        try:
+            data = conn.sock.recv(RECV_SIZE, DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close(conn)
+            return
+        if not data:
+            self.close(conn)
+            return
+        conn.last = time.monotonic()
+        if conn.close_after:
+            return  # after a malformed request: dropped
+        if conn.buf:
+            data = conn.buf + data
+            conn.buf = b""
+        self.process(conn, data)
+
+    def process(self, conn, buf):
+        """Answer the complete requests at the front of BUF, in order."""
+        while buf:
+            try:
+                payload, used = decode_frame(buf, MAX_PAYLOAD)
+            except ValueError as e:
+                log("malformed request from uid %d pid %d: %s" % (conn.uid, conn.pid, e))
+                self.send(conn, MALFORMED)
+                conn.close_after = True
+                buf = b""
+                break
+            if payload is None:
+                break
+            buf = buf[used:]
+            self.dispatch(conn, payload)
+            if conn.busy or conn.closed or conn.close_after:
+                break
+        if conn.closed or conn.close_after:
+            buf = b""
+        conn.buf = buf
+
+    def dispatch(self, conn, payload):
+        cache = self.cache
+        if conn.privileged:
+            frame = cache.get(payload, time.monotonic())
+            if frame is not None:
+                if self.debug:
+                    self.debug_log(conn, payload, frame, "cache")
+                self.send(conn, frame)
+                return
+        try:
+            fields = split_fields(payload)
+        except ValueError as e:
+            log("malformed request from uid %d pid %d: %s" % (conn.uid, conn.pid, e))
+            self.send(conn, MALFORMED)
+            conn.close_after = True
+            return
+        command = fields[0]
+        args = fields[1:]
+        nargs = NARGS.get(command)
+        if nargs is None:
+            log("unknown command %s from uid %d" % (shown(command), conn.uid))
+            self.send(conn, encode_response(100, b"unknown command " + _bytes(shown(command))))
+            return
+        if not conn.privileged and command not in OPEN_COMMANDS:
+            cmd = command.decode("ascii")
+            log("refused uid %d for %s (pid %d; allow it with QMAILSQL_CLIENT_UIDS)" % (
+                conn.uid, cmd, conn.pid))
+            self.send(conn, encode_response(EXIT_TEMP, b"qmailsqld refuses %s requests from "
+                                            b"uid %d" % (command, conn.uid)))
+            return
+        if len(args) != nargs:
+            log("%s request from uid %d with %d fields instead of %d" % (
+                command.decode("ascii"), conn.uid, len(args), nargs))
+            self.send(conn, encode_response(EXIT_TEMP, b"malformed %s request: %d fields, "
+                                            b"expected %d" % (command, len(args), nargs)))
+            return
+        if command == b"ping":
+            self.send(conn, PONG)
+            return
+        if command == b"flush":
+            self.cache.clear()
+            log("cache flushed (uid %d)" % conn.uid)
+            self.send(conn, FLUSHED)
+            return
+        stale = None
+        if command == b"local" and not conn.privileged:
+            frame = cache.get(payload, time.monotonic())
+            if frame is not None:
+                if self.debug:
+                    self.debug_log(conn, payload, frame, "cache")
+                self.send(conn, frame)
+                return
+        elif command == b"getpw":
+            now = time.monotonic()
+            stale = cache.get_stale(payload, now)
+            if stale is not None and now - self.db_failed_at < STALE_SHORTCUT:
+                # the DB failed a moment ago: no need to make this one wait for it too
+                log("stale answer for getpw %s: the DB was unreachable %.1fs ago" % (
+                    shown(args[0]), now - self.db_failed_at))
+                self.send(conn, stale)
+                return
+        task = Task(conn, payload, command, args, stale, cache.generation, self.config)
+        conn.busy = True
+        self.busy += 1
+        if command == b"auth":
+            self.auth_tasks.put(task)
+        else:
+            self.db_tasks.put(task)
+
+    def debug_log(self, conn, payload, frame, how):
+        fields = payload.split(b"\0")
+        if fields[0] == b"auth":
+            what = "auth %s" % shown(fields[1] if len(fields) > 1 else b"")  # never the password
+        else:
+            what = " ".join([fields[0].decode("ascii", "replace")] +
+                            [shown(f) for f in fields[1:-1]])
+        colon = frame.find(b":")
+        status = frame[colon + 1:frame.find(b"\0", colon)]
+        log("debug: uid %d %s -> %s (%s)" % (conn.uid, what, status.decode("ascii", "replace"),
+                                             how))
+
+    def reply(self, task):
+        """Called by a worker: send the answer, then give the connection back to the loop."""
+        conn = task.conn
+        frame = task.frame
+        try:
+            n = conn.sock.send(frame, DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            n = len(frame)
+            conn.close_after = True
+        if n < len(frame):
+            conn.out = frame[n:]
+        self.done.append(task)
+        self.wake()
+
+    def drain_wake(self):
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        done = self.done
+        cache = self.cache
+        while done:
+            task = done.popleft()
+            conn = task.conn
+            conn.busy = False
+            self.busy -= 1
+            if self.debug:
+                self.debug_log(conn, task.payload, task.frame,
+                               "stale" if task.served_stale else "db")
+            if not task.served_stale and task.generation == cache.generation:
+                cfg = task.config
+                ttl, stale = cache_times(task.payload, task.status, task.body, cfg.cache_ttl,
+                                         cfg.negative_ttl, cfg.stale_ttl)
+                if ttl > 0:
+                    cache.put(task.payload, task.frame, time.monotonic(), ttl, stale)
+            if conn.closed:
+                continue
+            conn.last = time.monotonic()
+            if conn.buf and not conn.out and not conn.close_after:
+                buf, conn.buf = conn.buf, b""
+                self.process(conn, buf)
+            if self.stopping and not conn.busy and not conn.buf and not conn.out:
+                self.close(conn)
+                continue
+            self.rearm(conn)
+
+    def send(self, conn, frame):
+        if conn.out:
+            conn.out += frame
+            return
+        try:
+            n = conn.sock.send(frame, DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            self.close(conn)
+            return
+        if n < len(frame):
+            conn.out = frame[n:]
+
+    def flush_out(self, conn):
+        try:
+            n = conn.sock.send(conn.out, DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close(conn)
+            return
+        conn.out = conn.out[n:]
+        conn.last = time.monotonic()
+        if not conn.out and conn.buf and not conn.close_after and not conn.busy:
+            buf, conn.buf = conn.buf, b""
+            self.process(conn, buf)
+
+    def rearm(self, conn):
+        """Watch CONN for what it needs next (nothing while a worker has it)."""
+        if conn.closed:
+            return
+        if conn.close_after and not conn.out and not conn.busy and not conn.draining:
+            # the answer is out: stop sending, then read and drop what the client still
+            # sends until it hangs up, so the answer is not lost to a reset
+            conn.draining = True
+            conn.buf = b""
+            conn.last = time.monotonic()
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self.close(conn)
+                return
+        want = 0 if conn.busy else (EPOLLOUT if conn.out else EPOLLIN)
+        if want == conn.events:
+            return
+        try:
+            if conn.events == 0:
+                self.ep.register(conn.fd, want)
+            elif want == 0:
+                self.ep.unregister(conn.fd)
+            else:
+                self.ep.modify(conn.fd, want)
+        except OSError as e:
+            log("epoll on fd %d: %s" % (conn.fd, e))
+            self.close(conn)
+            return
+        conn.events = want
+
+    def close(self, conn):
+        if conn.closed:
+            return
+        conn.closed = True
+        conn.events = 0  # close() takes the fd out of the epoll set
+        self.conns.pop(conn.fd, None)
+        conn.sock.close()
+
+    def sweep(self, now):
+        if self.accept_paused_until and now >= self.accept_paused_until and self.listener:
+            self.accept_paused_until = 0.0
+            try:
+                self.ep.register(self.listener.fileno(), EPOLLIN)
+            except OSError:
+                pass
+        for conn in list(self.conns.values()):
+            if self.stopping:
+                idle = 0.0
+            elif conn.close_after:
+                idle = DRAIN_TIMEOUT
+            else:
+                idle = IDLE_TIMEOUT
+            if not conn.busy and not conn.closed and now - conn.last > idle \
+                    and not (self.stopping and conn.out):
+                self.close(conn)
+
+    def stop_listening(self):
+        log("stop requested: no new connections; finishing %d request(s) in flight"
+            % self.busy)
+        if self.listener is not None:
+            try:
+                self.ep.unregister(self.listener.fileno())
+            except (OSError, ValueError):
+                pass
+            self.listener.close()
+            self.listener = None
+        self.remove_socket()
+        # idle connections have nothing in flight: close them now
+        for conn in list(self.conns.values()):
+            if not conn.busy and not conn.out:
+                self.close(conn)
+
+    def remove_socket(self):
+        if self.socket_path:
+            try:
+                if os.stat(self.socket_path).st_ino == self.socket_ino:
+                    os.unlink(self.socket_path)
+            except OSError:
+                pass
+            self.socket_path = None
+
+    def shutdown(self):
+        for w in self.workers:
+            w.tasks.put(None)
+        deadline = time.monotonic() + 2.0
+        for w in self.workers:
+            w.thread.join(max(0.0, deadline - time.monotonic()))
+        for conn in list(self.conns.values()):
+            self.close(conn)
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        self.remove_socket()
+        if self.pidfile:
+            remove_pidfile(self.pidfile)
+
+
+def write_pidfile(path):
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write("%d\n" % os.getpid())
+    os.replace(tmp, path)
+
+
+def remove_pidfile(path):
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def call(path, fields, timeout=10.0):
+    """One request to the qmailsqld listening at PATH: (status, body).
+
+    FIELDS are bytes (command first). OSError if the daemon cannot be reached or
+    does not answer in TIMEOUT seconds; ValueError for a malformed answer."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+        s.sendall(encode_frame(list(fields)))
+        buf = b""
+        while True:
+            chunk = s.recv(RECV_SIZE)
+            if not chunk:
+                raise ValueError("qmailsqld closed the connection without a complete answer")
+            buf += chunk
+            payload, _ = decode_frame(buf, MAX_PAYLOAD)
+            if payload is not None:
+                break
+    finally:
+        s.close()
+    status, sep, body = payload.partition(b"\0")
+    if not sep or not status.isdigit() or len(status) > 3:
+        raise ValueError("malformed answer from qmailsqld")
+    return int(status), body
+
+
+def flush(path=None, timeout=10.0):
+    """Drop the cache of the qmailsqld at PATH (default: the configured socket), so
+    admin changes are seen at once. (status, body); OSError if it is not running."""
+    if path is None:
+        path = configmod.socket_path(configmod.qmail_dir())
+    return call(path, [b"flush"], timeout)
+
+
+def main(args):
+    """`qmailsql daemon` / `qmailsqld`: run in the foreground until SIGTERM."""
+    qmail_dir = getattr(args, "qmail_dir", None)
+    debug = bool(getattr(args, "debug", False))
+    pidfile = getattr(args, "pidfile", None)
+    try:
+        config = configmod.load(qmail_dir)
+        daemon = Daemon(config, qmail_dir, debug, pidfile)
+    except ConfigError as e:
+        log("fatal: %s" % e)
+        return 111
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, daemon.on_signal)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        daemon.start()
+    except StartError as e:
+        log("fatal: %s" % e)
+        return 111
+    try:
+        daemon.run()
+    finally:
+        daemon.shutdown()
+        log("stop")
+    return 0

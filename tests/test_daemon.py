@@ -1,0 +1,726 @@
+"""qmailsqld end to end: the compiled helpers against the daemon and a private MariaDB.
+
+No timing assertions: where a TTL matters the test waits for the behaviour to show
+(with a generous limit), or uses flush.
+"""
+import io
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import MySQLdb
+import pytest
+
+import qmailsql
+from qmailsql import cli, demo
+from qmailsql import sandbox as sb
+from qmailsql.helpers import helper_path
+from qmailsql.hotpath import decode_frame, encode_frame
+
+pytestmark = pytest.mark.skipif(not sb.daemon_available(), reason="qmailsql.daemon missing")
+
+SOFTLIMIT = "/usr/bin/softlimit"
+OTHER_UID = 12345
+FAQ_LOCALS = ["iain", "iain-sanity", "iain-slowlaris", "IAIN-Slowlaris", "iain-sanity-x",
+              "iain-", "-iain", "nobody", "nobody-at-all", ""]
+
+
+# ---------------------------------------------------------------- helpers
+
+def getpw_helper(local, env=None, pre=(), **kw):
+    return subprocess.run(list(pre) + [str(helper_path("qmail-getpw")), local],
+                          capture_output=True, env=env or os.environ, **kw)
+
+
+def cli_getpw(local):
+    """`qmailsql getpw LOCAL` in this process: (exit code, stdout bytes)."""
+    out = io.BytesIO()
+    saved = sys.stdout, sys.stderr
+    sys.stdout = wrapper = io.TextIOWrapper(out, write_through=True)
+    sys.stderr = io.StringIO()
+    try:
+        code = cli.main(["getpw", "--", os.fsdecode(local)])
+    finally:
+        sys.stdout, sys.stderr = saved
+        wrapper.detach()
+    return code, out.getvalue()
+
+
+def request(path, fields, timeout=10):
+    """One raw request on a fresh connection: (status, body)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(encode_frame(fields))
+        return read_response(s)
+
+
+def read_response(s, buf=None):
+    """Read one response frame from S; (status, body) (and the leftover if BUF is a list)."""
+    data = buf.pop() if buf else b""
+    while True:
+        payload, used = decode_frame(data)
+        if payload is not None:
+            break
+        chunk = s.recv(65536)
+        if not chunk:
+            raise EOFError("connection closed; got %r" % data)
+        data += chunk
+    if buf is not None:
+        buf.append(data[used:])
+    status, _, body = payload.partition(b"\0")
+    return int(status), body
+
+
+def wait_for(predicate, timeout=30, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def log_text(root):
+    return sb.Paths(root).daemon_log.read_text(errors="replace")
+
+
+def daemon_pid(root):
+    return int(sb.Paths(root).daemon_pid.read_text())
+
+
+def set_sqlserver_extra(root, extra):
+    """Rewrite ROOT's control/sqlserver with EXTRA lines (keeping the credentials)."""
+    from qmailsql import config as configmod
+    paths = sb.Paths(root)
+    cfg = configmod.load(str(root))
+    sb.write_sqlserver(paths, cfg.password, extra=extra)
+
+
+def reload_daemon(root):
+    """SIGHUP the daemon and wait for its log to say how the reload went."""
+    before = log_text(root).count("reload")
+    os.kill(daemon_pid(root), signal.SIGHUP)
+    wait_for(lambda: log_text(root).count("reload") > before, 30, "the daemon to reload")
+    return log_text(root).rsplit("qmailsqld: reload", 1)[1]
+
+
+def load_faq(q, home_root, alias_user=True):
+    demo.load_faq(q.directory, str(home_root))
+    if alias_user:
+        home = Path(home_root) / "alias"
+        demo.make_home(str(home), demo.FAQ_UID + 1, demo.FAQ_GID)
+        q.directory.query("REPLACE INTO mailbox (username, uid, gid, home, password, "
+                          "password_type, suspended) VALUES (%s,%s,%s,%s,'','Password','N')",
+                          ("alias", demo.FAQ_UID + 1, demo.FAQ_GID, str(home)), write=True)
+
+
+def add_user(q, name, home_root, uid=demo.FAQ_UID):
+    home = Path(home_root) / name
+    demo.make_home(str(home), uid, demo.FAQ_GID)
+    q.directory.query("REPLACE INTO mailbox (username, uid, gid, home, password, "
+                      "password_type, suspended) VALUES (%s,%s,%s,%s,'pw','Password','N')",
+                      (name, uid, demo.FAQ_GID, str(home)), write=True)
+    return home
+
+
+def flush(root):
+    status, body = request(sb.Paths(root).daemon_socket, [b"flush"])
+    assert status == 0, body
+
+
+def env_for(root):
+    return dict(os.environ, **sb.env(sb.Paths(root)))
+
+
+@pytest.fixture
+def faq(db, sandbox, homes):
+    """The FAQ's rows plus an alias user in the shared sandbox; daemon cache empty."""
+    load_faq(db, homes)
+    flush(sandbox)
+    return db
+
+
+def fields(*parts):
+    return b"".join(p + b"\0" for p in parts)
+
+
+# ---------------------------------------------------------------- qmail-getpw
+
+def test_faq_examples_match_direct_cli(faq, homes):
+    """The compiled helper through the daemon == `python -m qmailsql getpw` (a real
+    subprocess), byte for byte, exit code included."""
+    for local in FAQ_LOCALS:
+        h = getpw_helper(local)
+        d = subprocess.run([sys.executable, "-m", "qmailsql", "getpw", "--", local],
+                           capture_output=True)
+        assert (h.returncode, h.stdout) == (d.returncode, d.stdout), local
+    # and the FAQ's answers are the right ones
+    home = str(homes / "iain").encode()
+    assert getpw_helper("iain-slowlaris").stdout == fields(b"iain", b"800", b"100", home,
+                                                           b"-", b"slowlaris")
+    assert getpw_helper("iain-sanity").stdout == fields(
+        b"iain-sanity", b"800", b"100", str(homes / "sanity").encode(), b"", b"")
+    assert getpw_helper("nobody").stdout.split(b"\0")[0] == b"alias"
+
+
+def random_locals(n, seed=20240611):
+    rnd = random.Random(seed)
+    pieces = [b"iain", b"IAIN", b"sanity", b"-", b"-", b"--", b"slowlaris", b"alias", b"'",
+              b"\\", b"%", b"_", b'"', b"@", b".", b" ", b"`", b";", b"nobody", b"\xff",
+              b"\xc3\xa9", b"\xe2\x82", b"\x80", b"\t", b"x" * 40, b"*", b"$", b"?"]
+    out = []
+    for i in range(n):
+        kind = rnd.random()
+        if kind < 0.1:  # long junk
+            out.append(bytes(rnd.randrange(1, 256) for _ in range(rnd.choice([100, 1000,
+                                                                              10000]))))
+        else:
+            out.append(b"".join(rnd.choice(pieces) for _ in range(rnd.randrange(1, 8))))
+    return out
+
+
+def test_random_locals_match_direct(faq):
+    """~200 odd locals (quotes, %, _, backslash, non-UTF-8, 10 kB of junk): helper ==
+    `qmailsql getpw` (the CLI's main, in this process, with the same argv)."""
+    locals_ = random_locals(200)
+    assert any(b"\xff" in l for l in locals_) and any(len(l) >= 10000 for l in locals_)
+    seen_codes = set()
+    for local in locals_:
+        h = getpw_helper(local)
+        code, out = cli_getpw(local)
+        assert (h.returncode, h.stdout) == (code, out), local
+        seen_codes.add(code)
+        if h.returncode:
+            assert h.stderr.startswith(b"qmail-getpw: ") and h.stderr.count(b"\n") == 1
+    assert 0 in seen_codes
+    # a few of them through a real `python -m qmailsql getpw` as well
+    for local in locals_[:12]:
+        h = getpw_helper(local)
+        d = subprocess.run([sys.executable, "-m", "qmailsql", "getpw", "--", local],
+                           capture_output=True)
+        assert (h.returncode, h.stdout) == (d.returncode, d.stdout), local
+
+
+def test_no_alias_user_is_116(db, sandbox, homes):
+    load_faq(db, homes, alias_user=False)
+    flush(sandbox)
+    r = getpw_helper("nobody")
+    assert r.returncode == 116 and r.stdout == b""
+    assert cli_getpw(b"nobody")[0] == 116
+
+
+def test_under_softlimit(faq, homes):
+    plain = getpw_helper("iain-slowlaris")
+    limited = getpw_helper("iain-slowlaris", pre=[SOFTLIMIT, "-m", "2000000"])
+    assert limited.returncode == 0, limited.stderr
+    assert limited.stdout == plain.stdout and b"slowlaris" in plain.stdout
+
+
+def test_daemon_stopped_means_111(faq, sandbox, tmp_path):
+    paths = sb.Paths(sandbox)
+    assert getpw_helper("iain").returncode == 0
+    sb.stop_daemon(paths)
+    try:
+        assert not paths.daemon_socket.exists()
+        for local in ("iain", "nobody", ""):
+            r = getpw_helper(local)
+            assert r.returncode == 111, (local, r)
+            assert r.stdout == b""
+            assert r.stderr.startswith(b"qmail-getpw: ") and r.stderr.count(b"\n") == 1
+            assert str(paths.daemon_socket).encode() in r.stderr
+        standin = tmp_path / "stock"
+        standin.write_text("#!/bin/sh\nexit 0\n")
+        standin.chmod(0o755)
+        r = subprocess.run([str(helper_path("qmail-local")), "--", "iain", "/nonexistent",
+                            "iain", "", "", "example.org", "a@b", "./Maildir/"],
+                           capture_output=True, env=dict(os.environ,
+                                                         QMAILSQL_QMAIL_LOCAL=str(standin)))
+        assert r.returncode == 111 and r.stderr.startswith(b"qmail-local: ")
+        r = subprocess.run(["sh", "-c", 'exec "$@" 3<&0 </dev/null', "sh",
+                            str(helper_path("checkpassword")), "/bin/true"],
+                           input=b"iain\0secret\0\0", capture_output=True)
+        assert r.returncode == 111 and r.stderr.startswith(b"checkpassword: ")
+    finally:
+        sb.start_daemon(paths)
+    assert getpw_helper("iain").returncode == 0
+
+
+# ---------------------------------------------------------------- who may ask
+
+def as_uid(uid):
+    return ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups"]
+
+
+RAW_CLIENT = r"""
+import socket, sys
+path, payload = sys.argv[1], sys.argv[2].encode("latin-1").replace(b"|", b"\0")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(path)
+s.sendall(b"%d:%s," % (len(payload), payload))
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+    if data.endswith(b","):
+        break
+sys.stdout.buffer.write(data)
+"""
+
+
+def raw_as(uid, path, fields_):
+    """A request sent by a process running as UID: (status, body)."""
+    payload = "|".join(f.decode("latin-1") for f in fields_) + "|"
+    r = subprocess.run(as_uid(uid) + [sys.executable, "-I", "-c", RAW_CLIENT, str(path),
+                                      payload], capture_output=True, cwd="/")
+    assert r.returncode == 0, r.stderr
+    payload, _ = decode_frame(r.stdout)
+    status, _, body = payload.partition(b"\0")
+    return int(status), body
+
+
+def test_peercred_refuses_getpw_from_other_uid(faq, sandbox, homes):
+    os.chmod(sandbox, 0o755)  # let the other uid reach the socket at all
+    paths = sb.Paths(sandbox)
+    os.chmod(paths.run, 0o755)
+    r = getpw_helper("iain-slowlaris", pre=as_uid(OTHER_UID))
+    assert r.returncode == 111, r
+    assert r.stdout == b""
+    assert b"uid %d" % OTHER_UID in r.stderr and r.stderr.startswith(b"qmail-getpw: ")
+    assert "refused uid %d for getpw" % OTHER_UID in log_text(sandbox)
+    sock = paths.daemon_socket
+    for command, args in ((b"auth", [b"iain", b"secret", b""]), (b"flush", []),
+                          (b"getpw", [b"iain"])):
+        status, body = raw_as(OTHER_UID, sock, [command] + args)
+        assert status == 111 and b"refuses" in body, (command, body)
+    # qmail-local runs as the mailbox's uid: `local` and `ping` are open
+    assert raw_as(OTHER_UID, sock, [b"ping"]) == (0, b"pong")
+    status, body = raw_as(OTHER_UID, sock, [b"local", b"iain", str(homes / "iain").encode(),
+                                            b"iain-slowlaris", b"-", b"slowlaris",
+                                            b"example.org"])
+    assert status == 0, body
+    assert body == b"./Maildir/\n"
+    # root may still do everything
+    assert getpw_helper("iain-slowlaris").returncode == 0
+
+
+def test_helpers_never_read_sqlserver(own_sandbox):
+    """control/sqlserver 0600 and owned by another uid: a helper running as a client
+    uid (QMAILSQL_CLIENT_UIDS) still gets its answer; only the daemon reads the file."""
+    root, env = own_sandbox
+    paths = sb.Paths(root)
+    allowed = 23456
+    with qmailsql.connect(str(root)) as q:
+        load_faq(q, root / "home")
+    sb.stop_daemon(paths)
+    saved = os.environ.get("QMAILSQL_CLIENT_UIDS")
+    os.environ["QMAILSQL_CLIENT_UIDS"] = "%d, 34567" % allowed
+    try:
+        sb.start_daemon(paths)
+    finally:
+        if saved is None:
+            os.environ.pop("QMAILSQL_CLIENT_UIDS")
+        else:
+            os.environ["QMAILSQL_CLIENT_UIDS"] = saved
+    os.chmod(root, 0o755)
+    os.chmod(paths.run, 0o755)
+    st = paths.sqlserver.stat()
+    want = getpw_helper("iain-slowlaris", env=env_for(root))
+    assert want.returncode == 0 and b"slowlaris" in want.stdout
+    os.chown(paths.sqlserver, 4242, 4242)
+    os.chmod(paths.sqlserver, 0o600)
+    try:
+        probe = subprocess.run(as_uid(allowed) + ["cat", str(paths.sqlserver)],
+                               capture_output=True)
+        assert probe.returncode != 0  # the helper's uid really cannot read it
+        got = getpw_helper("iain-slowlaris", env=env_for(root), pre=as_uid(allowed))
+        assert (got.returncode, got.stdout) == (0, want.stdout), got.stderr
+        got = getpw_helper("nobody", env=env_for(root), pre=as_uid(allowed))
+        assert got.returncode == 0 and got.stdout.startswith(b"alias\0")
+        # a uid not in the list is still refused
+        other = getpw_helper("iain", env=env_for(root), pre=as_uid(OTHER_UID))
+        assert other.returncode == 111
+    finally:
+        os.chown(paths.sqlserver, st.st_uid, st.st_gid)
+        os.chmod(paths.sqlserver, st.st_mode & 0o7777)
+
+
+# ---------------------------------------------------------------- DB outages
+
+def test_db_down_stale_answers_then_fresh(own_sandbox):
+    root, env = own_sandbox
+    paths = sb.Paths(root)
+    set_sqlserver_extra(root, "cache_ttl 1\nnegative_ttl 1\n")
+    assert "failed" not in reload_daemon(root)
+    pid = daemon_pid(root)
+    e = env_for(root)
+    with qmailsql.connect(str(root)) as q:
+        load_faq(q, root / "home")
+    known = {local: getpw_helper(local, env=e) for local in ("iain-slowlaris", "iain-sanity")}
+    assert all(r.returncode == 0 for r in known.values())
+    neg = getpw_helper("nobody-known", env=e)
+    assert neg.returncode == 0 and neg.stdout.startswith(b"alias\0")
+
+    sb.stop_db(paths)
+    try:
+        # once the entries expire, known users are answered from the stale cache
+        assert _ask_until_stale(e)
+        for local, r in known.items():
+            got = getpw_helper(local, env=e)
+            assert (got.returncode, got.stdout) == (0, r.stdout), got.stderr
+        assert "stale answer for getpw 'iain-slowlaris'" in log_text(root)
+        # unknown locals wait (111), never go to the alias user; nor does one whose
+        # negative answer has expired
+        for local in ("someone-new", "nobody-known"):
+            got = getpw_helper(local, env=e)
+            assert got.returncode == 111, (local, got)
+            assert got.stdout == b"" and got.stderr.startswith(b"qmail-getpw: ")
+        # local and auth wait too
+        status, _ = request(paths.daemon_socket, [b"local", b"iain", b"/x", b"iain", b"",
+                                                  b"", b"example.org"])
+        assert status == 111
+        status, _ = request(paths.daemon_socket, [b"auth", b"iain", b"secret", b""])
+        assert status == 111
+    finally:
+        sb.start_db(paths)
+    # the DB is back: a row changed now is seen, without restarting the daemon
+    with qmailsql.connect(str(root)) as q:
+        newhome = add_user(q, "iain", root / "home2")
+    want = fields(b"iain", b"800", b"100", str(newhome).encode(), b"-", b"slowlaris")
+    wait_for(lambda: getpw_helper("iain-slowlaris", env=e).stdout == want, 60,
+             "the changed row to be seen")
+    assert getpw_helper("someone-new", env=e).stdout.startswith(b"alias\0")
+    assert daemon_pid(root) == pid
+
+
+def _ask_until_stale(env, timeout=30):
+    """Ask for a known user until the daemon answers it from the stale cache."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = getpw_helper("iain-slowlaris", env=env)
+        assert r.returncode == 0, r.stderr  # fresh or stale, never 111
+        time.sleep(0.2)
+        if "stale answer" in log_text(Path(env["QMAILSQL_QMAIL_DIR"])):
+            return True
+    return False
+
+
+def test_db_killed_known_users_still_resolve(own_sandbox):
+    root, env = own_sandbox
+    paths = sb.Paths(root)
+    set_sqlserver_extra(root, "cache_ttl 1\n")
+    reload_daemon(root)
+    e = env_for(root)
+    with qmailsql.connect(str(root)) as q:
+        load_faq(q, root / "home")
+    want = getpw_helper("iain-slowlaris", env=e)
+    assert want.returncode == 0
+    sb.stop_db(paths, signal.SIGKILL)
+    try:
+        assert _ask_until_stale(e)
+        assert getpw_helper("iain-slowlaris", env=e).stdout == want.stdout
+        assert getpw_helper("brand-new", env=e).returncode == 111
+    finally:
+        sb.start_db(paths)
+    wait_for(lambda: getpw_helper("brand-new", env=e).returncode == 0, 60, "the DB again")
+
+
+# ---------------------------------------------------------------- cache
+
+def test_cache_ttls_flush_and_reload(own_sandbox):
+    root, env = own_sandbox
+    e = env_for(root)
+    with qmailsql.connect(str(root)) as q:
+        load_faq(q, root / "home", alias_user=False)
+        # long TTLs: answers are kept, flush makes a change visible at once
+        set_sqlserver_extra(root, "cache_ttl 3600\nnegative_ttl 3600\n")
+        assert "failed" not in reload_daemon(root)
+        assert getpw_helper("newbie", env=e).returncode == 116
+        add_user(q, "newbie", root / "home")
+        assert getpw_helper("newbie", env=e).returncode == 116  # the cached negative
+        old = getpw_helper("iain-slowlaris", env=e).stdout
+        newhome = add_user(q, "iain", root / "home2")
+        assert getpw_helper("iain-slowlaris", env=e).stdout == old  # cached positive
+        r = subprocess.run([sys.executable, "-m", "qmailsql", "flush"], capture_output=True,
+                           env=e, text=True)
+        assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr
+        assert getpw_helper("newbie", env=e).stdout.startswith(b"newbie\0")
+        assert str(newhome).encode() in getpw_helper("iain-slowlaris", env=e).stdout
+
+        # short negative TTL, long positive: a new user shows up by itself, soon
+        set_sqlserver_extra(root, "cache_ttl 3600\nnegative_ttl 1\n")
+        assert "failed" not in reload_daemon(root)
+        assert str(newhome).encode() in getpw_helper("iain-slowlaris", env=e).stdout
+        assert getpw_helper("later", env=e).returncode == 116
+        add_user(q, "later", root / "home")
+        wait_for(lambda: getpw_helper("later", env=e).stdout.startswith(b"later\0"), 30,
+                 "the negative answer to expire")
+        # ... while a positive answer stays until its own TTL
+        q.directory.query("UPDATE mailbox SET home=%s WHERE username='iain'",
+                          (str(root / "home" / "iain"),), write=True)
+        assert str(newhome).encode() in getpw_helper("iain-slowlaris", env=e).stdout
+
+        # a bad control/sqlserver on reload: the old one stays in force
+        sb.Paths(root).sqlserver.write_text("servre typo\n")
+        assert "keeping the old configuration" in reload_daemon(root)
+        assert getpw_helper("later", env=e).returncode == 0
+        assert getpw_helper("iain-slowlaris", env=e).returncode == 0
+
+
+def test_flush_command_without_daemon(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "qmailsql", "flush"], capture_output=True,
+                       text=True, env=dict(os.environ, QMAILSQL_SOCKET=str(tmp_path / "no")))
+    assert r.returncode == 111
+    assert "qmailsql daemon" in r.stderr and str(tmp_path / "no") in r.stderr
+
+
+# ---------------------------------------------------------------- framing
+
+def ping_ok(path):
+    return request(path, [b"ping"]) == (0, b"pong")
+
+
+def raw_exchange(path, data, timeout=10):
+    """Send DATA as is; everything the daemon sends until it closes (or times out)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                return out, False
+            if not chunk:
+                return out, True
+            out += chunk
+
+
+@pytest.mark.parametrize("data", [
+    b"abc:getpw\0x\0,",            # length not a number
+    b"5:ping\0X",                  # no comma after the payload
+    b"4:ping,",                    # last field without its NUL
+    b":ping\0,",                   # no length at all
+    b"1234567:",                   # absurd length
+    b"70000:",                     # over 65536
+    b"-5:ping\0,",
+])
+def test_malformed_frame_gets_111_and_close(sandbox, data):
+    path = sb.Paths(sandbox).daemon_socket
+    pid = daemon_pid(sandbox)
+    out, closed = raw_exchange(path, data)
+    assert closed
+    assert out == b"21:111\0malformed request,"
+    assert ping_ok(path) and daemon_pid(sandbox) == pid
+
+
+def test_oversize_request_refused_largest_accepted(faq, sandbox):
+    path = sb.Paths(sandbox).daemon_socket
+    out, closed = raw_exchange(path, b"70000:" + b"x" * 70001)
+    assert closed and b"malformed request" in out
+    # the largest legal payload is answered
+    local = b"y" * (65536 - len(b"getpw\0\0"))
+    status, body = request(path, [b"getpw", local])
+    assert status == 111 and b"too long" in body  # the alias answer would not fit
+    status, body = request(path, [b"getpw", b"z" * 60000])
+    assert status == 0 and body.startswith(b"alias\0")
+    assert ping_ok(path)
+
+
+def test_unknown_command_and_wrong_arity(sandbox):
+    path = sb.Paths(sandbox).daemon_socket
+    status, body = request(path, [b"frobnicate", b"x"])
+    assert status == 100 and b"frobnicate" in body
+    for fields_ in ([b"getpw"], [b"getpw", b"a", b"b"], [b"local", b"x"], [b"auth", b"x"],
+                    [b"ping", b"extra"]):
+        status, body = request(path, fields_)
+        assert status == 111, fields_
+    assert ping_ok(path)
+
+
+def test_pipelined_requests_answered_in_order(faq, sandbox):
+    path = sb.Paths(sandbox).daemon_socket
+    assert request(path, [b"getpw", b"iain-sanity"])[0] == 0  # cached; the rest are not
+    reqs = [[b"ping"], [b"getpw", b"iain-slowlaris"], [b"getpw", b"iain-sanity"],
+            [b"getpw", b"nobody"], [b"ping"], [b"getpw", b"IAIN"], [b"frob"],
+            [b"getpw", b"iain-sanity"], [b"ping"]]
+    want = [request(path, r) for r in reqs]
+    flush(sandbox)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(b"".join(encode_frame(r) for r in reqs))
+        buf = [b""]
+        got = [read_response(s, buf) for _ in reqs]
+        # and again on the same connection, now from the cache
+        s.sendall(b"".join(encode_frame(r) for r in reqs))
+        again = [read_response(s, buf) for _ in reqs]
+    assert got == want and again == want
+    assert [g[0] for g in got] == [0, 0, 0, 0, 0, 0, 100, 0, 0]
+    assert got[1][1].endswith(b"-\0slowlaris\0") and got[3][1].startswith(b"alias\0")
+
+
+def test_byte_by_byte_and_half_sent_frames(faq, sandbox):
+    path = sb.Paths(sandbox).daemon_socket
+    pid = daemon_pid(sandbox)
+    frame = encode_frame([b"getpw", b"iain-slowlaris"])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        for i in range(len(frame)):
+            s.send(frame[i:i + 1])
+            time.sleep(0.002)
+        status, body = read_response(s)
+    assert status == 0 and body.endswith(b"slowlaris\0")
+    for cut in (1, 3, 5, len(frame) - 1):  # half a frame, then hang up
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(path))
+            s.sendall(frame[:cut])
+    # many connections that never send anything, closed at once
+    for _ in range(50):
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(str(path))
+    assert ping_ok(path) and daemon_pid(sandbox) == pid
+    assert getpw_helper("iain-slowlaris").returncode == 0
+
+
+# ---------------------------------------------------------------- start and stop
+
+def test_second_daemon_refuses_to_start(sandbox):
+    r = subprocess.run([sys.executable, "-m", "qmailsql", "daemon"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 111
+    assert "another qmailsqld" in r.stderr
+    assert ping_ok(sb.Paths(sandbox).daemon_socket)
+
+
+def test_stale_socket_replaced_and_bad_config_is_111(sandbox, tmp_path):
+    sock = tmp_path / "d.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(sock))
+    s.close()  # a socket file nobody answers on: what a killed daemon leaves
+    pidfile = tmp_path / "d.pid"
+    proc = subprocess.Popen([sys.executable, "-m", "qmailsql", "daemon", "--pidfile",
+                             str(pidfile)], env=dict(os.environ, QMAILSQL_SOCKET=str(sock)),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: pidfile.exists() or proc.poll() is not None, 30, "the daemon")
+        assert proc.poll() is None
+        assert ping_ok(sock)
+        assert (sock.stat().st_mode & 0o777) == 0o666
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, err
+    assert not sock.exists() and not pidfile.exists()
+    assert err.splitlines()[-1] == "qmailsqld: stop"
+
+    empty = tmp_path / "qmail"
+    (empty / "control").mkdir(parents=True)
+    r = subprocess.run([sys.executable, "-m", "qmailsql", "daemon"], capture_output=True,
+                       text=True, env=dict(os.environ, QMAILSQL_QMAIL_DIR=str(empty),
+                                           QMAILSQL_SOCKET=str(tmp_path / "e.sock")))
+    assert r.returncode == 111
+    assert len(r.stderr.splitlines()) == 1 and "sqlserver" in r.stderr
+    assert not (tmp_path / "e.sock").exists()
+
+
+def test_sigterm_finishes_request_in_flight(own_sandbox):
+    root, env = own_sandbox
+    paths = sb.Paths(root)
+    with qmailsql.connect(str(root)) as q:
+        load_faq(q, root / "home")
+    pid = daemon_pid(root)
+    lock = MySQLdb.connect(unix_socket=str(paths.db_socket), user="root",
+                           passwd=sb.root_password(paths), db="qmail")
+    try:
+        lock.cursor().execute("LOCK TABLES mailbox WRITE")
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.settimeout(60)
+        client.connect(str(paths.daemon_socket))
+        client.sendall(encode_frame([b"getpw", b"iain-slowlaris"]))
+
+        def blocked():
+            cur = lock.cursor()
+            cur.execute("SHOW PROCESSLIST")
+            return any(r[7] and "mailbox" in str(r[7]) and r[1] == "qmailsql"
+                       for r in cur.fetchall())
+        wait_for(blocked, 30, "the daemon's query to wait for the lock")
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not paths.daemon_socket.exists(), 30, "the socket to go away")
+        with pytest.raises(OSError):
+            request(paths.daemon_socket, [b"ping"])
+        assert sb._pid_alive(paths.daemon_pid)  # still finishing the request
+    finally:
+        lock.cursor().execute("UNLOCK TABLES")
+        lock.close()
+    status, body = read_response(client)
+    client.close()
+    assert status == 0 and body.endswith(b"-\0slowlaris\0")
+    wait_for(lambda: sb._zombie_or_gone(pid), 30, "the daemon to exit")
+    assert not paths.daemon_pid.exists() and not paths.daemon_socket.exists()
+    try:
+        _, st = os.waitpid(pid, 0)
+        assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0
+    except ChildProcessError:
+        pass  # already reaped by subprocess
+    assert log_text(root).rstrip().endswith("qmailsqld: stop")
+
+
+# ---------------------------------------------------------------- qmailsql install
+
+def test_install_and_undo(tmp_path):
+    qdir = tmp_path / "qmail"
+    (qdir / "bin").mkdir(parents=True)
+    (qdir / "bin" / "qmail-getpw").write_bytes(b"stock getpw")
+    (qdir / "bin" / "qmail-local").write_bytes(b"stock local")
+    (qdir / "bin" / "qmail-send").write_bytes(b"untouched")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "qmailsql", "install", "--qmail-dir",
+                               str(qdir)] + list(args), capture_output=True, text=True)
+    r = run()
+    assert r.returncode == 0, r.stderr
+    bin_ = qdir / "bin"
+    for name, built in (("qmail-getpw", "qmail-getpw"), ("qmail-local", "qmail-local"),
+                        ("qmailsql-checkpassword", "checkpassword")):
+        assert (bin_ / name).read_bytes() == helper_path(built).read_bytes()
+        assert (bin_ / name).stat().st_mode & 0o777 == 0o755
+    assert (bin_ / "qmail-getpw.orig").read_bytes() == b"stock getpw"
+    assert (bin_ / "qmail-local.orig").read_bytes() == b"stock local"
+    assert not (bin_ / "checkpassword.orig").exists()
+    assert (qdir / "qmailsql").is_dir()
+    assert "qmail-getpw.orig" in r.stdout
+
+    # again: our helpers are refreshed, the .orig files are never overwritten
+    r = run()
+    assert r.returncode == 0 and "refreshed" in r.stdout
+    assert (bin_ / "qmail-getpw.orig").read_bytes() == b"stock getpw"
+
+    # a qmail upgrade put a new stock program over ours: refuse, .orig is precious
+    (bin_ / "qmail-local").write_bytes(b"new stock local")
+    r = run()
+    assert r.returncode == 111 and "qmail-local.orig" in r.stderr
+    assert (bin_ / "qmail-local.orig").read_bytes() == b"stock local"
+    (bin_ / "qmail-local").write_bytes(helper_path("qmail-local").read_bytes())
+
+    r = run("--undo")
+    assert r.returncode == 0, r.stderr
+    assert (bin_ / "qmail-getpw").read_bytes() == b"stock getpw"
+    assert (bin_ / "qmail-local").read_bytes() == b"stock local"
+    assert not (bin_ / "qmailsql-checkpassword").exists()
+    assert not (bin_ / "qmail-getpw.orig").exists()
+    assert (bin_ / "qmail-send").read_bytes() == b"untouched"
+
+    r = subprocess.run([sys.executable, "-m", "qmailsql", "install", "--qmail-dir",
+                        str(tmp_path / "none")], capture_output=True, text=True)
+    assert r.returncode == 111 and "bin" in r.stderr
