@@ -22,7 +22,7 @@ class Session:
         from qmailsql import config as configmod, db, resolve
         self.config = config or configmod.load(qmail_dir)
         self.directory = db.Directory(self.config)
-        self.resolver = resolve.Resolver(self.config, self.directory.mailboxes)
+        self.resolver = resolve.Resolver.for_directory(self.config, self.directory)
 
     def getpw(self, local, explain=None):
         return self.resolver.getpw(local, explain)

@@ -19,7 +19,6 @@ its cache (a `flush` frame; an unreachable daemon is a warning: its cache expire
 itself after cache_ttl seconds).
 """
 import argparse
-import socket
 import sys
 
 from qmailsql import virtual
@@ -35,33 +34,19 @@ class AdminError(ValueError):
 
 def flush_daemon(config, warn=None):
     """Ask qmailsqld to drop its cache. True when it answered; else WARN(message)."""
-    from qmailsql.hotpath import decode_frame, encode_frame
+    from qmailsql import client
     warn = warn or (lambda m: sys.stderr.write("qmailsql: warning: %s\n" % m))
     path = config.socket_path
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        s.settimeout(5)
-        s.connect(path)
-        s.sendall(encode_frame([b"flush"]))
-        buf = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                raise OSError("connection closed before the answer")
-            buf += chunk
-            payload, used = decode_frame(buf)
-            if used:
-                break
-        if not payload.startswith(b"0\0"):
-            raise OSError("answered %r" % payload[:80])
+        status, body = client.flush(path, timeout=5)
+        if status:
+            raise OSError("answered %d %r" % (status, body[:80]))
         return True
     except (OSError, ValueError) as e:
         warn("daemon not reachable at %s (%s): its cache keeps old answers for up to "
              "cache_ttl=%ds; run `qmailsql flush` when it is back"
              % (path, getattr(e, "strerror", None) or e, config.cache_ttl))
         return False
-    finally:
-        s.close()
 
 
 # ------------------------------------------------------------------- checks

@@ -206,16 +206,6 @@ def _text(value, what):
     raise TypeError("%s must be bytes or str, not %s" % (what, type(value).__name__))
 
 
-def _bytes(value):
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError("password must be bytes or str, not %s" % type(value).__name__)
-
-
 def _show(text, limit=64):
     """LOGIN for a log line: printable, one line, short."""
     if isinstance(text, str):
@@ -318,7 +308,7 @@ def authenticate(directory, config, login, password, remoteip="", log=None, limi
     log = log or getattr(directory, "log", None) or (lambda msg: None)
     limiter = LIMITER if limiter is None else limiter
     scheme = getattr(config, "default_scheme", "sha512-crypt") or "sha512-crypt"
-    password = _bytes(password)
+    password = passwords.as_bytes(password)
     ip = _ip(remoteip)
     if len(login) > MAX_LOGIN or len(password) > MAX_PASSWORD:
         raise LoginRefused("login or password longer than %d bytes" % MAX_LOGIN)

@@ -133,10 +133,10 @@ def cmd_daemon(args):
 
 
 def cmd_flush(args):
-    from qmailsql import config as configmod, daemon
+    from qmailsql import client, config as configmod
     path = configmod.socket_path(configmod.qmail_dir(args.qmail_dir))
     try:
-        status, body = daemon.flush(path)
+        status, body = client.flush(path)
     except (OSError, ValueError) as e:
         return die(111, "flush: cannot reach qmailsqld at %s: %s; start it with `qmailsql "
                    "daemon` (run it under daemontools or systemd), then see `qmailsql doctor`"

@@ -208,6 +208,8 @@ def load(qmail_home=None, path=None):
                 values["password"] = f.read(4096).split(b"\n")[0].decode("utf-8")
         except OSError as e:
             raise ConfigError(pw_path, 0, "password_file cannot be read: %s" % e.strerror)
+        except ConfigError:
+            raise
         except ValueError:  # a NUL in the path, or a password that is not UTF-8
             raise ConfigError(repr(pw_path), 0, "password_file must be a readable path "
                               "holding a UTF-8 password on its first line")

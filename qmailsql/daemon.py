@@ -10,7 +10,7 @@ in order.
 
 Who may ask (SO_PEERCRED): `getpw`, `auth` and `flush` only uid 0, the daemon's own
 uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local` (qmail-local runs
-as the mailbox's uid) and `ping` anyone.
+as the mailbox's uid) also the uid that owns the homedir asked about; `ping` anyone.
 
 Logs go to stderr, one line per event, no timestamps (multilog adds them).
 SIGTERM/SIGINT: stop accepting, finish what is in flight, remove socket and pidfile.
@@ -33,17 +33,10 @@ import time
 
 from qmailsql import config as configmod
 from qmailsql import db, resolve
-from qmailsql.hotpath import IMPLEMENTATION, ConfigError, decode_frame, encode_frame, split_fields
+from qmailsql import aliases, auth as authmod
+from qmailsql.hotpath import (IMPLEMENTATION, ConfigError, ResponseCache, cache_times, decode_frame,
+                              encode_frame, encode_response, split_fields)
 from qmailsql.resolve import EXIT_TEMP, Refusal, shown
-
-if IMPLEMENTATION == "cython":
-    try:
-        from qmailsql._hot import ResponseCache, cache_times, encode_response
-    except ImportError:  # an older build of _hot: rebuild with setup.py build_ext
-        from qmailsql.fallback import ResponseCache, cache_times, encode_response
-        IMPLEMENTATION = "python"
-else:
-    from qmailsql.fallback import ResponseCache, cache_times, encode_response
 
 MAX_PAYLOAD = 65536           # csrc/PROTOCOL.md, both directions
 RECV_SIZE = MAX_PAYLOAD + 16
@@ -106,6 +99,15 @@ def client_uids(environ=None):
             raise ConfigError("QMAILSQL_CLIENT_UIDS", 0, "%r is neither a uid nor a user name"
                               % part)
     return frozenset(uids)
+
+
+def owns_home(uid, homedir):
+    """qmail-local runs as the mailbox's uid, which owns its home (qmail-getpw's rule):
+    an unprivileged peer may read the alias lines of its own home only."""
+    try:
+        return os.stat(homedir).st_uid == uid
+    except (OSError, ValueError):
+        return False
 
 
 def _env_int(name, default, low=1):
@@ -264,7 +266,7 @@ class Worker:
             self.directory.close()
         self.directory = WorkerDirectory(config, self.daemon.health, log)
         self.directory.debug = self.daemon.debug
-        self.resolver = resolve.Resolver(config, self.directory.mailboxes)
+        self.resolver = resolve.Resolver.for_directory(config, self.directory)
         self.config = config
 
     def run(self):
@@ -327,12 +329,6 @@ class Worker:
         self.daemon.db_failed_at = -1e9  # the DB answers again
 
     def local(self, task):
-        try:
-            from qmailsql import aliases
-        except ImportError:
-            task.status, task.body = EXIT_TEMP, b"alias lookup not available in this qmailsqld"
-            log("local %s: qmailsql.aliases is not available" % shown(task.args[0]))
-            return
         user, homedir, local, dash, ext, domain = task.args
         try:
             body = aliases.delivery_lines(self.directory, self.config, user, homedir, local,
@@ -350,31 +346,10 @@ class Worker:
     def auth(self, task):
         login, password, remoteip = task.args
         task.args = (login, b"", remoteip)  # the password goes no further than this
-        try:
-            from qmailsql import auth as authmod
-        except ImportError:
-            task.status, task.body = EXIT_TEMP, b"password check not available in this qmailsqld"
-            log("auth %s: qmailsql.auth is not available" % shown(login))
-            return
-        if hasattr(authmod, "response"):  # the whole answer, logged there
-            payload = authmod.response(self.directory, self.config, login, password,
-                                       remoteip, log=log)
-            status, _, body = payload.partition(b"\0")
-            task.status, task.body = int(status), body
-            return
-        try:
-            result = authmod.authenticate(self.directory, self.config, login, password,
-                                          remoteip)
-        except Refusal as r:
-            task.status, task.body = r.code, _bytes(r.message)
-            log("auth %s from %s refused (%d): %s" % (shown(login), shown(remoteip) or "?",
-                                                     r.code, r.message))
-            return
-        except db.DirectoryUnavailable as e:
-            task.status, task.body = EXIT_TEMP, _bytes(str(e))
-            log("auth %s: %s" % (shown(login), e))
-            return
-        task.status, task.body = 0, _auth_body(result)
+        payload = authmod.response(self.directory, self.config, login, password, remoteip,
+                                   log=log)  # the whole answer, logged there
+        status, _, body = payload.partition(b"\0")
+        task.status, task.body = int(status), body
 
 
 def _bytes(value):
@@ -383,18 +358,6 @@ def _bytes(value):
     if isinstance(value, str):
         return os.fsencode(value)
     return bytes(value)
-
-
-def _auth_body(result):
-    """authenticate()'s answer as `user\\0uid\\0gid\\0home\\0shell\\0`."""
-    if isinstance(result, (bytes, bytearray)):
-        return bytes(result)
-    if hasattr(result, "fields"):
-        return _bytes(result.fields())
-    if isinstance(result, (tuple, list)):
-        return b"".join(_bytes(x if isinstance(x, (bytes, str)) else str(x)) + b"\0"
-                        for x in result)
-    raise TypeError("authenticate() returned %r" % type(result).__name__)
 
 
 class Daemon:
@@ -631,6 +594,13 @@ class Daemon:
             return
         stale = None
         if command == b"local" and not conn.privileged:
+            if not owns_home(conn.uid, args[1]):
+                log("refused uid %d for local %s: it does not own home %s" % (
+                    conn.uid, shown(args[0]), shown(args[1])))
+                self.send(conn, encode_response(EXIT_TEMP, b"qmailsqld refuses local requests "
+                                                b"from uid %d for a home it does not own"
+                                                % conn.uid))
+                return
             frame = cache.get(payload, time.monotonic())
             if frame is not None:
                 if self.debug:
@@ -856,41 +826,6 @@ def remove_pidfile(path):
         os.unlink(path)
     except OSError:
         pass
-
-
-def call(path, fields, timeout=10.0):
-    """One request to the qmailsqld listening at PATH: (status, body).
-
-    FIELDS are bytes (command first). OSError if the daemon cannot be reached or
-    does not answer in TIMEOUT seconds; ValueError for a malformed answer."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(str(path))
-        s.sendall(encode_frame(list(fields)))
-        buf = b""
-        while True:
-            chunk = s.recv(RECV_SIZE)
-            if not chunk:
-                raise ValueError("qmailsqld closed the connection without a complete answer")
-            buf += chunk
-            payload, _ = decode_frame(buf, MAX_PAYLOAD)
-            if payload is not None:
-                break
-    finally:
-        s.close()
-    status, sep, body = payload.partition(b"\0")
-    if not sep or not status.isdigit() or len(status) > 3:
-        raise ValueError("malformed answer from qmailsqld")
-    return int(status), body
-
-
-def flush(path=None, timeout=10.0):
-    """Drop the cache of the qmailsqld at PATH (default: the configured socket), so
-    admin changes are seen at once. (status, body); OSError if it is not running."""
-    if path is None:
-        path = configmod.socket_path(configmod.qmail_dir())
-    return call(path, [b"flush"], timeout)
 
 
 def main(args):

@@ -1,7 +1,6 @@
 """`qmailsql demo`: the FAQ's example tables in a sandbox, run through the real helpers."""
 import os
 import subprocess
-import sys
 import tempfile
 
 from qmailsql import sandbox
@@ -28,17 +27,29 @@ def make_home(path, uid, gid):
 
 
 def load_faq(directory, home_root, uid=FAQ_UID, gid=FAQ_GID):
+    """The FAQ's Solaris example through the admin API (rows replaced if present)."""
+    from qmailsql import admin
     mailbox, alias = faq_rows(home_root)
-    for row in mailbox:
-        row = (row[0], uid, gid) + row[3:]
-        directory.query("REPLACE INTO mailbox (username, uid, gid, home, password, "
-                        "password_type, suspended) VALUES (%s,%s,%s,%s,%s,%s,%s)", row,
-                        write=True)
-        make_home(row[3], uid, gid)
-    for row in alias:
-        directory.query("DELETE FROM alias WHERE username=%s AND alias=%s", row[:2], write=True)
-        directory.query("INSERT INTO alias (username, alias, alias_username, alias_host) "
-                        "VALUES (%s,%s,%s,%s)", row, write=True)
+    for name, _, _, home, password, ptype, _ in mailbox:
+        admin.add_mailbox(directory, name, uid, gid, home, password, ptype, replace=True)
+        make_home(home, uid, gid)
+    for user, ext, au, ah in alias:
+        admin.del_alias(directory, user, ext)
+        admin.add_alias(directory, user, ext, au, ah)
+
+
+def load_virtual_catchall(directory, home_root, uid=FAQ_UID, gid=FAQ_GID):
+    """The FAQ's virtual catch-all (virtual @ '' virtual.com + alias virtual @ . /Maildir/)
+    and an alias user, so unknown addresses bounce instead of waiting."""
+    from qmailsql import admin
+    for name in ("virtual", "alias"):
+        home = os.path.join(home_root, name)
+        admin.add_mailbox(directory, name, uid, gid, home, replace=True)
+        make_home(home, uid, gid)
+    admin.del_virtual(directory, "", "virtual.com")
+    admin.add_virtual(directory, "", "virtual.com", "virtual", "@")
+    admin.del_alias(directory, "virtual", "@")
+    admin.add_alias(directory, "virtual", "@", ".", "/Maildir/")
 
 
 def show(fields):
@@ -48,30 +59,83 @@ def show(fields):
                      for n, p in zip(names, parts))
 
 
+STAND_IN = """#!/bin/sh
+# stands in for qmail's stock qmail-local: reports how the wrapper ran it
+printf '%s\\0' "$@"
+"""
+
+
+def show_argv(data):
+    args = data.split(b"\0")[:-1]
+    return "      stock qmail-local " + " ".join(
+        repr(a.decode("utf-8", "replace")) for a in args)
+
+
 def run(out=print):
     import qmailsql
     root = tempfile.mkdtemp(prefix="qsdemo-", dir="/tmp")
-    out("sandbox: %s (private MariaDB, socket %s)" % (root, sandbox.Paths(root).db_socket))
-    env = sandbox.up(root)
-    os.environ.update(env)
+    paths = sandbox.Paths(root)
+    out("sandbox: %s (private MariaDB on %s, qmailsqld on %s)"
+        % (root, paths.db_socket, paths.daemon_socket))
+    env = dict(os.environ, **sandbox.up(root))
     try:
         uid = FAQ_UID if os.geteuid() == 0 else os.getuid()
         gid = FAQ_GID if os.geteuid() == 0 else os.getgid()
+        homes = os.path.join(root, "home", "mail")
+        os.makedirs(homes, exist_ok=True)
+        for d in (root, os.path.dirname(homes), homes):
+            os.chmod(d, 0o711)  # the FAQ's POP3 pitfall: every level searchable by the uid
         with qmailsql.connect(root) as q:
-            load_faq(q.directory, os.path.join(root, "home", "mail"), uid, gid)
-        out("loaded the FAQ's tables:")
-        out("  mailbox: iain (home .../iain), iain-sanity (home .../sanity), uid %d" % uid)
-        out("  alias:   iain slowlaris . /Maildir/")
-        helper = sandbox.Paths(root).bin / "qmail-getpw"
-        via = str(helper) if helper.exists() and sandbox.daemon_available() else None
-        out("asking %s:" % ("the compiled qmail-getpw through qmailsqld" if via
-                            else "`qmailsql getpw` (direct)"))
-        for local in ("iain", "iain-sanity", "iain-slowlaris", "nobody-here"):
-            cmd = [via, local] if via else [sys.executable, "-m", "qmailsql", "getpw", local]
-            r = subprocess.run(cmd, capture_output=True, env=dict(os.environ, **env))
+            load_faq(q.directory, homes, uid, gid)
+            load_virtual_catchall(q.directory, homes, uid, gid)
+        out("loaded the FAQ's tables (uid %d):" % uid)
+        out("  mailbox: iain, iain-sanity, virtual, alias")
+        out("  alias:   iain slowlaris . /Maildir/      virtual @ . /Maildir/")
+        out("  virtual: virtual @ '' virtual.com   (the catch-all)")
+
+        out("\nqmail-getpw (compiled, asks qmailsqld): where does mail go?")
+        for local in ("iain", "iain-sanity", "iain-slowlaris", "virtual.com-anyone",
+                      "nobody-here"):
+            r = subprocess.run([str(paths.bin / "qmail-getpw"), local], capture_output=True,
+                               env=env)
             answer = show(r.stdout) if r.returncode == 0 else r.stderr.decode().strip()
-            out("  qmail-getpw %-16s exit %-3d %s" % (local, r.returncode, answer))
+            out("  %-20s exit %-3d %s" % (local, r.returncode, answer))
+
+        out("\nqmail-local (compiled wrapper): alias-table rows become dot-qmail lines")
+        stand_in = os.path.join(root, "qmail-local.stand-in")
+        with open(stand_in, "w") as f:
+            f.write(STAND_IN)
+        os.chmod(stand_in, 0o755)
+        local_env = dict(env, QMAILSQL_QMAIL_LOCAL=stand_in)
+        for user, local, ext in (("iain", "iain-slowlaris", "slowlaris"),
+                                 ("iain", "iain", ""), ("virtual", "virtual-@", "@")):
+            home = os.path.join(homes, user)
+            argv = [str(paths.bin / "qmail-local"), "--", user, home, local,
+                    "-" if ext else "", ext, "example.org", "sender@example.net", "./Maildir/"]
+            r = subprocess.run(argv, capture_output=True, env=local_env)
+            out("  %s@example.org -> exit %d%s" % (local, r.returncode, "" if r.returncode
+                                                    else " (rows: lines passed as aliasempty)"
+                                                    if r.stdout.split(b"\0")[4] == b""
+                                                    and ext else " (no rows: argv unchanged)"))
+            out(show_argv(r.stdout) if r.returncode == 0 else
+                "      " + r.stderr.decode("utf-8", "replace").strip())
+
+        out("\ncheckpassword (compiled): POP3 login as iain")
+        for password in (b"secret", b"wrong"):
+            rfd, wfd = os.pipe()
+            os.write(wfd, b"iain\0" + password + b"\0\0")
+            os.close(wfd)
+            r = subprocess.run([str(paths.bin / "checkpassword"), "/bin/sh", "-c",
+                                'echo "      logged in: USER=$USER uid=$(id -u) '
+                                'HOME=$HOME cwd=$(pwd)"'],
+                               capture_output=True, env=env, pass_fds=(rfd,),
+                               preexec_fn=lambda: os.dup2(rfd, 3))
+            os.close(rfd)
+            out("  password %-8r exit %d%s" % (password.decode(), r.returncode,
+                                                " (refused)" if r.returncode == 1 else ""))
+            if r.stdout or r.returncode not in (0, 1):
+                out((r.stdout or r.stderr).decode().rstrip())
         return 0
     finally:
         sandbox.down(root)
-        out("sandbox down, %s removed" % root)
+        out("\nsandbox down, %s removed" % root)

@@ -8,16 +8,19 @@ import os
 from qmailsql.fallback import ConfigError  # one exception class for both
 
 if os.environ.get("QMAILSQL_PUREPYTHON", "") not in ("", "0"):
-    from qmailsql.fallback import candidates, decode_frame, encode_frame, parse_sqlserver, split_fields
+    from qmailsql.fallback import (ResponseCache, cache_times, candidates, decode_frame,
+                                   encode_frame, encode_response, parse_sqlserver, split_fields)
     IMPLEMENTATION = "python"
 else:
     try:
-        from qmailsql._hot import candidates, decode_frame, encode_frame, parse_sqlserver, split_fields
+        from qmailsql._hot import (ResponseCache, cache_times, candidates, decode_frame,
+                                   encode_frame, encode_response, parse_sqlserver, split_fields)
         IMPLEMENTATION = "cython"
     except ImportError:
-        from qmailsql.fallback import (candidates, decode_frame, encode_frame, parse_sqlserver,
+        from qmailsql.fallback import (ResponseCache, cache_times, candidates, decode_frame,
+                                       encode_frame, encode_response, parse_sqlserver,
                                        split_fields)
         IMPLEMENTATION = "python"
 
-__all__ = ["ConfigError", "IMPLEMENTATION", "candidates", "decode_frame", "encode_frame",
-           "parse_sqlserver", "split_fields"]
+__all__ = ["ConfigError", "IMPLEMENTATION", "ResponseCache", "cache_times", "candidates",
+           "decode_frame", "encode_frame", "encode_response", "parse_sqlserver", "split_fields"]

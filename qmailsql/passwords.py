@@ -77,7 +77,7 @@ def mysql_old_password(password: bytes) -> str:
 
     The classic nr/nr2/add hash; spaces and tabs in the password are skipped.
     Like MySQL, the empty password gives the empty string."""
-    password = _as_bytes(password)
+    password = as_bytes(password)
     if not password:
         return ""
     nr, add, nr2 = 1345345333, 7, 0x12345671
@@ -95,7 +95,7 @@ def mysql41_password(password: bytes) -> str:
     """MySQL >= 4.1 ``PASSWORD()``: ``*`` + upper-case hex of SHA1(SHA1(password)).
 
     Like MySQL, the empty password gives the empty string."""
-    password = _as_bytes(password)
+    password = as_bytes(password)
     if not password:
         return ""
     return "*" + hashlib.sha1(hashlib.sha1(password).digest()).hexdigest().upper()
@@ -103,7 +103,7 @@ def mysql41_password(password: bytes) -> str:
 
 # --- verification -----------------------------------------------------------------
 
-def _as_bytes(value: StrOrBytes) -> bytes:
+def as_bytes(value: StrOrBytes) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
@@ -129,7 +129,7 @@ def _stored_bytes(stored) -> Optional[bytes]:
     if stored is None:
         return None
     try:
-        b = _as_bytes(stored)
+        b = as_bytes(stored)
     except (TypeError, UnicodeEncodeError):
         return None
     return b or None
@@ -164,7 +164,7 @@ def verify(password_type: StrOrBytes, stored: Optional[StrOrBytes], given: bytes
     if kind is None or stored_b is None:
         return False
     try:
-        given_b = _as_bytes(given)
+        given_b = as_bytes(given)
     except (TypeError, UnicodeEncodeError):
         return False
     if kind == "Password":
@@ -186,7 +186,7 @@ def check_stored(password_type: StrOrBytes, stored: Optional[StrOrBytes]) -> Opt
     if stored is None or (isinstance(stored, (str, bytes)) and not stored):
         return "empty password (%s): nobody can log in to this mailbox" % kind
     try:
-        stored_b = _as_bytes(stored)
+        stored_b = as_bytes(stored)
     except (TypeError, UnicodeEncodeError) as exc:
         return "password column is not text (%s)" % exc
     if kind == "Password":
@@ -253,7 +253,7 @@ def hash_password(scheme: str, password: bytes, count: int = 0) -> Tuple[str, st
     if key not in HASH_SCHEMES:
         raise ValueError("unknown password scheme %r; valid schemes: %s"
                          % (scheme, ", ".join(HASH_SCHEMES)))
-    password = _as_bytes(password)
+    password = as_bytes(password)
     if not password:
         raise ValueError("refusing to store an empty password (it can never log in)")
     if b"\0" in password:
@@ -293,7 +293,7 @@ def dummy_verify(given: bytes, scheme: str = "sha512-crypt") -> bool:
     except ValueError:
         kind, stored = _dummy_row("sha512-crypt")
     try:
-        given_b = _as_bytes(given).replace(b"\0", b"")
+        given_b = as_bytes(given).replace(b"\0", b"")
     except (TypeError, UnicodeEncodeError):
         given_b = b""
     verify(kind, stored, given_b)

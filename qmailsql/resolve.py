@@ -117,16 +117,10 @@ class Resolver:
 
     def __init__(self, config, mailbox_rows, virtual_rows=None):
         """VIRTUAL_ROWS(pairs, funky) -> (known hosts, rows) feeds the virtual step
-        (qmailsql.virtual.fetch). When it is not given and MAILBOX_ROWS is a bound
-        method of a db.Directory (anything with .query), the virtual rows come from
-        that same object; otherwise there is no virtual step."""
+        (qmailsql.virtual.fetch); without it there is no virtual step. for_directory()
+        wires both sources to one db.Directory."""
         self.config = config
         self.mailbox_rows = mailbox_rows
-        if virtual_rows is None:
-            owner = getattr(mailbox_rows, "__self__", None)
-            if owner is not None and callable(getattr(owner, "query", None)):
-                from qmailsql import virtual
-                virtual_rows = virtual.row_source(owner)
         self.virtual_rows = virtual_rows
 
     @classmethod

@@ -143,9 +143,13 @@ def start_db(paths, port=None, extra_args=(), server_id=None, log_bin=False, rea
     paths.mysql.mkdir(parents=True, exist_ok=True)
     as_root = ["--user=root"] if os.geteuid() == 0 else []
     fresh = not (paths.datadir / "mysql").exists()
+    # a private tmpdir: bootstraps running side by side collide on /tmp's temp tables
+    tmpdir = paths.mysql / "tmp"
+    tmpdir.mkdir(exist_ok=True)
     if fresh:
         r = subprocess.run([_which("mariadb-install-db", "mysql_install_db"), "--no-defaults",
-                            "--datadir=%s" % paths.datadir, "--auth-root-authentication-method=normal",
+                            "--datadir=%s" % paths.datadir, "--tmpdir=%s" % tmpdir,
+                            "--auth-root-authentication-method=normal",
                             "--skip-test-db"] + as_root, capture_output=True, text=True,
                            timeout=300)
         if r.returncode:
@@ -166,7 +170,8 @@ def start_db(paths, port=None, extra_args=(), server_id=None, log_bin=False, rea
         tls = ["--ssl-%s=%s" % (k, ssl[k]) for k in ("ca", "cert", "key") if ssl.get(k)]
     cmd = [_which("mariadbd", "mysqld"), "--no-defaults", "--datadir=%s" % paths.datadir,
            "--socket=%s" % paths.db_socket, "--pid-file=%s" % paths.db_pid,
-           "--log-error=%s" % paths.db_log, "--innodb-buffer-pool-size=32M",
+           "--log-error=%s" % paths.db_log, "--tmpdir=%s" % tmpdir,
+           "--innodb-buffer-pool-size=32M",
            "--innodb-log-file-size=16M", "--max-connections=200",
            "--character-set-server=utf8mb4"] + repl + net + tls + as_root + list(extra_args)
     paths.db_options.write_text(json.dumps({

@@ -50,21 +50,11 @@ def db(sandbox):
 
 def flush_daemon(root):
     """Drop the daemon's cache so the next test sees its own rows."""
-    sock = sb.Paths(root).daemon_socket
-    if not sock.exists():
-        return
-    import socket
-    from qmailsql.hotpath import encode_frame
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    from qmailsql import client
     try:
-        s.settimeout(5)
-        s.connect(str(sock))
-        s.sendall(encode_frame([b"flush"]))
-        s.recv(100)
-    except OSError:
+        client.flush(sb.Paths(root).daemon_socket, timeout=5)
+    except (OSError, ValueError):
         pass
-    finally:
-        s.close()
 
 
 @pytest.fixture

@@ -302,13 +302,16 @@ def test_peercred_refuses_getpw_from_other_uid(faq, sandbox, homes):
                           (b"getpw", [b"iain"])):
         status, body = raw_as(OTHER_UID, sock, [command] + args)
         assert status == 111 and b"refuses" in body, (command, body)
-    # qmail-local runs as the mailbox's uid: `local` and `ping` are open
+    # qmail-local runs as the mailbox's uid: `local` is open to the uid owning the home
     assert raw_as(OTHER_UID, sock, [b"ping"]) == (0, b"pong")
-    status, body = raw_as(OTHER_UID, sock, [b"local", b"iain", str(homes / "iain").encode(),
-                                            b"iain-slowlaris", b"-", b"slowlaris",
-                                            b"example.org"])
+    local = [b"local", b"iain", str(homes / "iain").encode(), b"iain-slowlaris", b"-",
+             b"slowlaris", b"example.org"]
+    status, body = raw_as(os.stat(homes / "iain").st_uid, sock, local)
     assert status == 0, body
     assert body == b"./Maildir/\n"
+    status, body = raw_as(OTHER_UID, sock, local)
+    assert status == 111 and b"does not own" in body, body
+    assert "refused uid %d for local" % OTHER_UID in log_text(sandbox)
     # root may still do everything
     assert getpw_helper("iain-slowlaris").returncode == 0
 

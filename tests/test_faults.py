@@ -333,7 +333,7 @@ def tcp(paths):
 
 def resolver_with(cfg, health):
     directory = db.Directory(cfg, health)
-    return directory, resolve.Resolver(cfg, directory.mailboxes)
+    return directory, resolve.Resolver.for_directory(cfg, directory)
 
 
 def test_silent_server_is_passed_over_and_then_skipped(cluster, users, silent, tmp_path):

@@ -372,14 +372,14 @@ def test_explain_tells_the_virtual_story(db, homes):
     assert "virtual host 'virtual.com'" in text and "local part 'virtual-@'" in text
 
 
-def test_resolver_without_virtual_source_is_backwards_compatible(db, homes):
+def test_resolver_without_virtual_source_has_no_virtual_step(db, homes):
     mailbox(db, homes, "virtual")
     alias = mailbox(db, homes, "alias")
     vrow(db, "virtual", "@", "", "virtual.com")
     plain = Resolver(db.config, lambda names: db.directory.mailboxes(names))
     assert plain.virtual_rows is None
     assert plain.getpw(b"virtual.com-joe") == want(b"alias", alias, b"-", b"virtual.com-joe")
-    assert Resolver(db.config, db.directory.mailboxes).virtual_rows is not None
+    assert Resolver.for_directory(db.config, db.directory).virtual_rows is not None
 
 
 # ------------------------------------------------------------------ three ways, same answer

@@ -1,0 +1,45 @@
+"""Talking to qmailsqld from Python (admin commands, tests): one request, one answer.
+
+The compiled helpers in csrc/ do the same in C; the protocol is csrc/PROTOCOL.md.
+"""
+import socket
+
+from qmailsql import config as configmod
+from qmailsql.hotpath import decode_frame, encode_frame
+
+MAX_PAYLOAD = 65536
+
+
+def call(path, fields, timeout=10.0):
+    """One request to the qmailsqld listening at PATH: (status, body).
+
+    FIELDS are bytes (command first). OSError if the daemon cannot be reached or
+    does not answer in TIMEOUT seconds; ValueError for a malformed answer."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+        s.sendall(encode_frame(list(fields)))
+        buf = b""
+        while True:
+            chunk = s.recv(MAX_PAYLOAD + 16)
+            if not chunk:
+                raise ValueError("qmailsqld closed the connection without a complete answer")
+            buf += chunk
+            payload, _ = decode_frame(buf, MAX_PAYLOAD)
+            if payload is not None:
+                break
+    finally:
+        s.close()
+    status, sep, body = payload.partition(b"\0")
+    if not sep or not status.isdigit() or len(status) > 3:
+        raise ValueError("malformed answer from qmailsqld")
+    return int(status), body
+
+
+def flush(path=None, timeout=10.0):
+    """Drop the cache of the qmailsqld at PATH (default: the configured socket), so
+    admin changes are seen at once. (status, body); OSError if it is not running."""
+    if path is None:
+        path = configmod.socket_path(configmod.qmail_dir())
+    return call(path, [b"flush"], timeout)
