@@ -57,6 +57,24 @@ def flush_daemon(root):
         pass
 
 
+def replica_pair(daemon_on_replica):
+    """Yield (primary Paths, replica Paths): a primary with a binary log on a TCP
+    port and a real MariaDB replica of it; both torn down afterwards."""
+    proot = tempfile.mkdtemp(prefix="qsp-", dir="/tmp")
+    rroot = tempfile.mkdtemp(prefix="qsr-", dir="/tmp")
+    try:
+        sb.up(proot, port=sb.free_port(), log_bin=True, daemon=False)
+        sb.up_replica(proot, rroot, daemon=daemon_on_replica)
+        yield sb.Paths(proot), sb.Paths(rroot)
+    finally:
+        for root in (rroot, proot):
+            try:
+                sb.down(root)
+            except sb.SandboxError:
+                pass
+            shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
 def own_sandbox():
     root, env = _new_sandbox(daemon=True)

@@ -6,7 +6,6 @@ alias user for a user that exists, never 100 or 116 because of trouble. Every wa
 bounded; a test that cannot reach its next step fails instead of hanging.
 """
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import time
 
 import MySQLdb
 import pytest
+from conftest import replica_pair
 
 import qmailsql
 from qmailsql import config as configmod, db, resolve, sandbox as sb
@@ -43,19 +43,7 @@ needs_daemon = pytest.mark.skipif(not DAEMON or not helper_or_none("qmail-getpw"
 @pytest.fixture(scope="module")
 def cluster():
     """(primary Paths, replica Paths); the replica runs the daemon if there is one."""
-    proot = tempfile.mkdtemp(prefix="qfp-", dir="/tmp")
-    rroot = tempfile.mkdtemp(prefix="qfr-", dir="/tmp")
-    try:
-        sb.up(proot, port=sb.free_port(), log_bin=True, daemon=False)
-        sb.up_replica(proot, rroot, daemon=True)
-        yield sb.Paths(proot), sb.Paths(rroot)
-    finally:
-        for root in (rroot, proot):
-            try:
-                sb.down(root)
-            except sb.SandboxError:
-                pass
-            shutil.rmtree(root, ignore_errors=True)
+    yield from replica_pair(daemon_on_replica=True)
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ write_server, as a mail host next to its own replica would (README, "Several mai
 hosts against one replicated DB").
 """
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import replica_pair
 
 import qmailsql
 from qmailsql import config as configmod, db, sandbox as sb
@@ -23,19 +22,7 @@ UID, GID = 800, 100
 @pytest.fixture(scope="module")
 def pair():
     """(primary Paths, replica Paths): a primary with a binary log and its replica."""
-    proot = tempfile.mkdtemp(prefix="qsp-", dir="/tmp")
-    rroot = tempfile.mkdtemp(prefix="qsr-", dir="/tmp")
-    try:
-        sb.up(proot, port=sb.free_port(), log_bin=True, daemon=False)
-        sb.up_replica(proot, rroot, daemon=False)
-        yield sb.Paths(proot), sb.Paths(rroot)
-    finally:
-        for root in (rroot, proot):
-            try:
-                sb.down(root)
-            except sb.SandboxError:
-                pass
-            shutil.rmtree(root, ignore_errors=True)
+    yield from replica_pair(daemon_on_replica=False)
 
 
 def directory(root, **kw):
