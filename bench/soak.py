@@ -1,0 +1,174 @@
+"""Soak: the three compiled helpers hammering one qmailsqld, every answer checked.
+
+    python bench/soak.py [--seconds 60] [--clients 4] [--users 200]
+
+Brings up a sandbox, loads USERS mailboxes (half with an alias row), then CLIENTS
+threads run, for SECONDS, random qmail-getpw, qmail-local (with a stand-in for the
+stock program) and checkpassword (right and wrong passwords) executions. The
+expected answer of each comes from the DB directly (qmailsql.Session), so the check
+is against the DB, not against a copy. Prints counts, errors and the daemon's RSS
+before and after, then one line of JSON. tests/test_soak.py runs a short one.
+"""
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import qmailsql  # noqa: E402
+from qmailsql import admin, demo, sandbox  # noqa: E402
+
+UID, GID = 800, 100
+STAND_IN = "#!/bin/sh\nprintf '%s\\0' \"$@\"\n"
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def load(q, root, users):
+    homes = os.path.join(root, "home")
+    os.makedirs(homes, exist_ok=True)
+    for d in (root, homes):
+        os.chmod(d, 0o711)
+    for i in range(users):
+        name = "user%d" % i
+        home = os.path.join(homes, name)
+        admin.add_mailbox(q.directory, name, UID, GID, home, "pw%d" % i, "Password",
+                          replace=True)
+        demo.make_home(home, UID, GID)
+        if i % 2:
+            admin.add_alias(q.directory, name, "box", ".", "/Maildir/")
+    admin.add_mailbox(q.directory, "alias", UID, GID, os.path.join(homes, "user0"),
+                      replace=True)
+
+
+def expected_getpw(q, local):
+    try:
+        return 0, q.getpw(local.encode()).fields()
+    except qmailsql.Refusal as r:
+        return r.code, b""
+
+
+def soak(root, seconds, clients, users, seed=1):
+    paths = sandbox.Paths(root)
+    env = dict(os.environ, QMAILSQL_SOCKET=str(paths.daemon_socket))
+    stand_in = os.path.join(root, "qmail-local.stand-in")
+    with open(stand_in, "w") as f:
+        f.write(STAND_IN)
+    os.chmod(stand_in, 0o755)
+    local_env = dict(env, QMAILSQL_QMAIL_LOCAL=stand_in)
+    bin_ = {name: str(paths.bin / name) for name in ("qmail-getpw", "qmail-local",
+                                                     "checkpassword")}
+    counts = {"getpw": 0, "local": 0, "checkpassword": 0}
+    errors = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client(n):
+        rnd = random.Random(seed * 1000 + n)
+        with qmailsql.connect(str(root)) as q:  # the DB's own answer, for checking
+            while time.monotonic() < deadline:
+                i = rnd.randrange(users + users // 4)  # some unknown users too
+                kind = rnd.choice(("getpw", "local", "checkpassword"))
+                try:
+                    problem = one(q, rnd, kind, i)
+                except Exception as e:  # a crash of the check itself is an error too
+                    problem = "%s: %r" % (kind, e)
+                with lock:
+                    counts[kind] += 1
+                    if problem:
+                        errors.append(problem)
+
+    def one(q, rnd, kind, i):
+        name = "user%d" % i
+        if kind == "getpw":
+            local = name + rnd.choice(("", "-box", "-x-y"))
+            r = subprocess.run([bin_["qmail-getpw"], local], capture_output=True, env=env,
+                               timeout=60)
+            want = expected_getpw(q, local)
+            if (r.returncode, r.stdout) != want:
+                return "getpw %s: got %d %r, DB says %d %r" % (local, r.returncode,
+                                                              r.stdout[:60], *want)
+        elif kind == "local":
+            if i >= users:
+                return None
+            home = os.path.join(root, "home", name)
+            argv = [bin_["qmail-local"], "--", name, home, name + "-box", "-", "box",
+                    "example.org", "s@example.net", "./Maildir/"]
+            r = subprocess.run(argv, capture_output=True, env=local_env, timeout=60)
+            got = r.stdout.split(b"\0")
+            rows = q.directory.query("SELECT COUNT(*) FROM alias WHERE username=%s", (name,))
+            want_aliasempty = b"./Maildir/\n" if rows[0][0] else b"./Maildir/"
+            if r.returncode or got[8] != want_aliasempty:
+                return "local %s: exit %d aliasempty %r, want %r" % (
+                    name, r.returncode, got[8:9], want_aliasempty)
+        else:
+            right = i < users and rnd.random() < 0.7
+            password = ("pw%d" % i if right else "wrong").encode()
+            # login and password go in on stdin, which the shell moves to descriptor 3
+            # (no preexec_fn: it is not safe with threads)
+            r = subprocess.run(["/bin/sh", "-c", 'exec "$0" /bin/true 3<&0 </dev/null',
+                                bin_["checkpassword"]], capture_output=True, env=env,
+                               input=name.encode() + b"\0" + password + b"\0\0", timeout=60)
+            # the limiter may refuse a right password after wrong ones from the same
+            # login: 1 is then correct too; 0 for a wrong password never is
+            if (right and r.returncode not in (0, 1)) or (not right and r.returncode != 1):
+                return "checkpassword %s right=%s: exit %d %r" % (name, right, r.returncode,
+                                                                  r.stderr[:80])
+        return None
+
+    pid = int(paths.daemon_pid.read_text())
+    rss_before = rss_kb(pid)
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    return {"seconds": round(elapsed, 1), "clients": clients, "runs": sum(counts.values()),
+            "getpw": counts["getpw"], "local": counts["local"],
+            "checkpassword": counts["checkpassword"], "errors": len(errors),
+            "first_errors": errors[:5], "daemon_rss_kb_before": rss_before,
+            "daemon_rss_kb_after": rss_kb(pid)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--users", type=int, default=200)
+    args = ap.parse_args()
+    root = tempfile.mkdtemp(prefix="qsoak-", dir="/tmp")
+    try:
+        sandbox.up(root)
+        with qmailsql.connect(root) as q:
+            load(q, root, args.users)
+        result = soak(root, args.seconds, args.clients, args.users)
+    finally:
+        sandbox.down(root)
+    print("soak: %(runs)d helper runs in %(seconds)ss (%(getpw)d getpw, %(local)d local, "
+          "%(checkpassword)d checkpassword), %(errors)d errors; daemon RSS "
+          "%(daemon_rss_kb_before)d kB -> %(daemon_rss_kb_after)d kB" % result)
+    for e in result["first_errors"]:
+        print("  error:", e)
+    print(json.dumps(result))
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
