@@ -53,9 +53,29 @@ def cmd_getpw(args):
         print("answer: user=%s uid=%d gid=%d home=%s dash=%r ext=%r" % (
             os.fsdecode(delivery.user), delivery.uid, delivery.gid, os.fsdecode(delivery.home),
             os.fsdecode(delivery.dash), os.fsdecode(delivery.ext)))
-        return 0
+        return explain_local(args, delivery, local)
     sys.stdout.buffer.write(delivery.fields())
     sys.stdout.buffer.flush()
+    return 0
+
+
+def explain_local(args, delivery, local):
+    """What the qmail-local wrapper would be told for this delivery (SPEC section 5)."""
+    from qmailsql import aliases
+    from qmailsql.resolve import Refusal
+    try:
+        with session(args) as q:
+            lines = aliases.delivery_lines(q.directory, q.config, delivery.user, delivery.home,
+                                           local, delivery.dash, delivery.ext, b"")
+    except Refusal as r:
+        return die(r.code, "qmail-local would defer (exit %d): %s" % (r.code, r.message))
+    if not lines:
+        print("qmail-local: no alias-table rows; the stock qmail-local reads the dot-qmail "
+              "files in %s" % os.fsdecode(delivery.home))
+        return 0
+    print("qmail-local: alias-table rows give these dot-qmail lines:")
+    for line in lines.decode("utf-8", "replace").splitlines():
+        print("  " + line)
     return 0
 
 

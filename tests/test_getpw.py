@@ -176,3 +176,16 @@ def test_db_down_is_111_never_alias(own_sandbox, homes):
     assert r.stdout == b""  # never the alias user's fields
     sb.start_db(sb.Paths(root))
     assert getpw_cli("iain", environ).returncode == 0
+
+
+def test_explain_shows_rows_and_dot_qmail_lines(db, homes):
+    demo.load_faq(db.directory, str(homes))
+    r = subprocess.run([sys.executable, "-m", "qmailsql", "getpw", "--explain",
+                        "iain-slowlaris"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "candidate 'iain-slowlaris': no such user" in r.stdout
+    assert "dash='-' ext='slowlaris'" in r.stdout
+    assert "alias-table rows give these dot-qmail lines:\n  ./Maildir/\n" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "qmailsql", "getpw", "--explain", "iain-other"],
+                       capture_output=True, text=True, timeout=60)
+    assert "no alias-table rows" in r.stdout
