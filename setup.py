@@ -14,6 +14,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.sdist import sdist
 
 HERE = Path(__file__).resolve().parent
 HELPERS = ["qmail-getpw", "qmail-local", "checkpassword"]
@@ -79,6 +80,18 @@ class BuildExt(build_ext):
             build_helpers(Path(self.build_lib) / "qmailsql")
 
 
+class Sdist(sdist):
+    """The sdist carries what the build needs besides the package: csrc/ and conf-qmail
+    (and tests/ and bench/, so a release can be checked as it is)."""
+
+    def make_release_tree(self, base_dir, files):
+        extra = ["conf-qmail", "README.md"]
+        for folder in ("csrc", "tests", "bench"):
+            extra += sorted(str(p.relative_to(HERE)) for p in (HERE / folder).iterdir()
+                            if p.is_file() and p.suffix in (".c", ".h", ".md", ".py"))
+        super().make_release_tree(base_dir, sorted(set(files) | set(extra)))
+
+
 def extensions():
     try:
         from Cython.Build import cythonize
@@ -90,4 +103,4 @@ def extensions():
     return cythonize(exts, language_level=3, quiet=True)
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt, "sdist": Sdist})
