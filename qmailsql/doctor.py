@@ -44,28 +44,30 @@ import re
 import shlex
 import socket
 import stat
+import struct
 import sys
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
+from qmailsql import aliases, cdb, client, passwords, schema, sync, virtual
 from qmailsql import config as configmod
-from qmailsql.hotpath import ConfigError, decode_frame, encode_frame, parse_sqlserver
+from qmailsql.helpers import HelperMissing, helper_path
+from qmailsql.hotpath import ConfigError, parse_sqlserver
+from qmailsql.resolve import ALIAS_USER, Refusal
+from qmailsql.virtual import FORWARD_USER
 
-ALIAS_USER = "alias"
-FORWARD_USER = "forward"
 TABLE_COLUMNS = OrderedDict([
     ("mailbox", ["username", "uid", "gid", "home", "password", "password_type", "suspended"]),
     ("alias", ["id", "username", "alias", "alias_username", "alias_host"]),
     ("virtual", ["id", "username", "ext", "virtual_username", "virtual_host"]),
     ("rcpthosts", ["host"]),
 ])
-USERNAME_COLUMNS = {"mailbox": ["username"], "alias": ["username", "alias"],
-                    "virtual": ["username", "virtual_username"]}
 STAT_CACHE_MAX = 200000
 FETCH = 5000
 PING_TIMEOUT = 3.0
 DAEMON_MARKER = b"QMAILSQL_SOCKET"  # every compiled helper contains this string
+UCRED = struct.Struct("3i")  # SO_PEERCRED's struct ucred: pid, uid, gid
 ER_ACCESS_DENIED, ER_DBACCESS_DENIED, ER_BAD_DB = 1045, 1044, 1049
 
 
@@ -358,52 +360,30 @@ class Doctor:
             self.add("daemon-not-running", "error", "qmailsqld is not running: no socket %s; "
                      "every delivery and POP3 login is deferred" % path, start)
             return
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(PING_TIMEOUT)
         try:
-            try:
-                s.connect(path)
-            except OSError as e:
-                self.add("daemon-not-running", "error", "qmailsqld is not running: connect to "
-                         "%s: %s" % (path, e.strerror or e), start + " (a stale socket is "
-                         "replaced)")
-                return
-            try:
-                import struct
-                cred = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                    struct.calcsize("3i"))
-                self.daemon_cred = struct.unpack("3i", cred)
-            except (OSError, AttributeError):
-                pass
-            buf = b""
-            try:
-                s.sendall(encode_frame([b"ping"]))
-                deadline = time.monotonic() + PING_TIMEOUT
-                payload = None
-                while payload is None and time.monotonic() < deadline:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    buf += chunk
-                    payload, _ = decode_frame(buf)
-            except (OSError, ValueError) as e:
-                payload = None
-                buf += (" (%s)" % e).encode()
-            if payload is None or not payload.startswith(b"0\0"):
-                pid = " (pid %d)" % self.daemon_cred[0] if self.daemon_cred else ""
-                self.add("daemon-not-answering", "error",
-                         "qmailsqld%s on %s did not answer `ping` within %.0fs (got %r)"
-                         % (pid, path, PING_TIMEOUT, bytes(buf[:60])),
-                         "see its log; restart it: svc -t /service/qmailsqld (or kill%s and "
-                         "`qmailsql daemon`)" % (" %d" % self.daemon_cred[0]
-                                                 if self.daemon_cred else ""))
-        finally:
-            s.close()
+            self.daemon_cred = _peer_cred(path, PING_TIMEOUT)
+        except OSError as e:
+            self.add("daemon-not-running", "error", "qmailsqld is not running: connect to "
+                     "%s: %s" % (path, e.strerror or e), start + " (a stale socket is "
+                     "replaced)")
+            return
+        try:
+            status, body = client.call(path, [b"ping"], timeout=PING_TIMEOUT)
+            got = None if status == 0 else "got status %d %r" % (status, body[:60])
+        except (OSError, ValueError) as e:
+            got = str(e) or type(e).__name__
+        if got is not None:
+            pid = " (pid %d)" % self.daemon_cred[0] if self.daemon_cred else ""
+            self.add("daemon-not-answering", "error",
+                     "qmailsqld%s on %s did not answer `ping` within %.0fs (%s)"
+                     % (pid, path, PING_TIMEOUT, got),
+                     "see its log; restart it: svc -t /service/qmailsqld (or kill%s and "
+                     "`qmailsql daemon`)" % (" %d" % self.daemon_cred[0]
+                                             if self.daemon_cred else ""))
 
     # ------------------------------------------------------------------ helpers
 
     def check_helpers(self):
-        from qmailsql.helpers import HelperMissing, helper_path
         bindir = os.path.join(self.qmail_dir, "bin")
         install = "qmailsql install --qmail-dir %s" % q(self.qmail_dir)
         state = {}
@@ -654,7 +634,6 @@ class Doctor:
         return conn
 
     def check_schema(self, columns, widths):
-        from qmailsql import schema
         userlen = self.config.userlen
         for table, cols in TABLE_COLUMNS.items():
             if table not in columns:
@@ -667,7 +646,7 @@ class Doctor:
                              "table %s has no column %s (an old qmail-mysql layout?): queries "
                              "on it fail and mail is deferred" % (table, col),
                              _add_column_sql(schema, table, col, userlen))
-        for table, cols in USERNAME_COLUMNS.items():
+        for table, cols in schema.USERNAME_COLUMNS.items():
             for col in cols:
                 w = widths.get((table, col))
                 if w is not None and w < userlen:
@@ -703,13 +682,6 @@ class Doctor:
     # ---- virtual
 
     def scan_virtual(self, present, estimate):
-        from collections import namedtuple
-        try:
-            from qmailsql import virtual as vmod
-        except ImportError:
-            vmod = None
-        Row = getattr(vmod, "Row", None) or namedtuple(
-            "Row", "username ext virtual_username virtual_host")
         cfg = self.config
         rows = []
         blank_catchall = []
@@ -718,7 +690,7 @@ class Doctor:
                                        "virtual_host"], present)
         for batch in self._stream(sql, "virtual", estimate):
             for rid, username, ext, vuser, vhost in batch:
-                row = Row(username, ext, vuser, vhost)
+                row = virtual.Row(username, ext, vuser, vhost)
                 rows.append(row)
                 addr = "%s@%s" % (vuser or "", vhost or "")
                 if _blank(username):
@@ -730,7 +702,7 @@ class Doctor:
                     continue
                 if _blank(vuser) and cfg.funky_queries:
                     blank_catchall.append(vhost)
-                if (not cfg.funky_queries and vuser and _is_pattern(vmod, vuser)):
+                if not cfg.funky_queries and vuser and virtual.is_pattern(vuser):
                     self.add("virtual-pattern", "warning",
                              "virtual row %s looks like a LIKE pattern but funky_queries is off: "
                              "it only matches that literal name" % addr,
@@ -752,19 +724,13 @@ class Doctor:
                         ", ".join(hosts[:5]) + (" ..." if len(hosts) > 5 else "")),
                      "update virtual set virtual_username='%' where virtual_username='';")
         if cfg.magic_forwarding:
-            self.check_forward_loops(vmod, rows)
+            self.check_forward_loops(rows)
         self._virtual_hosts = {r.virtual_host.lower() for r in rows if r.virtual_host}
         return targets
 
-    def check_forward_loops(self, vmod, rows):
-        funky = self.config.funky_queries
-        if vmod is not None and hasattr(vmod, "find_forward_loops"):
-            loops = vmod.find_forward_loops(rows, funky)   # the rows already read: no 2nd pass
-        elif vmod is not None and hasattr(vmod, "forward_loops"):
-            loops = vmod.forward_loops(self.directory, funky)
-        else:
-            loops = _forward_loops(rows)
-        for loop in loops:
+    def check_forward_loops(self, rows):
+        # the rows already read: no 2nd pass
+        for loop in virtual.find_forward_loops(rows, self.config.funky_queries):
             first = loop[0]
             user, _, host = first.rpartition("@")
             self.add("virtual-forward-loop", "error",
@@ -792,11 +758,6 @@ class Doctor:
     # ---- alias
 
     def scan_alias(self, present, estimate):
-        try:
-            from qmailsql import aliases as amod
-            from qmailsql.resolve import Refusal
-        except ImportError:
-            amod = None
         sql = self._select("alias", ["id", "username", "alias", "alias_username", "alias_host"],
                            present)
         for batch in self._stream(sql, "alias", estimate):
@@ -826,9 +787,9 @@ class Doctor:
                              "UPDATE alias SET alias_username=%s, alias_host=%s WHERE id=%s;"
                              % (sql_str(line[0]), sql_str(line[1:]), rid))
                     continue
-                if amod is not None and rid is not None:
+                if rid is not None:
                     try:
-                        amod.line_for(row, b"", None)
+                        aliases.line_for(row, b"", None)
                     except Refusal as r:
                         self.add("alias-misconfigured", "error", r.message.split("; fix:")[0],
                                  r.message.split("; fix: ", 1)[1] if "; fix: " in r.message
@@ -844,11 +805,7 @@ class Doctor:
         seen_case = {} if case_sensitive else None
         alias_found = False
         forward_user = None
-        try:
-            from qmailsql import passwords
-            check_stored = passwords.check_stored
-        except ImportError:
-            check_stored = None
+        check_stored = passwords.check_stored
         shadows = {}
         home_ok = self._home_ok
         fast_pw = _FAST_PASSWORD
@@ -895,8 +852,7 @@ class Doctor:
                     hit = users_table.shadowing(lname)
                     if hit is not None:
                         shadows.setdefault(hit, []).append(name)
-                if pw and check_stored is not None and not (
-                        (fast_pw.get(ptype) or _plausible_password)(pw, ptype)):
+                if pw and not (fast_pw.get(ptype) or _plausible_password)(pw, ptype):
                     problem = check_stored(ptype, pw)  # slow (runs crypt): suspects only
                     if problem is not None:
                         add("password-type", "warning", "mailbox %r: %s: checkpassword always "
@@ -1088,12 +1044,8 @@ class Doctor:
         cdb_path = os.path.join(self.qmail_dir, "users", "cdb")
         assign_path = os.path.join(self.qmail_dir, "users", "assign")
         try:
-            from qmailsql import cdb as cdbmod
-            tables.append(UsersTable.from_cdb(cdbmod.Reader.open(cdb_path).items(),
-                                              "users/cdb"))
+            tables.append(UsersTable.from_cdb(cdb.Reader.open(cdb_path).items(), "users/cdb"))
         except FileNotFoundError:
-            pass
-        except ImportError:
             pass
         except Exception as e:  # a corrupt cdb: qmail-lspawn defers everything
             self.add("users-cdb-shadow", "error", "%s cannot be read (%s): qmail-lspawn defers "
@@ -1128,25 +1080,16 @@ class Doctor:
 
     def check_control_files(self):
         try:
-            from qmailsql import sync as syncmod
-        except ImportError:
-            syncmod = None
-        if syncmod is not None and hasattr(syncmod, "plan"):
-            try:
-                plan = syncmod.plan(self.qmail_dir, self.directory)
-            except Exception as e:
-                self.add("control-stale", "error", "cannot compute what `qmailsql sync` would "
-                         "write: %s" % e, "fix the rows named, then qmailsql sync")
-                return
-            files = [(name, path, new, old) for name, path, new, old in plan.files]
-        else:
-            files = self._own_control_plan()
-        for name, path, new, old in files:
+            plan = sync.plan(self.qmail_dir, self.directory)
+        except Exception as e:
+            self.add("control-stale", "error", "cannot compute what `qmailsql sync` would "
+                     "write: %s" % e, "fix the rows named, then qmailsql sync")
+            return
+        for name, path, new, old in plan.files:
             if name.endswith(".cdb"):
-                from qmailsql import cdb as cdbmod
-                want = {k for k, _ in cdbmod.Reader(new).items()} if new else set()
+                want = {k for k, _ in cdb.Reader(new).items()} if new else set()
                 try:
-                    have = {k for k, _ in cdbmod.Reader(old).items()} if old else set()
+                    have = {k for k, _ in cdb.Reader(old).items()} if old else set()
                 except Exception:
                     have = {None}
                 want = {k.decode("utf-8", "replace") for k in want}
@@ -1186,27 +1129,6 @@ class Doctor:
                      "table" % (host, host),
                      "remove the line %s from %s (then svc -h /service/qmail-send)"
                      % (host, path))
-
-    def _own_control_plan(self):
-        """What virtualdomains and rcpthosts should hold, when qmailsql.sync is absent."""
-        hosts = sorted({h.strip().lower() for (h,) in self.directory.query(
-            "SELECT DISTINCT virtual_host FROM virtual") if h and h.strip()})
-        extra = sorted({h.strip().lower() for (h,) in self.directory.query(
-            "SELECT host FROM rcpthosts") if h and h.strip()})
-        control = os.path.join(self.qmail_dir, "control")
-        out = []
-        for name, lines in (("virtualdomains", ["%s:%s" % (h, h) for h in hosts]),
-                            ("rcpthosts", sorted(set(hosts) | set(extra)))):
-            path = os.path.join(control, name)
-            try:
-                with open(path, "rb") as f:
-                    old = f.read()
-            except OSError:
-                old = None
-            have = _effective(old)
-            new = "\n".join(sorted(have | set(lines))).encode() + b"\n"
-            out.append((name, path, new, old))
-        return out
 
 
 class _Shadows:
@@ -1264,34 +1186,6 @@ def _blank(value):
     return value is None or str(value).strip() == ""
 
 
-def _is_pattern(vmod, value):
-    if vmod is not None and hasattr(vmod, "is_pattern"):
-        return vmod.is_pattern(value)
-    return "%" in value or "_" in value
-
-
-def _forward_loops(rows):
-    """Magic-forward loops among ROWS (used only when qmailsql.virtual lacks one)."""
-    by_addr = {}
-    for r in rows:
-        if not _blank(r.virtual_username):
-            by_addr[("%s@%s" % (r.virtual_username, r.virtual_host)).lower()] = r
-    loops = {}
-    for start in rows:
-        chain = []
-        row = start
-        while row is not None and (row.username or "").strip().lower() == FORWARD_USER:
-            addr = ("%s@%s" % (row.virtual_username, row.virtual_host)).lower()
-            if addr in chain:
-                loop = chain[chain.index(addr):]
-                k = loop.index(min(loop))
-                loops[tuple(loop[k:] + loop[:k])] = loop[k:] + loop[:k]
-                break
-            chain.append(addr)
-            row = by_addr.get((row.ext or "").strip().lower())
-    return [loops[k] for k in sorted(loops)]
-
-
 def _effective(data):
     """The lines qmail reads from a control file: not blank, not comments; lower-cased."""
     if not data:
@@ -1328,6 +1222,18 @@ def _group(gid):
         return grp.getgrgid(gid).gr_name
     except (KeyError, OSError):
         return str(gid)
+
+
+def _peer_cred(path, timeout):
+    """(pid, uid, gid) of the process listening on the unix socket PATH (SO_PEERCRED), or
+    None where the system cannot tell; OSError when the connection is refused."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        try:
+            return UCRED.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size))
+        except (OSError, AttributeError):
+            return None
 
 
 def _proc_groups(pid):

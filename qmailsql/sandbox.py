@@ -100,7 +100,7 @@ def root_sql(paths, statements, password=None):
     if password is None:
         password = root_password(paths)
     conn = MySQLdb.connect(unix_socket=str(paths.db_socket), user="root", passwd=password,
-                           connect_timeout=10)
+                           connect_timeout=10, autocommit=True)
     try:
         cur = conn.cursor()
         for sql, params in statements:

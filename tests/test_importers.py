@@ -418,7 +418,7 @@ def test_import_vpopmail_from_db_matches_dump(sandbox, db, homes, capsys):
             stmts.append(("INSERT INTO vpoptest.%s (%s) VALUES (%s)" % (
                 name, ",".join(cols), ",".join(["%s"] * len(cols))),
                 [row[c] for c in cols]))
-    sb.root_sql(paths, stmts + [("COMMIT", ())])  # root_sql does not commit by itself
+    sb.root_sql(paths, stmts)
     try:
         password = dict(l.split("=", 1) for l in paths.root_cnf.read_text().split("\n")
                         if "=" in l)["password"]
