@@ -178,6 +178,9 @@ def _is_ours(data, new):
     return data == new or b"QMAILSQL_SOCKET" in data
 
 
+DAEMON_USER = "qmailsql"
+
+
 def cmd_install(args):
     import grp
     import shutil
@@ -256,6 +259,14 @@ def cmd_install(args):
     if not os.path.isdir(run):
         os.makedirs(run, 0o755)
         print("created %s (qmailsqld's socket lives here)" % run)
+    try:  # the daemon, running as user qmailsql, creates its socket here
+        import pwd
+        daemon_user = pwd.getpwnam(DAEMON_USER)
+        os.chown(run, daemon_user.pw_uid, daemon_user.pw_gid)
+        print("%s belongs to %s (the daemon's user)" % (run, DAEMON_USER))
+    except KeyError:
+        print("note: no user %s; create it (useradd -r -s /usr/sbin/nologin %s) and "
+              "chown it %s, or run qmailsqld as root" % (DAEMON_USER, DAEMON_USER, run))
     print("done; start qmailsqld (`qmailsql daemon`) before qmail delivers with these helpers")
     return 0
 
@@ -337,6 +348,9 @@ def build_parser():
                        "multilog.")
     s.add_argument("--pidfile", help="write the pid here")
     s.add_argument("--debug", action="store_true", help="log every query")
+    # `qmailsqld --qmail-dir DIR` is `qmailsql daemon --qmail-dir DIR`
+    s.add_argument("--qmail-dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help="qmail home holding control/sqlserver")
     s.set_defaults(func=cmd_daemon)
 
     s = sub.add_parser("flush", help="drop qmailsqld's cache (after changing the DB by hand)",
