@@ -128,11 +128,12 @@ def encode_frame(fields):
 
 
 def decode_frame(buf, Py_ssize_t limit=65536):
-    cdef const unsigned char[:] view = buf
-    cdef Py_ssize_t n = view.shape[0], i = 0, length = 0, end
+    cdef bytes b = buf if type(buf) is bytes else bytes(buf)
+    cdef const unsigned char *s = b
+    cdef Py_ssize_t n = len(b), i = 0, length = 0, end
     cdef unsigned char c
     while i < n:
-        c = view[i]
+        c = s[i]
         if c == 0x3A:
             break
         if c < 0x30 or c > 0x39 or i >= 6:
@@ -148,9 +149,9 @@ def decode_frame(buf, Py_ssize_t limit=65536):
     end = i + 1 + length
     if n <= end:
         return None, 0
-    if view[end] != 0x2C:
+    if s[end] != 0x2C:
         raise ValueError("frame not terminated by ','")
-    return bytes(buf[i + 1:end]), end + 1
+    return b[i + 1:end], end + 1
 
 
 def split_fields(bytes payload):
