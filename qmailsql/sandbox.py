@@ -279,6 +279,13 @@ def install_helpers(paths):
             shutil.copy2(src, paths.bin / name)
 
 
+def package_parent():
+    """The directory this qmailsql package is imported from: a child `python -m
+    qmailsql` run from a neutral cwd then gets the very same package (installed or
+    built in place), never a source tree that happens to be its cwd."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
 def start_daemon(paths):
     if _pid_alive(paths.daemon_pid):
         return
@@ -289,12 +296,12 @@ def start_daemon(paths):
         except FileNotFoundError:
             pass
     env = dict(os.environ, QMAILSQL_QMAIL_DIR=str(paths.root),
-               QMAILSQL_SOCKET=str(paths.daemon_socket))
+               QMAILSQL_SOCKET=str(paths.daemon_socket), PYTHONPATH=package_parent())
     log = open(paths.daemon_log, "ab")
     proc = subprocess.Popen([sys.executable, "-m", "qmailsql", "daemon",
                              "--pidfile", str(paths.daemon_pid)],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                            start_new_session=True)
+                            cwd=str(paths.root), start_new_session=True)
     log.close()
 
     def ready():
@@ -310,14 +317,6 @@ def stop_daemon(paths, sig=signal.SIGTERM):
     if pid:
         os.kill(pid, sig)
         _wait(lambda: _zombie_or_gone(pid), 30, "qmailsqld to stop")
-
-
-def daemon_available():
-    try:
-        import qmailsql.daemon  # noqa: F401
-        return True
-    except ImportError:
-        return False
 
 
 def up(root, port=None, daemon=True, userlen=32, log_bin=False, server_id=None, ssl=None):
@@ -343,7 +342,7 @@ def up(root, port=None, daemon=True, userlen=32, log_bin=False, server_id=None, 
     finally:
         directory.close()
     install_helpers(paths)
-    if daemon and daemon_available():
+    if daemon:
         start_daemon(paths)
     return env(paths)
 
@@ -412,7 +411,7 @@ def up_replica(primary_root, replica_root, port=None, daemon=False, server_id=No
                         write_server="127.0.0.1:%d" % pport, login=cfg.login)
     wait_replicating(replica)
     install_helpers(replica)
-    if daemon and daemon_available():
+    if daemon:
         start_daemon(replica)
     return env(replica)
 

@@ -14,6 +14,14 @@ import qmailsql
 from qmailsql import sandbox as sb
 
 
+def pytest_configure(config):
+    """Every `python -m qmailsql` a test starts must run the package under test (the
+    installed one in CI), not the source tree that is the cwd: run from /tmp, with
+    PYTHONPATH naming the package's own directory."""
+    os.environ["PYTHONPATH"] = sb.package_parent()
+    os.chdir(tempfile.gettempdir())
+
+
 def _new_sandbox(daemon):
     # short path: unix socket paths are limited to 107 bytes
     root = tempfile.mkdtemp(prefix="qst-", dir="/tmp")

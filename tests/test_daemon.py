@@ -22,8 +22,6 @@ from qmailsql import sandbox as sb
 from qmailsql.helpers import helper_path
 from qmailsql.hotpath import decode_frame, encode_frame
 
-pytestmark = pytest.mark.skipif(not sb.daemon_available(), reason="qmailsql.daemon missing")
-
 SOFTLIMIT = "/usr/bin/softlimit"
 OTHER_UID = 12345
 FAQ_LOCALS = ["iain", "iain-sanity", "iain-slowlaris", "IAIN-Slowlaris", "iain-sanity-x",

@@ -19,6 +19,7 @@ from conftest import replica_pair
 
 import qmailsql
 from qmailsql import config as configmod, db, resolve, sandbox as sb
+from qmailsql.helpers import helper_path
 from qmailsql.hotpath import encode_frame
 from qmailsql.resolve import Refusal
 
@@ -27,22 +28,9 @@ NUSERS = 40
 HELPER_TIMEOUT = 90  # the helpers give up after 60 s themselves
 
 
-def helper_or_none(name):
-    from qmailsql import helpers
-    try:
-        return str(helpers.helper_path(name))
-    except helpers.HelperMissing:
-        return None
-
-
-DAEMON = sb.daemon_available()
-needs_daemon = pytest.mark.skipif(not DAEMON or not helper_or_none("qmail-getpw"),
-                                  reason="qmailsql.daemon or the compiled helpers missing")
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    """(primary Paths, replica Paths); the replica runs the daemon if there is one."""
+    """(primary Paths, replica Paths); the replica runs the daemon."""
     yield from replica_pair(daemon_on_replica=True)
 
 
@@ -54,8 +42,7 @@ def users(cluster, homes):
         if not sb._pid_alive(paths.db_pid):
             sb.restart_db(paths)
     sb.wait_replicating(replica)
-    if DAEMON:
-        sb.start_daemon(replica)
+    sb.start_daemon(replica)
     d = db.Directory(configmod.load(str(primary.root)))
     try:
         for t in ("mailbox", "alias", "virtual"):
@@ -77,8 +64,6 @@ def users(cluster, homes):
 
 def flush(paths):
     """Empty the daemon's cache, so the next lookups ask the DB."""
-    if not DAEMON:
-        return
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.settimeout(10)
@@ -97,7 +82,7 @@ def helper_env(paths):
 
 
 def run_getpw_helper(paths, local):
-    r = subprocess.run([helper_or_none("qmail-getpw"), local], capture_output=True,
+    r = subprocess.run([str(helper_path("qmail-getpw")), local], capture_output=True,
                        env=helper_env(paths), timeout=HELPER_TIMEOUT)
     if r.returncode == 0:
         return ("ok", r.stdout.split(b"\0")[0].decode())
@@ -110,7 +95,7 @@ def run_checkpassword(paths, login, password):
         f.write(login.encode() + b"\0" + password.encode() + b"\0" + b"0\0")
         f.seek(0)
         r = subprocess.run(["/bin/sh", "-c", 'exec "$@" 3<&0 </dev/null', "sh",
-                            helper_or_none("checkpassword"), "/bin/true"], stdin=f,
+                            str(helper_path("checkpassword")), "/bin/true"], stdin=f,
                            capture_output=True, env=helper_env(paths),
                            timeout=HELPER_TIMEOUT)
     return r.returncode
@@ -196,8 +181,7 @@ def test_first_server_killed_while_lookups_run(cluster, users):
     assert cfg.servers[0] != cfg.write_server  # the replica is first, the primary next
     session = qmailsql.Session(config=cfg)
     loops = [Loop(session_lookup(session), users)]
-    if DAEMON and helper_or_none("qmail-getpw"):
-        loops.append(Loop(helper_lookup(replica, flush_first=True), users))
+    loops.append(Loop(helper_lookup(replica, flush_first=True), users))
     for loop in loops:
         loop.start()
     try:
@@ -246,16 +230,13 @@ def test_every_server_down_is_111(cluster, users):
             assert r.returncode == 111, (local, r.stdout, r.stderr)
             assert r.stdout == b""
             assert b"Traceback" not in r.stderr and r.stderr.count(b"\n") == 1
-    if not (DAEMON and helper_or_none("qmail-getpw")):
-        return
     flush(replica)
     for local in (users[1], "never-seen-before", "user99-x"):
         rc, err = run_getpw_helper(replica, local)
         assert rc == 111, (local, err)
-    if helper_or_none("checkpassword"):
-        # the right password while the DB is down: "try later", never "bad password"
-        assert run_checkpassword(replica, users[2], "pw-" + users[2]) == 111
-        assert run_checkpassword(replica, users[2], "wrong") == 111
+    # the right password while the DB is down: "try later", never "bad password"
+    assert run_checkpassword(replica, users[2], "pw-" + users[2]) == 111
+    assert run_checkpassword(replica, users[2], "wrong") == 111
 
 
 # (c) ---------------------------------------------------------------------------------
@@ -399,7 +380,6 @@ def test_hanging_query_moves_to_next_server(cluster, users, tmp_path):
 
 # (d) ---------------------------------------------------------------------------------
 
-@needs_daemon
 def test_daemon_killed_and_restarted(cluster, users):
     primary, replica = cluster
     loop = Loop(helper_lookup(replica, flush_first=False), users)
@@ -411,8 +391,7 @@ def test_daemon_killed_and_restarted(cluster, users):
         rc, err = run_getpw_helper(replica, users[0])
         assert rc == 111, err
         assert "qmailsqld" in err
-        if helper_or_none("checkpassword"):
-            assert run_checkpassword(replica, users[0], "pw-" + users[0]) == 111
+        assert run_checkpassword(replica, users[0], "pw-" + users[0]) == 111
         loop.wait_for("down", 3)
         sb.start_daemon(replica)
         loop.phase = "after"

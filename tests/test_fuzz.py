@@ -18,26 +18,16 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import qmailsql
 from qmailsql import config as configmod, fallback, hotpath
+from qmailsql.helpers import helper_path
 from qmailsql.hotpath import ConfigError, candidates, encode_frame
 from qmailsql.resolve import Delivery, Refusal
 
-try:
-    from qmailsql import _hot
-except ImportError:  # the reference alone still gets fuzzed
-    _hot = None
+from qmailsql import _hot  # noqa: E402
 
-IMPLS = [fallback] + ([_hot] if _hot is not None else [])
+IMPLS = [fallback, _hot]
 NO_SOCKET = "/nonexistent/qmailsql-fuzz/qmailsqld.sock"
 TIMEOUT = 90
 UID, GID = 800, 100
-
-
-def helper_or_none(name):
-    from qmailsql import helpers
-    try:
-        return str(helpers.helper_path(name))
-    except helpers.HelperMissing:
-        return None
 
 
 # control/sqlserver --------------------------------------------------------------------
@@ -204,8 +194,6 @@ def call_daemon(path, data, timeout=5):
 @example(encode_frame([b"ping"]) * 3)
 @example(encode_frame([b"getpw", b"x"]) + b"junk")
 def test_daemon_survives_any_request_bytes(sandbox, data):
-    if not qmailsql_daemon():
-        pytest.skip("qmailsql.daemon not importable")
     path = os.environ["QMAILSQL_SOCKET"]
     answer = call_daemon(path, data)
     rest = answer  # whatever it says is whole frames, each with a numeric status
@@ -217,11 +205,6 @@ def test_daemon_survives_any_request_bytes(sandbox, data):
         rest = rest[used:]
     pong = call_daemon(path, encode_frame([b"ping"]))
     assert hotpath.decode_frame(pong)[0] == b"0\0pong"
-
-
-def qmailsql_daemon():
-    from qmailsql import sandbox
-    return sandbox.daemon_available()
 
 
 # local parts through Session.getpw ------------------------------------------------------
@@ -282,8 +265,8 @@ def test_getpw_any_local_part(fuzz_session, local):
 
 # compiled helpers -------------------------------------------------------------------------
 
-CHECKPASSWORD = helper_or_none("checkpassword")
-GETPW = helper_or_none("qmail-getpw")
+CHECKPASSWORD = str(helper_path("checkpassword"))
+GETPW = str(helper_path("qmail-getpw"))
 
 
 def helper_env():
@@ -299,7 +282,6 @@ fd3_bytes = st.one_of(
     st.binary(min_size=500, max_size=520))
 
 
-@pytest.mark.skipif(CHECKPASSWORD is None, reason="compiled checkpassword not built")
 @settings(max_examples=250, deadline=None)
 @given(data=fd3_bytes)
 @example(b"")
@@ -323,7 +305,6 @@ def test_checkpassword_any_fd3_bytes(data):
     assert r.stderr.startswith(b"checkpassword: ") and r.stderr.count(b"\n") == 1
 
 
-@pytest.mark.skipif(GETPW is None, reason="compiled qmail-getpw not built")
 @settings(max_examples=150, deadline=None)
 @given(arg=st.binary(max_size=300).map(lambda b: b.replace(b"\0", b"")))
 @example(b"")

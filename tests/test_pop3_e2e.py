@@ -32,7 +32,7 @@ import pytest
 
 import qmailsql
 from qmailsql import sandbox as sb
-from qmailsql.helpers import HelperMissing, helper_path
+from qmailsql.helpers import helper_path
 
 UID, GID = 5000, 5000
 PASSWORD = "pop secret"
@@ -41,9 +41,12 @@ MESSAGE = (b"From: sender@example.org\r\nTo: alice@example.com\r\n"
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 REPLY = "/usr/lib/dovecot/checkpassword-reply"
 
-pytestmark = pytest.mark.skipif(
-    not (os.access(DOVECOT, os.X_OK) and os.access(REPLY, os.X_OK)),
-    reason="Dovecot is not installed (apt-get install dovecot-core dovecot-pop3d)")
+
+def require_dovecot():
+    for prog in (DOVECOT, REPLY):
+        assert os.access(prog, os.X_OK), (
+            "Dovecot's %s is missing: apt-get install dovecot-core dovecot-pop3d "
+            "(bash .ci/setup does)" % prog)
 
 
 def free_port():
@@ -118,16 +121,12 @@ userdb {{
 def pop3_world(own_sandbox):
     """A private sandbox (its daemon gets stopped here), a mailbox with one message,
     and a Dovecot POP3 server using our checkpassword."""
+    require_dovecot()
     root, _ = own_sandbox
     paths = sb.Paths(root)
     if os.geteuid() != 0:
         pytest.skip("Dovecot's auth must run checkpassword as root here: run the tests as root")
-    if not sb.daemon_available():
-        pytest.skip("qmailsql.daemon is not importable: no qmailsqld for checkpassword")
-    try:
-        cp = str(helper_path("checkpassword"))
-    except HelperMissing as e:
-        pytest.skip(str(e))
+    cp = str(helper_path("checkpassword"))
     if " " in cp:
         pytest.skip("Dovecot splits passdb args at spaces: %r" % cp)
     top = tempfile.mkdtemp(prefix="qsdv-", dir="/tmp")  # short and searchable by every uid

@@ -17,9 +17,6 @@ import qmailsql
 from qmailsql import config as configmod, db, sandbox as sb
 from qmailsql.resolve import Delivery, Refusal
 
-pytestmark = pytest.mark.skipif(not shutil.which("openssl"),
-                                reason="openssl is needed to make the test CA")
-
 UID, GID = 800, 100
 TLS_USER, X509_USER = "qmailtls", "qmailx509"
 
@@ -27,6 +24,8 @@ TLS_USER, X509_USER = "qmailtls", "qmailx509"
 @pytest.fixture(scope="module")
 def tls():
     """A sandbox whose server speaks TLS on 127.0.0.1; users that require it."""
+    assert shutil.which("openssl"), ("openssl is missing (it makes the test CA): "
+                                     "apt-get install openssl (bash .ci/setup does)")
     root = Path(tempfile.mkdtemp(prefix="qst-", dir="/tmp"))
     try:
         certs = sb.make_certs(root / "tls")
