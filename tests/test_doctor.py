@@ -23,7 +23,6 @@ from qmailsql import cdb, doctor, sandbox as sb, sync
 from qmailsql.helpers import helper_path
 
 UID, GID = 800, 100
-ROOT = Path(__file__).resolve().parent.parent
 FAKE_STOCK_LOCAL = b"#!/bin/sh\n# stands in for stock qmail-local in these tests\nexit 0\n"
 
 
@@ -615,7 +614,7 @@ def test_helper_overwritten_by_qmail_reinstall(qdir, capsys):
         qdir / "bin" / "qmail-local", qdir / "bin" / "qmail-local.orig", qdir)
     assert [f.fix for f in hits] == [fix, fix]  # one command repairs both
     p = subprocess.run(fix.replace("qmailsql install", "%s -m qmailsql install"
-                                   % sys.executable), shell=True, cwd=str(ROOT),
+                                   % sys.executable), shell=True,
                        capture_output=True)
     assert p.returncode == 0, p.stderr
     r = run(qdir)
@@ -744,7 +743,7 @@ def private():
 def doctor_cli(root, env, *extra):
     return subprocess.run([sys.executable, "-m", "qmailsql", "doctor", "--qmail-dir", str(root)]
                           + list(extra), capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, **env), cwd=str(ROOT))
+                          env=dict(os.environ, **env))
 
 
 def test_clean_sandbox_is_healthy(private, monkeypatch):
