@@ -331,19 +331,28 @@ def up(root, port=None, daemon=True, userlen=32, log_bin=False, server_id=None, 
     (paths.root / MARKER).touch()
     if log_bin and server_id is None:
         server_id = 1
-    start_db(paths, port=port, server_id=server_id, log_bin=log_bin, ssl=ssl)
-    if not paths.sqlserver.exists():
-        write_sqlserver(paths, create_db(paths))
-    from qmailsql import db, schema
-    cfg = configmod.load(str(paths.root))
-    directory = db.Directory(cfg)
     try:
-        schema.initdb(directory, userlen)
-    finally:
-        directory.close()
-    install_helpers(paths)
-    if daemon:
-        start_daemon(paths)
+        start_db(paths, port=port, server_id=server_id, log_bin=log_bin, ssl=ssl)
+        if not paths.sqlserver.exists():
+            write_sqlserver(paths, create_db(paths))
+        from qmailsql import db, schema
+        cfg = configmod.load(str(paths.root))
+        directory = db.Directory(cfg)
+        try:
+            schema.initdb(directory, userlen)
+        finally:
+            directory.close()
+        install_helpers(paths)
+        if daemon:
+            start_daemon(paths)
+    except BaseException:
+        # leave nothing running behind a failed `up`; DIR stays, with its logs
+        for stop in (stop_daemon, stop_db):
+            try:
+                stop(paths)
+            except (OSError, SandboxError):
+                pass
+        raise
     return env(paths)
 
 

@@ -1,9 +1,12 @@
 """qmail-getpw resolution against a real MariaDB (SPEC section 4, steps 2-4)."""
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -189,3 +192,18 @@ def test_explain_shows_rows_and_dot_qmail_lines(db, homes):
     r = subprocess.run([sys.executable, "-m", "qmailsql", "getpw", "--explain", "iain-other"],
                        capture_output=True, text=True, timeout=60)
     assert "no alias-table rows" in r.stdout
+
+
+def test_failed_sandbox_up_leaves_no_server_running(tmp_path, monkeypatch):
+    """A daemon that cannot start must not leave the private mariadbd behind."""
+    root = Path(tempfile.mkdtemp(prefix="qsx-", dir="/tmp"))
+    try:
+        monkeypatch.setattr(sb, "start_daemon", lambda paths: (_ for _ in ()).throw(
+            sb.SandboxError("daemon refused to start (planted)")))
+        with pytest.raises(sb.SandboxError, match="planted"):
+            sb.up(root)
+        assert not sb._pid_alive(sb.Paths(root).db_pid)
+        assert (root / "mysql" / "error.log").exists()  # the logs stay for reading
+    finally:
+        sb.stop_db(sb.Paths(root))
+        shutil.rmtree(root, ignore_errors=True)
