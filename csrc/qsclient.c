@@ -262,7 +262,7 @@ int qs_call(char **body, size_t *bodylen)
       for (i = 0; i < got; i++) {
         char c = resp[i];
         if (c == ':') break;
-        if (c < '0' || c > '9') trouble("malformed response (bad netstring length) from", 0);
+        if (c < '0' || c > '9' || i >= 6) trouble("malformed response (bad netstring length) from", 0);
         len = len * 10 + (size_t)(c - '0');
         if (len > QS_MAX_PAYLOAD) trouble("response longer than 65536 bytes from", 0);
       }
@@ -270,6 +270,7 @@ int qs_call(char **body, size_t *bodylen)
       if (i == 0) trouble("malformed response (bad netstring length) from", 0);
       hdrlen = i + 1;
       want = hdrlen + len + 1;
+      if (want > sizeof resp) trouble("response longer than 65536 bytes from", 0);
       if (got > want) {
         if (resp[want - 1] != ',') trouble("malformed response (netstring not ended by a comma) from", 0);
         trouble("malformed response (bytes after the frame) from", 0);

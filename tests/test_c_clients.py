@@ -326,6 +326,9 @@ def test_getpw_peer_closes_without_answer(progs, peer):
     (b"10:0\x00ab", "short response"),
     (b"65537:", "longer than 65536"),
     (b"99999999999:", "longer than 65536"),
+    # leading zeros must not stretch the header past the buffer (a read overrun once)
+    (b"0" * 20000 + b"5:0\x00abc,", "bad netstring length"),
+    (b"0000003:0\x00a,", "bad netstring length"),
     (b"2:x\x00,", "bad status"),
     (b"1:0,", "bad status"),
     (b"4:256\x00,", "bad status"),
