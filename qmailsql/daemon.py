@@ -10,7 +10,7 @@ in order.
 
 Who may ask (SO_PEERCRED): `getpw`, `auth` and `flush` only uid 0, the daemon's own
 uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local` (qmail-local runs
-as the mailbox's uid) also the uid that owns the homedir asked about; `ping` anyone.
+as the mailbox's uid) also that account's own uid, for its own home; `ping` anyone.
 
 Logs go to stderr, one line per event, no timestamps (multilog adds them).
 SIGTERM/SIGINT: stop accepting, finish what is in flight, remove socket and pidfile.
@@ -99,15 +99,6 @@ def client_uids(environ=None):
             raise ConfigError("QMAILSQL_CLIENT_UIDS", 0, "%r is neither a uid nor a user name"
                               % part)
     return frozenset(uids)
-
-
-def owns_home(uid, homedir):
-    """qmail-local runs as the mailbox's uid, which owns its home (qmail-getpw's rule):
-    an unprivileged peer may read the alias lines of its own home only."""
-    try:
-        return os.stat(homedir).st_uid == uid
-    except (OSError, ValueError):
-        return False
 
 
 def _env_int(name, default, low=1):
@@ -215,12 +206,13 @@ class Conn:
 
 
 class Task:
-    __slots__ = ("conn", "payload", "command", "args", "stale", "generation", "config",
+    __slots__ = ("conn", "payload", "key", "command", "args", "stale", "generation", "config",
                  "status", "body", "frame", "served_stale")
 
     def __init__(self, conn, payload, command, args, stale, generation, config):
         self.conn = conn
         self.payload = payload
+        self.key = payload  # the cache key (peer-specific for unprivileged `local`)
         self.command = command
         self.args = args
         self.stale = stale
@@ -331,6 +323,8 @@ class Worker:
     def local(self, task):
         user, homedir, local, dash, ext, domain = task.args
         try:
+            if not task.conn.privileged:
+                self.check_own_account(task.conn.uid, user, homedir)
             body = aliases.delivery_lines(self.directory, self.config, user, homedir, local,
                                           dash, ext, domain)
         except Refusal as r:
@@ -342,6 +336,17 @@ class Worker:
             log("local %s %s: %s" % (shown(user), shown(ext), e))
             return
         task.status, task.body = 0, _bytes(body or b"")
+
+    def check_own_account(self, uid, user, homedir):
+        """qmail-local runs as the mailbox's uid: an unprivileged peer may read the alias
+        lines of its own account (USER with that uid and HOMEDIR) and nobody else's."""
+        name = user.decode("utf-8", "replace")
+        acct = self.resolver.account(name, self.directory.mailboxes([name]))
+        if acct is None or acct.uid != uid or os.fsencode(acct.home) != homedir:
+            log("refused uid %d for local %s: not that account's uid and home" % (
+                uid, shown(user)))
+            raise Refusal(EXIT_TEMP, "qmailsqld refuses local requests from uid %d for "
+                          "another account (%s)" % (uid, shown(user)))
 
     def auth(self, task):
         login, password, remoteip = task.args
@@ -593,15 +598,12 @@ class Daemon:
             self.send(conn, FLUSHED)
             return
         stale = None
+        key = payload
         if command == b"local" and not conn.privileged:
-            if not owns_home(conn.uid, args[1]):
-                log("refused uid %d for local %s: it does not own home %s" % (
-                    conn.uid, shown(args[0]), shown(args[1])))
-                self.send(conn, encode_response(EXIT_TEMP, b"qmailsqld refuses local requests "
-                                                b"from uid %d for a home it does not own"
-                                                % conn.uid))
-                return
-            frame = cache.get(payload, time.monotonic())
+            # a worker checks that USER is this peer's own account; what is cached
+            # here was checked for this very uid
+            key = b"uid=%d\0" % conn.uid + payload
+            frame = cache.get(key, time.monotonic())
             if frame is not None:
                 if self.debug:
                     self.debug_log(conn, payload, frame, "cache")
@@ -617,6 +619,7 @@ class Daemon:
                 self.send(conn, stale)
                 return
         task = Task(conn, payload, command, args, stale, cache.generation, self.config)
+        task.key = key
         conn.busy = True
         self.busy += 1
         if command == b"auth":
@@ -673,7 +676,7 @@ class Daemon:
                 ttl, stale = cache_times(task.payload, task.status, task.body, cfg.cache_ttl,
                                          cfg.negative_ttl, cfg.stale_ttl)
                 if ttl > 0:
-                    cache.put(task.payload, task.frame, time.monotonic(), ttl, stale)
+                    cache.put(task.key, task.frame, time.monotonic(), ttl, stale)
             if conn.closed:
                 continue
             conn.last = time.monotonic()

@@ -308,8 +308,15 @@ def test_peercred_refuses_getpw_from_other_uid(faq, sandbox, homes):
     assert status == 0, body
     assert body == b"./Maildir/\n"
     status, body = raw_as(OTHER_UID, sock, local)
-    assert status == 111 and b"does not own" in body, body
+    assert status == 111 and b"another account" in body, body
     assert "refused uid %d for local" % OTHER_UID in log_text(sandbox)
+    # nor by naming its own home with another user's name (the review's attack)
+    own = homes / "other"
+    own.mkdir()
+    os.chown(own, OTHER_UID, OTHER_UID)
+    sneaky = [b"local", b"iain", str(own).encode()] + local[3:]
+    status, body = raw_as(OTHER_UID, sock, sneaky)
+    assert status == 111 and b"another account" in body, body
     # root may still do everything
     assert getpw_helper("iain-slowlaris").returncode == 0
 
