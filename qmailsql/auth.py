@@ -323,14 +323,17 @@ def authenticate(directory, config, login, password, remoteip="", log=None, limi
         raise LoginRefused("too many failures (%s %s blocked for %.0f more s)"
                            % (kind, _show(value), max(left, 1)))
 
+    spent = []  # set once this attempt has paid for one hash of real cost
+
     def refuse(reason):
+        if not spent:  # so a refusal costs the same whatever the row (or no row) holds
+            passwords.dummy_verify(password, scheme)
         for (kind, value), delay in limiter.failure(name, ip):
             log("auth limiter: %s %s blocked for %.0f s after %d failures in %.0f s"
                 % (kind, _show(value), delay, limiter.max_failures, limiter.window))
         raise LoginRefused(reason)
 
     if not name or "\0" in name:
-        passwords.dummy_verify(password, scheme)
         refuse("empty login" if not name else "login contains NUL")
 
     try:
@@ -342,16 +345,16 @@ def authenticate(directory, config, login, password, remoteip="", log=None, limi
     via = (" (%s)" % "; ".join(notes)) if notes else ""
 
     if row is None:
-        passwords.dummy_verify(password, scheme)
         refuse("unknown login %s%s" % (_show(name), via))
 
     username, uid, gid, home, stored, password_type, suspended = row
     who = "%s%s" % (_show(username), via)
     if stored is None or stored == "" or stored == b"":
-        passwords.dummy_verify(password, scheme)
         refuse("empty stored password for %s: nobody can log in" % who)
 
     ok = passwords.verify(password_type, stored, password)
+    if not passwords.is_weak(password_type, stored):
+        spent.append(True)  # a real hash was computed; cheap schemes pay the dummy too
     if isinstance(suspended, str) and suspended.strip().upper() == "Y":
         refuse("account %s suspended" % who)
     if uid is not None and str(uid).strip() == "0":
@@ -359,7 +362,7 @@ def authenticate(directory, config, login, password, remoteip="", log=None, limi
     if not ok:
         problem = _shape_problem(password_type, stored)
         if problem is not None:
-            passwords.dummy_verify(password, scheme)  # verify() gave up early: spend the time
+            spent.clear()  # verify() gave up early: refuse() spends the time
             log("auth: mailbox %s has an unusable stored password: %s" % (_show(username),
                                                                             problem))
             refuse("unusable stored password for %s: %s" % (who, problem))

@@ -142,8 +142,9 @@ def test_suspended_empty_uid0_unknown(db, limiter):
 
 
 def test_every_refusal_spends_one_verification(db, limiter, monkeypatch):
-    """The constant-time property, structurally: each refusal performs exactly one
-    password verification, against the row when it can verify, else the dummy."""
+    """The constant-time property, structurally: each refusal pays for one hash of real
+    cost: the row's own when it holds one, else the dummy (also after a cheap scheme's
+    check, so a plain-text row refuses as slowly as an unknown login)."""
     calls = []
     real_verify = passwords.verify
 
@@ -157,7 +158,9 @@ def test_every_refusal_spends_one_verification(db, limiter, monkeypatch):
     add_mailbox(db, "sus", "pw", suspended="Y")
     add_mailbox(db, "empty", "")
     add_mailbox(db, "zero", "pw", uid=0)
-    cases = [(b"alice", ["verify"]), (b"sus", ["verify"]), (b"zero", ["verify"]),
+    add_mailbox(db, "strong", _crypt_hash(b"$6$"), "Crypt-Password")
+    cases = [(b"alice", ["verify", "dummy"]), (b"sus", ["verify", "dummy"]),
+             (b"zero", ["verify", "dummy"]), (b"strong", ["verify"]),
              (b"empty", ["dummy"]), (b"nobody", ["dummy"]), (b"x@nowhere.test", ["dummy"]),
              (b"\xff", ["dummy"]), (b"", ["dummy"])]
     for who, expected in cases:
