@@ -12,6 +12,14 @@ Who may ask (SO_PEERCRED): `getpw`, `auth` and `flush` only uid 0, the daemon's 
 uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local` (qmail-local runs
 as the mailbox's uid) also that account's own uid, for its own home; `ping` anyone.
 
+Hostile local clients (the socket is 0666) can cost a temporary failure, never a
+stall: a uid not in that list may hold at most $QMAILSQL_MAX_CONN_PER_UID (128)
+connections (the next is answered 111 and closed); a request must be complete
+within $QMAILSQL_FRAME_TIMEOUT (10) seconds of its first byte; a connection idle
+between requests is closed after IDLE_TIMEOUT; a request that waited in a worker
+queue longer than $QMAILSQL_TASK_DEADLINE (55) seconds, more than the helpers wait
+for an answer, is answered 111 without being worked on.
+
 Logs go to stderr, one line per event, no timestamps (multilog adds them).
 SIGTERM/SIGINT: stop accepting, finish what is in flight, remove socket and pidfile.
 SIGHUP: re-read control/sqlserver (keep the old one if the new one is bad) and drop
@@ -48,6 +56,11 @@ IDLE_TIMEOUT = 60.0           # a connection silent this long (not waiting on us
 DRAIN_TIMEOUT = 5.0           # after a malformed request: read and drop this long at most
 STALE_SHORTCUT = 2.0          # after a DB failure, stale answers are given at once this long
 ACCEPT_PAUSE = 0.1            # out of file descriptors: stop accepting this long
+MAX_CONN_PER_UID = 128        # per unprivileged uid (privileged: no cap); above qmail's
+                              # default conf-spawn of 120 concurrent local deliveries
+FRAME_TIMEOUT = 10.0          # a request must be complete this long after its first byte
+TASK_DEADLINE = 55.0          # queued longer than this: 111 unasked (the helpers wait 60s)
+REFUSAL_LOG_EVERY = 10.0      # "too many connections" logged once per uid this often
 
 # commands a peer not in the client uid list may send
 OPEN_COMMANDS = frozenset([b"local", b"ping"])
@@ -56,6 +69,7 @@ NARGS = {b"getpw": 1, b"local": 6, b"auth": 3, b"ping": 0, b"flush": 0}
 PONG = encode_response(0, b"pong")
 FLUSHED = encode_response(0, b"")
 MALFORMED = encode_response(EXIT_TEMP, b"malformed request")
+TOO_BUSY = encode_response(EXIT_TEMP, b"qmailsqld was too busy")
 UCRED = struct.Struct("3i")
 
 EPOLLIN = select.EPOLLIN
@@ -185,9 +199,24 @@ def listen(path, backlog=1024):
     return sock
 
 
+def frame_size(buf):
+    """Bytes the frame at the front of BUF takes in all, once its header is there; 0 while
+    the header is incomplete or not a legal length (decode_frame then says why)."""
+    colon = buf.find(b":", 0, 7)  # at most 6 digits
+    if colon <= 0:
+        return 0
+    head = bytes(buf[:colon])
+    if not head.isdigit() or int(head) > MAX_PAYLOAD:
+        return 0
+    return colon + int(head) + 2
+
+
 class Conn:
-    __slots__ = ("sock", "fd", "uid", "pid", "privileged", "buf", "out", "busy", "closed",
-                 "close_after", "draining", "events", "last")
+    # buf: the start of a request not complete yet (a bytearray: appended to, not
+    # copied; b"" when there is none); need: its whole size once the header is in
+    # (0 = not known yet); started: when its first byte came, for FRAME_TIMEOUT
+    __slots__ = ("sock", "fd", "uid", "pid", "privileged", "buf", "need", "started", "out",
+                 "busy", "closed", "close_after", "draining", "events", "last")
 
     def __init__(self, sock, uid, pid, privileged):
         self.sock = sock
@@ -196,6 +225,8 @@ class Conn:
         self.pid = pid
         self.privileged = privileged
         self.buf = b""
+        self.need = 0
+        self.started = 0.0
         self.out = b""
         self.busy = False
         self.closed = False
@@ -207,7 +238,7 @@ class Conn:
 
 class Task:
     __slots__ = ("conn", "payload", "key", "command", "args", "stale", "generation", "config",
-                 "status", "body", "frame", "served_stale")
+                 "status", "body", "frame", "served_stale", "queued")
 
     def __init__(self, conn, payload, command, args, stale, generation, config):
         self.conn = conn
@@ -222,6 +253,7 @@ class Task:
         self.body = b""
         self.frame = b""
         self.served_stale = False
+        self.queued = 0.0  # when it was put on a worker queue (monotonic)
 
 
 class WorkerDirectory(db.Directory):
@@ -271,6 +303,16 @@ class Worker:
             task = self.tasks.get()
             if task is None:
                 break
+            waited = time.monotonic() - task.queued
+            if waited > self.daemon.task_deadline:
+                # its client has given up by now (or soon will): answering it would
+                # only delay the requests queued behind it
+                log("%s %s: waited %.0fs in the queue; answered 111 without doing it" % (
+                    task.command.decode("ascii"), shown(task.args[0]) if task.args else "",
+                    waited))
+                task.frame = TOO_BUSY
+                self.daemon.reply(task)
+                continue
             if task.config is not self.config:
                 self.setup(task.config)
             try:
@@ -376,6 +418,11 @@ class Daemon:
         self.cache = ResponseCache(_env_int("QMAILSQL_CACHE_ENTRIES", CACHE_ENTRIES))
         self.n_db = _env_int("QMAILSQL_DB_WORKERS", DB_WORKERS)
         self.n_auth = _env_int("QMAILSQL_AUTH_WORKERS", AUTH_WORKERS)
+        self.max_per_uid = _env_int("QMAILSQL_MAX_CONN_PER_UID", MAX_CONN_PER_UID)
+        self.frame_timeout = _env_int("QMAILSQL_FRAME_TIMEOUT", FRAME_TIMEOUT)
+        self.task_deadline = _env_int("QMAILSQL_TASK_DEADLINE", TASK_DEADLINE)
+        self.per_uid = {}       # unprivileged uid -> open connections
+        self.refusals = {}      # uid -> [when last logged, refused since without a log line]
         self.db_tasks = queue.SimpleQueue()
         self.auth_tasks = queue.SimpleQueue()
         self.done = collections.deque()
@@ -507,11 +554,38 @@ class Daemon:
         except OSError:
             sock.close()
             return
-        conn = Conn(sock, uid, pid, uid in self.allowed)
+        privileged = uid in self.allowed
+        if not privileged:
+            n = self.per_uid.get(uid, 0)
+            if n >= self.max_per_uid:
+                self.refuse(sock, uid, pid, n)
+                return
+            self.per_uid[uid] = n + 1
+        conn = Conn(sock, uid, pid, privileged)
         conn.last = time.monotonic()
         self.conns[conn.fd] = conn
         self.read(conn)  # the request is usually there already
         self.rearm(conn)
+
+    def refuse(self, sock, uid, pid, n):
+        """A connection over the per-uid cap: answer 111 and close it at once, so a
+        flood holds no descriptors. (Closing a unix socket loses nothing already sent.)"""
+        try:
+            sock.send(encode_response(EXIT_TEMP, b"too many connections from uid %d" % uid),
+                      DONTWAIT)
+        except OSError:
+            pass
+        sock.close()
+        now = time.monotonic()
+        seen = self.refusals.get(uid)
+        if seen is None or now - seen[0] >= REFUSAL_LOG_EVERY:
+            more = " (and %d more since the last such line)" % seen[1] if seen and seen[1] \
+                else ""
+            log("refused a connection from uid %d pid %d: it has %d open, the limit is %d "
+                "(QMAILSQL_MAX_CONN_PER_UID)%s" % (uid, pid, n, self.max_per_uid, more))
+            self.refusals[uid] = [now, 0]
+        else:
+            seen[1] += 1
 
     def read(self, conn):
         try:
@@ -524,16 +598,25 @@ class Daemon:
         if not data:
             self.close(conn)
             return
-        conn.last = time.monotonic()
+        now = conn.last = time.monotonic()
         if conn.close_after:
             return  # after a malformed request: dropped
-        if conn.buf:
-            data = conn.buf + data
-            conn.buf = b""
-        self.process(conn, data)
+        buf = conn.buf
+        if not buf:
+            conn.started = now  # the first byte of a request
+            self.process(conn, data)
+            return
+        buf += data  # in place: a request sent a byte at a time costs no copies
+        if not conn.need:
+            conn.need = frame_size(buf)
+        if conn.need and len(buf) < conn.need:
+            return  # still incomplete
+        conn.buf = b""
+        self.process(conn, bytes(buf))
 
     def process(self, conn, buf):
-        """Answer the complete requests at the front of BUF, in order."""
+        """Answer the complete requests at the front of BUF, in order; keep the rest."""
+        done = False
         while buf:
             try:
                 payload, used = decode_frame(buf, MAX_PAYLOAD)
@@ -546,12 +629,19 @@ class Daemon:
             if payload is None:
                 break
             buf = buf[used:]
+            done = True
             self.dispatch(conn, payload)
             if conn.busy or conn.closed or conn.close_after:
                 break
-        if conn.closed or conn.close_after:
-            buf = b""
-        conn.buf = buf
+        if not buf or conn.closed or conn.close_after:
+            if conn.buf:
+                conn.buf = b""
+            conn.need = 0
+            return
+        if done:
+            conn.started = time.monotonic()  # what is left is the next request
+        conn.buf = bytearray(buf)
+        conn.need = frame_size(buf)
 
     def dispatch(self, conn, payload):
         cache = self.cache
@@ -620,6 +710,7 @@ class Daemon:
                 return
         task = Task(conn, payload, command, args, stale, cache.generation, self.config)
         task.key = key
+        task.queued = time.monotonic()
         conn.busy = True
         self.busy += 1
         if command == b"auth":
@@ -680,9 +771,11 @@ class Daemon:
             if conn.closed:
                 continue
             conn.last = time.monotonic()
+            if conn.buf:
+                conn.started = conn.last  # not read while a worker had it: not its fault
             if conn.buf and not conn.out and not conn.close_after:
                 buf, conn.buf = conn.buf, b""
-                self.process(conn, buf)
+                self.process(conn, bytes(buf))
             if self.stopping and not conn.busy and not conn.buf and not conn.out:
                 self.close(conn)
                 continue
@@ -714,7 +807,7 @@ class Daemon:
         conn.last = time.monotonic()
         if not conn.out and conn.buf and not conn.close_after and not conn.busy:
             buf, conn.buf = conn.buf, b""
-            self.process(conn, buf)
+            self.process(conn, bytes(buf))
 
     def rearm(self, conn):
         """Watch CONN for what it needs next (nothing while a worker has it)."""
@@ -725,6 +818,7 @@ class Daemon:
             # sends until it hangs up, so the answer is not lost to a reset
             conn.draining = True
             conn.buf = b""
+            conn.need = 0
             conn.last = time.monotonic()
             try:
                 conn.sock.shutdown(socket.SHUT_WR)
@@ -754,6 +848,12 @@ class Daemon:
         conn.events = 0  # close() takes the fd out of the epoll set
         self.conns.pop(conn.fd, None)
         conn.sock.close()
+        if not conn.privileged:
+            n = self.per_uid.get(conn.uid, 0) - 1
+            if n > 0:
+                self.per_uid[conn.uid] = n
+            else:
+                self.per_uid.pop(conn.uid, None)
 
     def sweep(self, now):
         if self.accept_paused_until and now >= self.accept_paused_until and self.listener:
@@ -762,6 +862,7 @@ class Daemon:
                 self.ep.register(self.listener.fileno(), EPOLLIN)
             except OSError:
                 pass
+        frame_timeout = self.frame_timeout
         for conn in list(self.conns.values()):
             if self.stopping:
                 idle = 0.0
@@ -769,9 +870,23 @@ class Daemon:
                 idle = DRAIN_TIMEOUT
             else:
                 idle = IDLE_TIMEOUT
-            if not conn.busy and not conn.closed and now - conn.last > idle \
-                    and not (self.stopping and conn.out):
+            if conn.busy or conn.closed:
+                continue
+            if now - conn.last > idle and not (self.stopping and conn.out):
                 self.close(conn)
+            elif conn.buf and not conn.close_after and now - conn.started > frame_timeout \
+                    and (not conn.need or len(conn.buf) < conn.need):
+                log("closed the connection from uid %d pid %d: its request was still "
+                    "incomplete (%d bytes) %.0fs after its first byte" % (
+                        conn.uid, conn.pid, len(conn.buf), now - conn.started))
+                self.close(conn)
+        if self.refusals:
+            for uid, seen in list(self.refusals.items()):
+                if now - seen[0] >= REFUSAL_LOG_EVERY:
+                    if seen[1]:
+                        log("refused %d more connection(s) from uid %d (too many open)"
+                            % (seen[1], uid))
+                    del self.refusals[uid]
 
     def stop_listening(self):
         log("stop requested: no new connections; finishing %d request(s) in flight"

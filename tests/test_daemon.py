@@ -6,6 +6,7 @@ No timing assertions: where a TTL matters the test waits for the behaviour to sh
 import io
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import MySQLdb
 import pytest
 
 import qmailsql
-from qmailsql import cli, demo
+from qmailsql import cli, daemon, demo
 from qmailsql import sandbox as sb
 from qmailsql.helpers import helper_path
 from qmailsql.hotpath import decode_frame, encode_frame
@@ -321,6 +322,105 @@ def test_peercred_refuses_getpw_from_other_uid(faq, sandbox, homes):
     assert getpw_helper("iain-slowlaris").returncode == 0
 
 
+HOLD_CLIENT = r"""
+import socket, sys, time
+path, n, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+PING = b"5:ping\0,"
+
+def dial():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(path)
+    return s
+
+def exchange(s):
+    try:
+        s.sendall(PING)
+    except OSError:
+        pass  # a refused connection may be closed before the request is sent
+    data = b""
+    while not data.endswith(b","):
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data.replace(b"\0", b"|").decode("latin-1")
+
+held = []
+for _ in range(n):
+    s = dial()
+    assert exchange(s) == "6:0|pong,"  # accepted and counted
+    held.append(s)
+for _ in range(extra):
+    s = dial()
+    print(exchange(s), flush=True)
+    s.close()
+sys.stdin.readline()
+for s in held:
+    s.close()
+for _ in range(300):  # the daemon sees the hang-ups soon: below the cap again
+    s = dial()
+    got = exchange(s)
+    s.close()
+    if got == "6:0|pong,":
+        break
+    time.sleep(0.1)
+print(got, flush=True)
+"""
+
+
+def test_connection_cap_per_unprivileged_uid(faq, sandbox):
+    """An unprivileged uid may hold MAX_CONN_PER_UID connections; the next is answered 111
+    and closed
+    (logged, not once per refusal), while root is never capped and still gets answers."""
+    os.chmod(sandbox, 0o755)
+    paths = sb.Paths(sandbox)
+    os.chmod(paths.run, 0o755)
+    sock = paths.daemon_socket
+    logged = log_text(sandbox).count("refused a connection from uid %d" % OTHER_UID)
+    cap = daemon.MAX_CONN_PER_UID
+    extra = 10
+    proc = subprocess.Popen(as_uid(OTHER_UID) + [sys.executable, "-I", "-c", HOLD_CLIENT,
+                                                 str(sock), str(cap), str(extra)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        for _ in range(extra):
+            line = proc.stdout.readline()
+            assert line.rstrip("\n") == "%d:111|too many connections from uid %d," % (
+                len("111\0too many connections from uid %d" % OTHER_UID), OTHER_UID), (
+                line, proc.stderr.read() if proc.poll() is not None else "")
+        # root (privileged) while the other uid is at its cap: answered, and not capped
+        assert getpw_helper("iain-slowlaris").returncode == 0
+        mine = []
+        try:
+            for _ in range(40):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(10)
+                s.connect(str(sock))
+                mine.append(s)
+            for s in mine:
+                s.sendall(encode_frame([b"ping"]))
+                assert read_response(s) == (0, b"pong")
+        finally:
+            for s in mine:
+                s.close()
+        out, err = proc.communicate("\n", timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert out.rstrip("\n") == "6:0|pong,"  # below the cap again once it hung up
+    text = log_text(sandbox)
+    refusals = text.count("refused a connection from uid %d" % OTHER_UID) - logged
+    assert 1 <= refusals < extra  # rate-limited
+    assert "the limit is %d" % cap in text
+
+
 def test_helpers_never_read_sqlserver(own_sandbox):
     """control/sqlserver 0600 and owned by another uid: a helper running as a client
     uid (QMAILSQL_CLIENT_UIDS) still gets its answer; only the daemon reads the file."""
@@ -599,6 +699,124 @@ def test_byte_by_byte_and_half_sent_frames(faq, sandbox):
         socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(str(path))
     assert ping_ok(path) and daemon_pid(sandbox) == pid
     assert getpw_helper("iain-slowlaris").returncode == 0
+
+
+def test_large_request_byte_by_byte(faq, sandbox):
+    """A 60 kB request sent one byte per send() is still answered (the partial frame
+    is kept in a bytearray, not re-copied on every read)."""
+    path = sb.Paths(sandbox).daemon_socket
+    frame = encode_frame([b"getpw", b"z" * 60000])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(path))
+        for i in range(len(frame)):
+            s.sendall(frame[i:i + 1])
+        status, body = read_response(s)
+    assert status == 0 and body.startswith(b"alias\0")
+    assert ping_ok(path)
+
+
+def restart_daemon_with(paths, **env):
+    """Restart the sandbox's daemon with ENV added to its environment."""
+    sb.stop_daemon(paths)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        sb.start_daemon(paths)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_frame_deadline_closes_slow_loris(own_sandbox):
+    """A request must be complete within QMAILSQL_FRAME_TIMEOUT of its first byte:
+    one byte then silence, or a byte now and then, gets the connection closed (and
+    logged); a connection idle between requests is not affected."""
+    root, env = own_sandbox
+    paths = sb.Paths(root)
+    restart_daemon_with(paths, QMAILSQL_FRAME_TIMEOUT="1")
+    path = paths.daemon_socket
+    pid = daemon_pid(root)
+    # the first byte of a request, then nothing: closed without an answer
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(60)
+        s.connect(str(path))
+        s.sendall(b"6")
+        assert s.recv(100) == b""
+    wait_for(lambda: "its request was still incomplete (1 bytes)" in log_text(root), 30,
+             "the frame deadline to be logged")
+    # a byte every 0.2s (each read would refresh an idle timer): closed all the same
+    drip = encode_frame([b"getpw", b"x" * 1000])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(path))
+        closed = False
+        for i in range(300):
+            try:
+                s.send(drip[i:i + 1])
+            except OSError:
+                closed = True
+                break
+            ready, _, _ = select.select([s], [], [], 0.2)
+            if ready:
+                assert s.recv(100) == b""
+                closed = True
+                break
+        assert closed
+    # idle between requests for longer than the frame deadline: still served
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(path))
+        s.sendall(encode_frame([b"ping"]))
+        assert read_response(s) == (0, b"pong")
+        time.sleep(2.5)
+        s.sendall(encode_frame([b"ping"]))
+        assert read_response(s) == (0, b"pong")
+    assert ping_ok(path) and daemon_pid(root) == pid
+
+
+def test_task_deadline_answers_too_busy(own_sandbox):
+    """A request that waited in the worker queue longer than QMAILSQL_TASK_DEADLINE
+    (its client has given up) is answered 111 without asking the DB."""
+    root, env = own_sandbox
+    paths = sb.Paths(root)
+    with qmailsql.connect(str(root)) as q:
+        load_faq(q, root / "home")
+    restart_daemon_with(paths, QMAILSQL_TASK_DEADLINE="1", QMAILSQL_DB_WORKERS="1")
+    lock = MySQLdb.connect(unix_socket=str(paths.db_socket), user="root",
+                           passwd=sb.root_password(paths), db="qmail")
+    first = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    second = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lock.cursor().execute("LOCK TABLES mailbox WRITE")
+        for s in (first, second):
+            s.settimeout(60)
+            s.connect(str(paths.daemon_socket))
+        first.sendall(encode_frame([b"getpw", b"iain-slowlaris"]))
+
+        def blocked():
+            cur = lock.cursor()
+            cur.execute("SHOW PROCESSLIST")
+            return any(r[7] and "mailbox" in str(r[7]) and r[1] == "qmailsql"
+                       for r in cur.fetchall())
+        wait_for(blocked, 30, "the only worker to wait for the lock")
+        second.sendall(encode_frame([b"getpw", b"iain-sanity"]))  # queued behind it
+        time.sleep(2.5)  # longer than the deadline
+    finally:
+        lock.cursor().execute("UNLOCK TABLES")
+        lock.close()
+    try:
+        status, body = read_response(first)
+        assert status == 0 and body.endswith(b"-\0slowlaris\0")
+        assert read_response(second) == (111, b"qmailsqld was too busy")
+    finally:
+        first.close()
+        second.close()
+    assert "getpw 'iain-sanity': waited" in log_text(root)
+    # not cached: asked again, it is answered
+    assert request(paths.daemon_socket, [b"getpw", b"iain-sanity"])[0] == 0
 
 
 # ---------------------------------------------------------------- start and stop
