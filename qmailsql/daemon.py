@@ -35,15 +35,12 @@ import signal
 import socket
 import stat
 import struct
-import sys
 import threading
 import time
 
-from qmailsql import config as configmod
-from qmailsql import db, resolve
-from qmailsql import aliases, auth as authmod
-from qmailsql.hotpath import (IMPLEMENTATION, ConfigError, ResponseCache, cache_times, decode_frame,
-                              encode_frame, encode_response, split_fields)
+from qmailsql import aliases, auth as authmod, config as configmod, db, resolve
+from qmailsql.hotpath import (IMPLEMENTATION, ConfigError, ResponseCache, cache_times,
+                              decode_frame, encode_response, split_fields)
 from qmailsql.resolve import EXIT_TEMP, Refusal, shown
 
 MAX_PAYLOAD = 65536           # csrc/PROTOCOL.md, both directions

@@ -56,6 +56,11 @@ class Delivery:
     dash: bytes
     ext: bytes
 
+    @classmethod
+    def of(cls, acct, dash, ext):
+        return cls(os.fsencode(acct.name), acct.uid, acct.gid, os.fsencode(acct.home), dash,
+                   ext)
+
     def fields(self):
         """Stock qmail-getpw output: six NUL-terminated fields."""
         return b"".join(f + b"\0" for f in (self.user, b"%d" % self.uid, b"%d" % self.gid,
@@ -172,40 +177,38 @@ class Resolver:
 
     def alias_delivery(self, local, say, forward=False):
         """The alias user with dash '-' and ext LOCAL (virtual: no row, or magic forward)."""
+        return self.to_alias_user(local, self.fetch([ALIAS_USER]), say,
+                                  "magic forward" if forward else "no virtual row", forward)
+
+    def fetch(self, names):
+        """Mailbox rows for NAMES; any DB trouble is 111: mail waits, never goes to the
+        alias user."""
         try:
-            rows = list(self.mailbox_rows([ALIAS_USER]))
+            return list(self.mailbox_rows(names))
         except Refusal:
             raise
         except Exception as e:
             raise Refusal(EXIT_TEMP, "DB lookup failed: %s" % e)
+
+    def to_alias_user(self, local, rows, say, why, forward=False):
+        """Step 3 of SPEC section 4: the alias user with dash '-' and ext LOCAL."""
         alias = self.account(ALIAS_USER, rows)
         if alias is None:
             if forward:  # a configured forward must not bounce for want of the alias user
                 raise Refusal(EXIT_TEMP, "magic forward for %s needs the alias user %r "
                               "(create it: qmailsql mailbox add %s ...)"
                               % (shown(local), ALIAS_USER, ALIAS_USER))
-            say("no virtual row and no alias user: exit %d" % EXIT_NOALIAS)
+            say("%s and no alias user: exit %d" % (why, EXIT_NOALIAS))
             raise Refusal(EXIT_NOALIAS, "no user for %s and no alias user" % shown(local))
-        say("%s: alias user (%s), dash '-' ext %r" % (
-            "magic forward" if forward else "no virtual row", alias.source,
-            local.decode("latin-1")))
-        return Delivery(os.fsencode(alias.name), alias.uid, alias.gid, os.fsencode(alias.home),
-                        b"-", local)
+        say("%s: alias user (%s), dash '-' ext %r" % (why, alias.source,
+                                                     local.decode("latin-1")))
+        return Delivery.of(alias, b"-", local)
 
     def resolve_local(self, local, say):
         """Steps 2 and 3 of SPEC section 4 for LOCAL (bytes, no NUL)."""
         cands = candidates(local, self.config.auto_break, self.config.userlen)
-        names = []
-        for cand, _, _ in cands:
-            text = _text(cand)
-            if text is not None:
-                names.append(text)
-        try:
-            rows = list(self.mailbox_rows(names + [ALIAS_USER]))
-        except Refusal:
-            raise
-        except Exception as e:  # any DB trouble: mail waits, never goes to the alias user
-            raise Refusal(EXIT_TEMP, "DB lookup failed: %s" % e)
+        names = [t for t in (_text(c) for c, _, _ in cands) if t is not None]
+        rows = self.fetch(names + [ALIAS_USER])  # one round trip, the alias user included
         for cand, dash, ext in cands:
             name = _text(cand)
             if name is None:
@@ -224,13 +227,5 @@ class Resolver:
                 continue
             say(prefix + " taken, home %s, dash %r ext %r" % (acct.home, dash.decode(
                 "latin-1"), ext.decode("latin-1")))
-            return Delivery(os.fsencode(acct.name), acct.uid, acct.gid, os.fsencode(acct.home),
-                            dash, ext)
-        alias = self.account(ALIAS_USER, rows)
-        if alias is None:
-            say("no candidate and no alias user: exit %d" % EXIT_NOALIAS)
-            raise Refusal(EXIT_NOALIAS, "no user for %s and no alias user" % shown(local))
-        say("no candidate: alias user (%s), dash '-' ext %r" % (alias.source,
-                                                               local.decode("latin-1")))
-        return Delivery(os.fsencode(alias.name), alias.uid, alias.gid, os.fsencode(alias.home),
-                        b"-", local)
+            return Delivery.of(acct, dash, ext)
+        return self.to_alias_user(local, rows, say, "no candidate")

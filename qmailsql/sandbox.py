@@ -94,13 +94,18 @@ def _wait(predicate, timeout, what):
     raise SandboxError("timed out after %ds waiting for %s" % (timeout, what))
 
 
-def root_sql(paths, statements, password=None):
-    """Run (sql, params) STATEMENTS as the sandbox's DB root (set-up only)."""
+def root_connect(paths, password=None, **kwargs):
+    """A MySQLdb connection as the sandbox's DB root, over its socket (set-up, tests)."""
     import MySQLdb
     if password is None:
         password = root_password(paths)
-    conn = MySQLdb.connect(unix_socket=str(paths.db_socket), user="root", passwd=password,
-                           connect_timeout=10, autocommit=True)
+    return MySQLdb.connect(unix_socket=str(paths.db_socket), user="root", passwd=password,
+                           connect_timeout=10, **kwargs)
+
+
+def root_sql(paths, statements, password=None):
+    """Run (sql, params) STATEMENTS as the sandbox's DB root (set-up only)."""
+    conn = root_connect(paths, password, autocommit=True)
     try:
         cur = conn.cursor()
         for sql, params in statements:
@@ -428,8 +433,7 @@ def up_replica(primary_root, replica_root, port=None, daemon=False, server_id=No
 def replica_status(paths):
     """SHOW SLAVE STATUS of the server in PATHS as a dict ({} if it is no replica)."""
     import MySQLdb
-    conn = MySQLdb.connect(unix_socket=str(paths.db_socket), user="root",
-                           passwd=root_password(paths), connect_timeout=10)
+    conn = root_connect(paths)
     try:
         cur = conn.cursor(MySQLdb.cursors.DictCursor)
         cur.execute("SHOW SLAVE STATUS")

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import MySQLdb
 import pytest
 
 import qmailsql
@@ -777,6 +776,13 @@ def test_frame_deadline_closes_slow_loris(own_sandbox):
     assert ping_ok(path) and daemon_pid(root) == pid
 
 
+def waits_on_mailbox_lock(lock):
+    """Whether a query of the daemon's DB user waits on LOCK's table lock."""
+    cur = lock.cursor()
+    cur.execute("SHOW PROCESSLIST")
+    return any(r[7] and "mailbox" in str(r[7]) and r[1] == "qmailsql" for r in cur.fetchall())
+
+
 def test_task_deadline_answers_too_busy(own_sandbox):
     """A request that waited in the worker queue longer than QMAILSQL_TASK_DEADLINE
     (its client has given up) is answered 111 without asking the DB."""
@@ -785,8 +791,7 @@ def test_task_deadline_answers_too_busy(own_sandbox):
     with qmailsql.connect(str(root)) as q:
         load_faq(q, root / "home")
     restart_daemon_with(paths, QMAILSQL_TASK_DEADLINE="1", QMAILSQL_DB_WORKERS="1")
-    lock = MySQLdb.connect(unix_socket=str(paths.db_socket), user="root",
-                           passwd=sb.root_password(paths), db="qmail")
+    lock = sb.root_connect(paths, db="qmail")
     first = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     second = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -796,12 +801,7 @@ def test_task_deadline_answers_too_busy(own_sandbox):
             s.connect(str(paths.daemon_socket))
         first.sendall(encode_frame([b"getpw", b"iain-slowlaris"]))
 
-        def blocked():
-            cur = lock.cursor()
-            cur.execute("SHOW PROCESSLIST")
-            return any(r[7] and "mailbox" in str(r[7]) and r[1] == "qmailsql"
-                       for r in cur.fetchall())
-        wait_for(blocked, 30, "the only worker to wait for the lock")
+        wait_for(lambda: waits_on_mailbox_lock(lock), 30, "the only worker to wait for the lock")
         second.sendall(encode_frame([b"getpw", b"iain-sanity"]))  # queued behind it
         time.sleep(2.5)  # longer than the deadline
     finally:
@@ -866,8 +866,7 @@ def test_sigterm_finishes_request_in_flight(own_sandbox):
     with qmailsql.connect(str(root)) as q:
         load_faq(q, root / "home")
     pid = daemon_pid(root)
-    lock = MySQLdb.connect(unix_socket=str(paths.db_socket), user="root",
-                           passwd=sb.root_password(paths), db="qmail")
+    lock = sb.root_connect(paths, db="qmail")
     try:
         lock.cursor().execute("LOCK TABLES mailbox WRITE")
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -875,12 +874,8 @@ def test_sigterm_finishes_request_in_flight(own_sandbox):
         client.connect(str(paths.daemon_socket))
         client.sendall(encode_frame([b"getpw", b"iain-slowlaris"]))
 
-        def blocked():
-            cur = lock.cursor()
-            cur.execute("SHOW PROCESSLIST")
-            return any(r[7] and "mailbox" in str(r[7]) and r[1] == "qmailsql"
-                       for r in cur.fetchall())
-        wait_for(blocked, 30, "the daemon's query to wait for the lock")
+        wait_for(lambda: waits_on_mailbox_lock(lock), 30,
+                 "the daemon's query to wait for the lock")
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not paths.daemon_socket.exists(), 30, "the socket to go away")
         with pytest.raises(OSError):

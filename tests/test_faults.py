@@ -13,7 +13,6 @@ import tempfile
 import threading
 import time
 
-import MySQLdb
 import pytest
 from conftest import replica_pair
 
@@ -364,8 +363,7 @@ def test_hanging_query_moves_to_next_server(cluster, users, tmp_path):
     primary, replica = cluster
     cfg = qmail_home(tmp_path, [tcp(replica), tcp(primary)], tcp(primary), primary)
     d, r = resolver_with(cfg, db.ServerHealth(cool_down=3600))
-    lock = MySQLdb.connect(unix_socket=str(replica.db_socket), user="root",
-                           passwd=sb.root_password(replica), connect_timeout=10)
+    lock = sb.root_connect(replica)
     try:
         assert d.query("SELECT 1") == ((1,),)
         assert d.server == cfg.servers[0]

@@ -420,8 +420,7 @@ def test_import_vpopmail_from_db_matches_dump(sandbox, db, homes, capsys):
                 [row[c] for c in cols]))
     sb.root_sql(paths, stmts)
     try:
-        password = dict(l.split("=", 1) for l in paths.root_cnf.read_text().split("\n")
-                        if "=" in l)["password"]
+        password = sb.root_password(paths)
         conf = homes / "vpopmail.mysql"
         conf.write_text("# read|update\n%s|0|root|%s|vpoptest\n" % (paths.db_socket, password))
         assert cli_import(sandbox, "vpopmail", "--from-db", "--vpopmail-mysql", str(conf),

@@ -7,7 +7,6 @@ hosts against one replicated DB").
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import replica_pair
