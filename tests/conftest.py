@@ -3,6 +3,7 @@
 `sandbox` is one sandbox for the whole session (tables emptied per test by `db`);
 `own_sandbox` is a fresh one for a test that stops or kills the server.
 """
+import contextlib
 import os
 import shutil
 import tempfile
@@ -32,15 +33,25 @@ def _new_sandbox(daemon):
 @pytest.fixture(scope="session")
 def sandbox():
     root, env = _new_sandbox(daemon=True)
+    with environ(env):
+        yield root
+    sb.down(root)
+
+
+@contextlib.contextmanager
+def environ(env):
+    """os.environ with ENV added, restored afterwards (for session-wide set-ups that
+    pytest's monkeypatch cannot reach)."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    yield root
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    sb.down(root)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 TABLES = ("mailbox", "alias", "virtual", "rcpthosts")

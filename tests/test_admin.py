@@ -114,18 +114,11 @@ def test_add_virtual_refuses_forward_loop(db):
         d.close()
 
 
-def test_flush_unreachable_warns(db, tmp_path):
+def test_flush_unreachable_warns(db, tmp_path, monkeypatch):
     cfg = dataclasses.replace(db.config)
     said = []
-    os.environ["QMAILSQL_SOCKET"], saved = str(tmp_path / "none.sock"), os.environ.get(
-        "QMAILSQL_SOCKET")
-    try:
-        assert admin.flush_daemon(cfg, said.append) is False
-    finally:
-        if saved is None:
-            del os.environ["QMAILSQL_SOCKET"]
-        else:
-            os.environ["QMAILSQL_SOCKET"] = saved
+    monkeypatch.setenv("QMAILSQL_SOCKET", str(tmp_path / "none.sock"))
+    assert admin.flush_daemon(cfg, said.append) is False
     assert "daemon not reachable" in said[0] and "none.sock" in said[0]
 
 

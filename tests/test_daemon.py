@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import environ
 
 import qmailsql
 from qmailsql import cli, daemon, demo
@@ -428,16 +429,7 @@ def test_helpers_never_read_sqlserver(own_sandbox):
     allowed = 23456
     with qmailsql.connect(str(root)) as q:
         load_faq(q, root / "home")
-    sb.stop_daemon(paths)
-    saved = os.environ.get("QMAILSQL_CLIENT_UIDS")
-    os.environ["QMAILSQL_CLIENT_UIDS"] = "%d, 34567" % allowed
-    try:
-        sb.start_daemon(paths)
-    finally:
-        if saved is None:
-            os.environ.pop("QMAILSQL_CLIENT_UIDS")
-        else:
-            os.environ["QMAILSQL_CLIENT_UIDS"] = saved
+    restart_daemon_with(paths, QMAILSQL_CLIENT_UIDS="%d, 34567" % allowed)
     os.chmod(root, 0o755)
     os.chmod(paths.run, 0o755)
     st = paths.sqlserver.stat()
@@ -718,16 +710,8 @@ def test_large_request_byte_by_byte(faq, sandbox):
 def restart_daemon_with(paths, **env):
     """Restart the sandbox's daemon with ENV added to its environment."""
     sb.stop_daemon(paths)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environ(env):
         sb.start_daemon(paths)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_frame_deadline_closes_slow_loris(own_sandbox):
