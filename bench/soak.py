@@ -28,7 +28,6 @@ import qmailsql  # noqa: E402
 from qmailsql import admin, demo, sandbox  # noqa: E402
 
 UID, GID = 800, 100
-STAND_IN = "#!/bin/sh\nprintf '%s\\0' \"$@\"\n"
 
 
 def rss_kb(pid):
@@ -66,11 +65,7 @@ def expected_getpw(q, local):
 def soak(root, seconds, clients, users, seed=1):
     paths = sandbox.Paths(root)
     env = dict(os.environ, QMAILSQL_SOCKET=str(paths.daemon_socket))
-    stand_in = os.path.join(root, "qmail-local.stand-in")
-    with open(stand_in, "w") as f:
-        f.write(STAND_IN)
-    os.chmod(stand_in, 0o755)
-    local_env = dict(env, QMAILSQL_QMAIL_LOCAL=stand_in)
+    local_env = dict(env, QMAILSQL_QMAIL_LOCAL=demo.write_stand_in(str(root)))
     bin_ = {name: str(paths.bin / name) for name in ("qmail-getpw", "qmail-local",
                                                      "checkpassword")}
     counts = {"getpw": 0, "local": 0, "checkpassword": 0}

@@ -65,6 +65,15 @@ printf '%s\\0' "$@"
 """
 
 
+def write_stand_in(root):
+    """ROOT/qmail-local.stand-in: prints its argv NUL-separated (for QMAILSQL_QMAIL_LOCAL)."""
+    path = os.path.join(root, "qmail-local.stand-in")
+    with open(path, "w") as f:
+        f.write(STAND_IN)
+    os.chmod(path, 0o755)
+    return path
+
+
 def show_argv(data):
     args = data.split(b"\0")[:-1]
     return "      stock qmail-local " + " ".join(
@@ -102,23 +111,21 @@ def run(out=print):
             out("  %-20s exit %-3d %s" % (local, r.returncode, answer))
 
         out("\nqmail-local (compiled wrapper): alias-table rows become dot-qmail lines")
-        stand_in = os.path.join(root, "qmail-local.stand-in")
-        with open(stand_in, "w") as f:
-            f.write(STAND_IN)
-        os.chmod(stand_in, 0o755)
-        local_env = dict(env, QMAILSQL_QMAIL_LOCAL=stand_in)
+        local_env = dict(env, QMAILSQL_QMAIL_LOCAL=write_stand_in(root))
         for user, local, ext in (("iain", "iain-slowlaris", "slowlaris"),
                                  ("iain", "iain", ""), ("virtual", "virtual-@", "@")):
             home = os.path.join(homes, user)
             argv = [str(paths.bin / "qmail-local"), "--", user, home, local,
                     "-" if ext else "", ext, "example.org", "sender@example.net", "./Maildir/"]
             r = subprocess.run(argv, capture_output=True, env=local_env)
-            out("  %s@example.org -> exit %d%s" % (local, r.returncode, "" if r.returncode
-                                                    else " (rows: lines passed as aliasempty)"
-                                                    if r.stdout.split(b"\0")[4] == b""
-                                                    and ext else " (no rows: argv unchanged)"))
-            out(show_argv(r.stdout) if r.returncode == 0 else
-                "      " + r.stderr.decode("utf-8", "replace").strip())
+            if r.returncode:
+                out("  %s@example.org -> exit %d" % (local, r.returncode))
+                out("      " + r.stderr.decode("utf-8", "replace").strip())
+                continue
+            unchanged = r.stdout.split(b"\0")[:-1] == [os.fsencode(a) for a in argv[1:]]
+            out("  %s@example.org -> exit 0 (%s)" % (local, "no rows: argv unchanged" if unchanged
+                                                     else "rows: lines passed as aliasempty"))
+            out(show_argv(r.stdout))
 
         out("\ncheckpassword (compiled): POP3 login as iain")
         for password in (b"secret", b"wrong"):
