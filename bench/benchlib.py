@@ -65,6 +65,25 @@ def sandbox_up(prefix="qsb-", before_up=None):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def second_home(root, home, db=None, extra=""):
+    """Another qmail home HOME on the MariaDB of the sandbox ROOT, for a qmailsqld of
+    its own: control/sqlserver as ROOT's, naming database DB instead (when given) and
+    with the EXTRA lines (e.g. "cache_ttl 0\n"), and the helpers in HOME/bin. Start
+    its daemon with sandbox.start_daemon(paths), stop it with sandbox.stop_daemon(paths).
+    Returns its sandbox.Paths."""
+    paths = sandbox.Paths(home)
+    paths.control.mkdir(parents=True)
+    (paths.root / sandbox.MARKER).touch()
+    lines = sandbox.Paths(root).sqlserver.read_text().split("\n")
+    if db:
+        lines = ["db        %s" % db if line.split()[:1] == ["db"] else line for line in lines]
+    fd = os.open(paths.sqlserver, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + extra)
+    sandbox.install_helpers(paths)
+    return paths
+
+
 def pid_of(pidfile):
     return int(Path(pidfile).read_text().strip())
 

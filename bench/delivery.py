@@ -39,7 +39,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import benchlib
 from qmailsql import cdb, db, sandbox
@@ -98,15 +97,7 @@ class Setup:
         users_cdb(str(self.stock / "users" / "cdb"), self.users)
 
         # the same helpers against a second daemon whose cache is off
-        self.nocache = sandbox.Paths(work / "nc")
-        self.nocache.control.mkdir(parents=True)
-        (self.nocache.root / sandbox.MARKER).touch()
-        text = sandbox.Paths(root).sqlserver.read_text() + "cache_ttl 0\n"
-        fd = os.open(self.nocache.sqlserver, os.O_WRONLY | os.O_CREAT, 0o640)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        sandbox.install_helpers(self.nocache)
-        sandbox.start_daemon(self.nocache)
+        self.nocache = benchlib.second_home(root, work / "nc", extra="cache_ttl 0\n")
 
         self.qmailsql = sandbox.Paths(root)
         base = {k: v for k, v in os.environ.items() if not k.startswith("QMAILSQL_")}
@@ -120,10 +111,11 @@ class Setup:
         }
         self.home = {"stock": self.stock, "qmailsql": self.qmailsql.root,
                      "nocache": self.nocache.root}
-        self.daemon = {"qmailsql": benchlib.pid_of(self.qmailsql.daemon_pid),
-                       "nocache": benchlib.pid_of(self.nocache.daemon_pid)}
         self.db_pid = benchlib.pid_of(self.qmailsql.db_pid)
         self.sent = {name: 0 for name in self.locals}
+        sandbox.start_daemon(self.nocache)  # last: close() stops it
+        self.daemon = {"qmailsql": benchlib.pid_of(self.qmailsql.daemon_pid),
+                       "nocache": benchlib.pid_of(self.nocache.daemon_pid)}
 
     def close(self):
         sandbox.stop_daemon(self.nocache)
@@ -180,7 +172,7 @@ class Setup:
 
 def measure(args, work, root):
     s = Setup(args, work, root)
-    try:
+    try:  # from here on, close() stops the second daemon
         for mode in MODES:  # untimed: every user cached, files and DB pages warm
             s.deliver(mode, max(args.warmup, args.users))
         s.floor(args.warmup)
