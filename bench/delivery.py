@@ -1,7 +1,7 @@
 """What one local delivery costs as qmail-lspawn pays it: stock qmail, qmailsql, and
 qmailsql with its cache off, measured in one run.
 
-    python bench/delivery.py [--messages 2000] [--rounds 3] [--users 200]
+    python bench/delivery.py [--messages 1000] [--rounds 7] [--users 200]
 
 bench/lspawn_harness.c does per message what qmail-lspawn(8) does: fork; in the child
 look the local part up in users/cdb, else fork+exec bin/qmail-getpw (stdout on a
@@ -35,7 +35,6 @@ are medians over rounds. Prints a table, then one last line of JSON.
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -259,9 +258,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 2)[2])
-    p.add_argument("--messages", type=int, default=2000, help="deliveries per mode and round "
-                   "(default 2000)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    p.add_argument("--messages", type=int, default=1000, help="deliveries per mode and round "
+                   "(default 1000)")
+    p.add_argument("--rounds", type=int, default=7, help="alternating rounds (default 7: on "
+                   "a busy machine the median of many short rounds drifts least)")
     p.add_argument("--users", type=int, default=200, help="mailboxes the messages cycle "
                    "through (default 200)")
     p.add_argument("--size", type=int, default=4096, help="message size in bytes (default 4096)")

@@ -281,8 +281,12 @@ class Userdb:
         self.file = self.sock.makefile("rb")
         self.sock.sendall(b"VERSION\t1\t0\n")
         self.id = 0
-        while not self.file.readline().startswith(b"SPID\t"):  # VERSION, then SPID
-            pass
+        line = b"VERSION"
+        while not line.startswith(b"SPID\t"):  # VERSION, then SPID
+            line = self.file.readline()
+            if not line:
+                raise ValueError("Dovecot's auth-userdb socket %s closed before its handshake"
+                                 % path)
 
     def lookup(self, name):
         """{field: value} of NAME's userdb entry; ValueError if Dovecot has none."""
