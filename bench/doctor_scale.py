@@ -18,63 +18,36 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
-from qmailsql import db, doctor, passwords, sandbox  # noqa: E402
-from qmailsql import config as configmod  # noqa: E402
+import benchlib
+from qmailsql import db, doctor, passwords, sandbox
+from qmailsql import config as configmod
 
 HOMES = 8
 BASE_UID = 7100
-BATCH = 5000
-
-
-def make_homes(root):
-    """HOMES real homes (with Maildir), each owned by its own uid."""
-    out = []
-    os.chmod(root, 0o755)
-    for i in range(HOMES):
-        uid = BASE_UID + i if os.geteuid() == 0 else os.getuid()
-        gid = BASE_UID + i if os.geteuid() == 0 else os.getgid()
-        home = os.path.join(root, "home", "h%d" % i)
-        for sub in ("", "/Maildir", "/Maildir/new", "/Maildir/cur", "/Maildir/tmp"):
-            os.makedirs(home + sub, exist_ok=True)
-            os.chown(home + sub, uid, gid)
-        os.chmod(home, 0o700)
-        out.append((uid, gid, home))
-    os.chmod(os.path.join(root, "home"), 0o755)
-    return out
 
 
 def load(cfg, homes, rows):
     _, hashed = passwords.hash_password("sha512-crypt", b"secret")
     conn = db.connect(cfg, cfg.write_server)
+    started = time.monotonic()
+
+    def progress(done):
+        if done % 100000 == 0:
+            sys.stderr.write("\rloaded %d rows (%.0f rows/s)" % (
+                done, done / (time.monotonic() - started)))
     try:
         conn.autocommit(False)
-        cur = conn.cursor()
-        cur.execute("SET SESSION unique_checks=0")
-        sql = ("INSERT INTO mailbox (username, uid, gid, home, password, password_type, "
-               "suspended) VALUES ")
-        done = 0
-        started = time.monotonic()
-        while done < rows:
-            n = min(BATCH, rows - done)
-            params = []
-            for k in range(done, done + n):
-                uid, gid, home = homes[k % len(homes)]
-                params += ["user%07d" % k, uid, gid, home, hashed, "Crypt-Password", "N"]
-            cur.execute(sql + ",".join(["(%s,%s,%s,%s,%s,%s,%s)"] * n), params)
-            done += n
-            if done % 100000 == 0:
-                conn.commit()
-                sys.stderr.write("\rloaded %d rows (%.0f rows/s)" % (
-                    done, done / (time.monotonic() - started)))
-        conn.commit()
+        conn.cursor().execute("SET SESSION unique_checks=0")
+        benchlib.insert_rows(
+            conn, "mailbox", ("username", "uid", "gid", "home", "password", "password_type",
+                              "suspended"),
+            (("user%07d" % k,) + homes[k % len(homes)] + (hashed, "Crypt-Password", "N")
+             for k in range(rows)), progress=progress)
         sys.stderr.write("\n")
         # the alias user, so a healthy directory has nothing to report but the bench's
         uid, gid, home = homes[0]
-        cur.execute("INSERT INTO mailbox (username, uid, gid, home, password) VALUES "
-                    "(%s,%s,%s,%s,'')", ("alias", uid, gid, home))
+        conn.cursor().execute("INSERT INTO mailbox (username, uid, gid, home, password) "
+                              "VALUES (%s,%s,%s,%s,'')", ("alias", uid, gid, home))
         conn.commit()
     finally:
         conn.close()
@@ -88,7 +61,7 @@ def main():
         env = sandbox.up(root)
         os.environ.update(env)
         cfg = configmod.load(root)
-        homes = make_homes(root)
+        homes = benchlib.make_homes(root, HOMES, BASE_UID)
         # a stand-in for the stock qmail-local the wrapper runs (no qmail here)
         orig = os.path.join(root, "bin", "qmail-local.orig")
         with open(orig, "w") as f:

@@ -1,6 +1,6 @@
 """Latency of the compiled helpers against qmailsqld, and of the old one-shot design.
 
-    python bench/latency.py [--runs 300] [--clients 4] [--seconds 3]
+    python bench/latency.py [--runs 300] [--clients 4] [--seconds 3] [--cold 1000]
 
 Builds bench/exec_floor.c (static, trivial) and bench/oneshot.c (links libmariadb
 like the original patch), plus a small fork/exec/wait timer and a load client
@@ -14,25 +14,41 @@ rows, and measures medians in milliseconds:
   oneshot_ms         the libmariadb one-shot program for the same local
   daemon_rps         cached getpw requests per second, concurrent clients each on
                      one connection sending requests in sequence
+  daemon_cpu_ms_per_request   qmailsqld's CPU (/proc/PID/stat before and after)
+                     per request of that load
 
-Prints a table, then one last line of JSON. The sandbox is torn down at the end.
+and the cold path (a cache miss), as request round trips on one open connection,
+no program start, so that they compare with Dovecot's auth process:
+
+  getpw_cold_ms      getpw for a user the daemon has not been asked about (COLD
+                     distinct mailboxes, each asked once)
+  getpw_warm_rtt_ms  getpw for one user, cached, the same way
+  dovecot_userdb_cold_ms / dovecot_userdb_warm_ms   where Dovecot and its MySQL
+                     driver (dovecot-core, dovecot-mysql) are installed: a private
+                     Dovecot 2.3 auth process with an SQL userdb on the same MariaDB
+                     (SELECT home, uid, gid FROM mailbox), asked over its
+                     auth-userdb socket with the auth-master protocol (USER id name
+                     service=...) for the same users: cold = a user not in its auth
+                     cache, warm = one user again, auth cache on
+  daemon_cpu_ms_per_cold_request   qmailsqld's CPU per cold getpw
+
+Cold and warm lookups alternate between qmailsqld and Dovecot in rounds. Prints a
+table, then one last line of JSON. The sandbox is torn down at the end.
 """
 import argparse
+import contextlib
 import json
 import os
-import shutil
+import secrets
+import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from qmailsql import config as configmod  # noqa: E402
-from qmailsql import demo, sandbox  # noqa: E402
+import benchlib
+import qmailsql
+from qmailsql import client, db, demo, sandbox
+from qmailsql import config as configmod
 
 LOCAL = "iain-slowlaris"
 
@@ -157,29 +173,17 @@ int main(int argc, char **argv)
 """
 
 
-def cc(out, sources, extra=(), static=False):
-    cmd = ["cc", "-O2", "-o", str(out)] + [str(s) for s in sources] + list(extra)
-    if static:
-        r = subprocess.run(cmd + ["-static"], capture_output=True, text=True)
-        if r.returncode == 0:
-            return
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit("bench: compiling %s failed:\n%s" % (" ".join(map(str, sources)),
-                                                               r.stderr))
-
-
 def build(work):
     (work / "timer.c").write_text(TIMER_C)
     (work / "load.c").write_text(LOAD_C)
-    cc(work / "exec_floor", [ROOT / "bench" / "exec_floor.c"], static=True)
-    cc(work / "timer", [work / "timer.c"])
-    cc(work / "load", [work / "load.c"])
+    benchlib.cc(work / "exec_floor", [benchlib.HERE / "exec_floor.c"], static=True)
+    benchlib.cc(work / "timer", [work / "timer.c"])
+    benchlib.cc(work / "load", [work / "load.c"])
     flags = subprocess.run(["mariadb_config", "--cflags", "--libs"], capture_output=True,
                            text=True)
     if flags.returncode:
         raise SystemExit("bench: mariadb_config not found (apt-get install libmariadb-dev)")
-    cc(work / "oneshot", [ROOT / "bench" / "oneshot.c"], flags.stdout.split())
+    benchlib.cc(work / "oneshot", [benchlib.HERE / "oneshot.c"], flags.stdout.split())
 
 
 def timed(work, argv, runs, env, fd3=None):
@@ -211,30 +215,209 @@ def check(name, argv, env, fd3=None, want=0):
     return None
 
 
-def rps(work, sock, clients, seconds):
+def rps(work, sock, clients, seconds, daemon_pid):
+    """(cached getpw/s, qmailsqld CPU ms per request) of CLIENTS load clients."""
+    cpu0 = benchlib.cpu_seconds(daemon_pid)
     procs = [subprocess.Popen([str(work / "load"), sock, LOCAL, str(seconds)],
                               stdout=subprocess.PIPE, text=True) for _ in range(clients)]
     total = 0.0
+    requests = 0
     for p in procs:
         out, _ = p.communicate(timeout=seconds + 60)
         if p.returncode:
             raise SystemExit("bench: load client failed (%d)" % p.returncode)
         count, ns = out.split()
         total += int(count) / (int(ns) / 1e9)
-    return total
+        requests += int(count)
+    cpu = benchlib.cpu_seconds(daemon_pid) - cpu0
+    return total, cpu * 1000 / max(1, requests)
+
+
+# --------------------------------------------------------------- the cold path
+
+DOVECOT_CONF = """\
+# written by bench/latency.py: an auth process only, SQL userdb on the sandbox's DB
+base_dir = {top}/run
+state_dir = {top}/state
+instance_name = qmailsql-bench-{tag}
+log_path = {top}/dovecot.log
+protocols = none
+ssl = no
+auth_cache_size = 16M
+auth_cache_ttl = 1 hour
+auth_cache_negative_ttl = 0
+passdb {{
+  driver = sql
+  args = {top}/sql.conf.ext
+}}
+userdb {{
+  driver = sql
+  args = {top}/sql.conf.ext
+}}
+service auth {{
+  unix_listener auth-userdb {{
+    mode = 0600
+  }}
+}}
+"""
+
+DOVECOT_SQL = """\
+driver = mysql
+connect = host={socket} dbname={db} user={user} password={password}
+user_query = SELECT home, uid, gid FROM mailbox WHERE username = '%u'
+password_query = SELECT username AS user, password FROM mailbox WHERE username = '%u'
+"""
+DOVECOT_USER = "dovecot_bench"
+MYSQL_DRIVER = "/usr/lib/dovecot/modules/libdriver_mysql.so"
+
+
+class Userdb:
+    """Dovecot's auth-master protocol on its auth-userdb socket: USER lookups."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(path)
+        self.file = self.sock.makefile("rb")
+        self.sock.sendall(b"VERSION\t1\t0\n")
+        self.id = 0
+        line = b"VERSION"
+        while not line.startswith(b"SPID\t"):  # VERSION, then SPID
+            line = self.file.readline()
+            if not line:
+                raise ValueError("Dovecot's auth-userdb socket %s closed before its handshake"
+                                 % path)
+
+    def lookup(self, name):
+        """{field: value} of NAME's userdb entry; ValueError if Dovecot has none."""
+        self.id += 1
+        self.sock.sendall(b"USER\t%d\t%s\tservice=bench\n" % (self.id, name))
+        reply = self.file.readline().rstrip(b"\n").split(b"\t")
+        if reply[:2] != [b"USER", b"%d" % self.id]:
+            raise ValueError("Dovecot's userdb answered %r for %r" % (reply, name))
+        return dict(f.split(b"=", 1) for f in reply[3:] if b"=" in f)
+
+    def close(self):
+        self.file.close()
+        self.sock.close()
+
+
+def dovecot_problem():
+    """Why Dovecot's SQL userdb cannot be measured here, or None."""
+    try:
+        sandbox.dovecot_binary()
+    except sandbox.SandboxError as e:
+        return str(e)
+    if not os.path.exists(MYSQL_DRIVER):
+        return "Dovecot's MySQL driver is missing: apt-get install dovecot-mysql"
+    if os.geteuid() != 0:
+        return "Dovecot runs its auth processes as root here: run the bench as root"
+    return None
+
+
+def start_dovecot(work, paths, cfg):
+    """The config of a private Dovecot whose userdb is SQL on the sandbox's MariaDB,
+    with a DB login of its own that may read the mailbox table; its socket path."""
+    top = work / "dovecot"
+    top.mkdir()
+    password = secrets.token_hex(12)
+    sandbox.root_sql(paths, [
+        ("CREATE OR REPLACE USER %s@'localhost' IDENTIFIED BY %s", (DOVECOT_USER, password)),
+        ("GRANT SELECT ON `%s`.mailbox TO %%s@'localhost'" % cfg.db, (DOVECOT_USER,))])
+    fd = os.open(top / "sql.conf.ext", os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(DOVECOT_SQL.format(socket=paths.db_socket, db=cfg.db, user=DOVECOT_USER,
+                                   password=password))
+    conf = top / "dovecot.conf"
+    conf.write_text(DOVECOT_CONF.format(top=top, tag=os.getpid()))
+    return conf, str(top / "run" / "auth-userdb")
+
+
+def load_cold_users(cfg, count, uid, gid, home):
+    names = [b"cold%06d" % i for i in range(count)]
+    conn = db.connect(cfg, cfg.write_server)
+    try:
+        benchlib.insert_rows(conn, "mailbox", ("username", "uid", "gid", "home", "password",
+                                               "password_type"),
+                             [(n.decode(), uid, gid, home, "", "Password") for n in names])
+    finally:
+        conn.close()
+    return names
+
+
+def cold_path(args, work, paths, cfg, names, daemon_pid):
+    """Medians of cold and warm lookups, qmailsqld and (where it can run) Dovecot."""
+    sock = str(paths.daemon_socket)
+    home = str(paths.root / "home" / "iain").encode()
+
+    def getpw(conn):
+        def call(name):
+            status, body = conn.call([b"getpw", name])
+            if status or body.split(b"\0")[:1] != [name] or home not in body:
+                raise SystemExit("bench: getpw %r answered %d %r" % (name, status, body))
+        return call
+
+    def userdb(u):
+        def call(name):
+            if u.lookup(name).get(b"home") != home:
+                raise SystemExit("bench: Dovecot's userdb gave another home for %r" % name)
+        return call
+
+    result = {"getpw_cold_ms": [], "getpw_warm_rtt_ms": [], "dovecot_userdb_cold_ms": [],
+              "dovecot_userdb_warm_ms": []}
+    notes = {}
+    problem = dovecot_problem()
+    conf = userdb_socket = None
+    if problem:
+        notes["dovecot_userdb_cold_ms"] = notes["dovecot_userdb_warm_ms"] = problem
+    else:
+        conf, userdb_socket = start_dovecot(work, paths, cfg)
+    rounds = max(1, min(args.rounds, len(names)))
+    warm = names[0]
+    running = (sandbox.dovecot(conf, lambda: os.path.exists(userdb_socket)) if conf
+               else contextlib.nullcontext())
+    with client.Connection(sock) as q, running:
+        u = Userdb(userdb_socket) if conf else None
+        try:
+            client.flush(sock)
+            getpw(q)(b"iain")  # connections to the DB are open, code paths warm
+            if u:
+                u.lookup(b"iain")
+            cpu = 0.0
+            for r in range(rounds):
+                chunk = names[r::rounds]
+                systems = [("getpw_cold_ms", getpw(q))]
+                if u:
+                    systems.append(("dovecot_userdb_cold_ms", userdb(u)))
+                for key, call in systems[r % 2:] + systems[:r % 2]:  # who goes first alternates
+                    cpu0 = benchlib.cpu_seconds(daemon_pid)
+                    result[key] += benchlib.timed_calls(call, chunk)
+                    if key == "getpw_cold_ms":
+                        cpu += benchlib.cpu_seconds(daemon_pid) - cpu0
+            for r in range(rounds):
+                per = max(1, args.runs // rounds)
+                systems = [("getpw_warm_rtt_ms", getpw(q))]
+                if u:
+                    systems.append(("dovecot_userdb_warm_ms", userdb(u)))
+                for key, call in systems[r % 2:] + systems[:r % 2]:
+                    result[key] += benchlib.timed_calls(call, [warm] * per)
+        finally:
+            if u:
+                u.close()
+    med = {k: (round(statistics.median(v), 4) if v else None) for k, v in result.items()}
+    med["daemon_cpu_ms_per_cold_request"] = round(cpu * 1000 / len(names), 4)
+    return med, notes, {k: len(v) for k, v in result.items()}
 
 
 def measure(args, work, root):
     paths = sandbox.Paths(root)
-    env = dict(os.environ, **sandbox.up(str(root)))
-    os.environ.update(env)
+    env = dict(os.environ)
     uid, gid = (demo.FAQ_UID, demo.FAQ_GID) if os.geteuid() == 0 else (os.getuid(),
                                                                         os.getgid())
-    import qmailsql
     with qmailsql.connect(str(root)) as q:
         demo.load_faq(q.directory, str(root / "home"), uid, gid)
-    os.chmod(root, 0o755)  # checkpassword's program runs as the mailbox uid
     cfg = configmod.load(str(root))
+    daemon_pid = benchlib.pid_of(paths.daemon_pid)
     sock = env["QMAILSQL_SOCKET"]
     getpw = paths.bin / "qmail-getpw"
     local = paths.bin / "qmail-local"
@@ -285,8 +468,16 @@ def measure(args, work, root):
             samples[key] += [ms for _, ms in runs]
     result = {key: (round(statistics.median(v), 4) if v else None)
               for key, v in samples.items()}
-    result["daemon_rps"] = round(rps(work, sock, args.clients, args.seconds))
-    return result, notes, {k: len(v) for k, v in samples.items()}
+    rate, cpu = rps(work, sock, args.clients, args.seconds, daemon_pid)
+    result["daemon_rps"] = round(rate)
+    result["daemon_cpu_ms_per_request"] = round(cpu, 4)
+    names = load_cold_users(cfg, args.cold, uid, gid, str(root / "home" / "iain"))
+    cold, cold_notes, cold_counts = cold_path(args, work, paths, cfg, names, daemon_pid)
+    result.update(cold)
+    notes.update(cold_notes)
+    counts = {k: len(v) for k, v in samples.items()}
+    counts.update(cold_counts)
+    return result, notes, counts
 
 
 def report(result, notes, counts, args):
@@ -294,6 +485,8 @@ def report(result, notes, counts, args):
         return round(result[a] / result[b], 3) if result.get(a) and result.get(b) else None
     result["getpw_over_exec_floor"] = ratio("getpw_ms", "exec_floor_ms")
     result["oneshot_over_getpw"] = ratio("oneshot_ms", "getpw_ms")
+    result["getpw_cold_over_dovecot"] = ratio("getpw_cold_ms", "dovecot_userdb_cold_ms")
+    result["getpw_warm_over_dovecot"] = ratio("getpw_warm_rtt_ms", "dovecot_userdb_warm_ms")
     rows = [("exec_floor_ms", "static trivial program (fork+exec+wait)", ""),
             ("getpw_ms", "qmail-getpw %s, warm daemon" % LOCAL, "target <= 1.3 x exec_floor"),
             ("local_ms", "qmail-local wrapper, no rows, exec stock", ""),
@@ -309,8 +502,25 @@ def report(result, notes, counts, args):
             print("%-18s %10s %6s  not measured: %s" % ("", "", "", notes[key]))
     print("%-18s %10d %6s  cached getpw/s, %d clients x %gs (target >= 15000)"
           % ("daemon_rps", result["daemon_rps"], "", args.clients, args.seconds))
+    print("%-18s %10.4f %6s  qmailsqld CPU per request of that load"
+          % ("daemon_cpu/request", result["daemon_cpu_ms_per_request"], ""))
     print("ratios: getpw/exec_floor = %s (target <= 1.3), oneshot/getpw = %s (target >= 6)"
           % (result["getpw_over_exec_floor"], result["oneshot_over_getpw"]))
+    print("cold path, request round trips on one connection (no program start):")
+    for key, what in (("getpw_cold_ms", "qmailsqld getpw, user not cached (one DB query)"),
+                      ("dovecot_userdb_cold_ms", "Dovecot auth-userdb USER, SQL userdb, "
+                       "user not in its auth cache"),
+                      ("getpw_warm_rtt_ms", "qmailsqld getpw, cached"),
+                      ("dovecot_userdb_warm_ms", "Dovecot auth-userdb USER, auth cache hit")):
+        v = result[key]
+        print("%-22s %10s %6d  %s" % (key, "%.3f" % v if v is not None else "n/a",
+                                      counts.get(key, 0), what))
+        if key in notes:
+            print("%-22s %10s %6s  not measured: %s" % ("", "", "", notes[key]))
+    print("%-22s %10.4f %6s  qmailsqld CPU per cold getpw"
+          % ("daemon_cpu/cold", result["daemon_cpu_ms_per_cold_request"], ""))
+    print("ratios: getpw_cold/dovecot_cold = %s (target <= 1), getpw_warm/dovecot_warm = %s"
+          % (result["getpw_cold_over_dovecot"], result["getpw_warm_over_dovecot"]))
     print(json.dumps(result))
 
 
@@ -320,20 +530,16 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=30, help="untimed runs first (default 30)")
     p.add_argument("--clients", type=int, default=4, help="load clients for daemon_rps")
     p.add_argument("--seconds", type=float, default=3.0, help="load duration for daemon_rps")
+    p.add_argument("--cold", type=int, default=1000, help="distinct users for the cold "
+                   "lookups, each asked once of each system (default 1000)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds of the cold "
+                   "and warm lookups (default 5)")
     args = p.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="qsbench-", dir="/tmp"))
-    root = Path(tempfile.mkdtemp(prefix="qsb-", dir="/tmp"))
-    os.chmod(work, 0o755)
-    try:
+    if min(args.runs, args.cold, args.rounds, args.clients) < 1:
+        p.error("--runs, --cold, --rounds and --clients must be at least 1")
+    with benchlib.scratch() as work, benchlib.sandbox_up() as (root, _):
         build(work)
         result, notes, counts = measure(args, work, root)
-    finally:
-        try:
-            sandbox.down(str(root))
-        except Exception as e:  # still remove what we made
-            sys.stderr.write("bench: sandbox down: %s\n" % e)
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
     report(result, notes, counts, args)
     return 0
 

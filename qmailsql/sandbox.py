@@ -18,6 +18,7 @@ Replication and TLS, for the tests and for trying a multi-host set-up on one mac
 Each server's start options are kept in DIR/mysql/options.json, so restart_db() brings a
 stopped (or killed) server back exactly as it was, replication included.
 """
+import contextlib
 import json
 import os
 import secrets
@@ -522,6 +523,46 @@ def make_certs(directory, name="qmailsql test", hosts=("127.0.0.1", "localhost")
     for k in ("key", "client_key", "ca_key"):
         os.chmod(files[k], 0o600)
     return files
+
+
+def dovecot_binary():
+    """Dovecot's master program, or SandboxError saying what to install."""
+    for path in (shutil.which("dovecot"), "/usr/sbin/dovecot"):
+        if path and os.access(path, os.X_OK):
+            return path
+    raise SandboxError("dovecot not found; install it: apt-get install dovecot-core")
+
+
+@contextlib.contextmanager
+def dovecot(conf, ready, timeout=30):
+    """A private Dovecot, `dovecot -F -c CONF`, running while the block runs (CONF names
+    its own base_dir, state_dir and log, so a system Dovecot is neither used nor
+    disturbed). READY() says when it serves; its stdout and stderr go to CONF.out.
+    SandboxError, with that output, if it exits or is not ready within TIMEOUT s."""
+    out = str(conf) + ".out"
+    with open(out, "wb") as f:
+        proc = subprocess.Popen([dovecot_binary(), "-F", "-c", str(conf)],
+                                stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        def up():
+            if proc.poll() is not None:
+                raise SandboxError("dovecot exited with %s" % proc.returncode)
+            return ready()
+        try:
+            _wait(up, timeout, "dovecot -c %s to serve" % conf)
+        except SandboxError as e:
+            with open(out, "rb") as f:
+                raise SandboxError("%s; %s says:\n%s" % (
+                    e, out, f.read()[-4000:].decode("utf-8", "replace"))) from None
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 def env(paths):

@@ -24,9 +24,7 @@ import os
 import poplib
 import shutil
 import socket
-import subprocess
 import tempfile
-import time
 
 import pytest
 
@@ -38,15 +36,14 @@ UID, GID = 5000, 5000
 PASSWORD = "pop secret"
 MESSAGE = (b"From: sender@example.org\r\nTo: alice@example.com\r\n"
            b"Subject: qmailsql pop3 test\r\n\r\nHello from the maildir.\r\n")
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 REPLY = "/usr/lib/dovecot/checkpassword-reply"
 
 
 def require_dovecot():
-    for prog in (DOVECOT, REPLY):
-        assert os.access(prog, os.X_OK), (
-            "Dovecot's %s is missing: apt-get install dovecot-core dovecot-pop3d "
-            "(bash .ci/setup does)" % prog)
+    sb.dovecot_binary()
+    assert os.access(REPLY, os.X_OK), (
+        "Dovecot's %s is missing: apt-get install dovecot-core dovecot-pop3d "
+        "(bash .ci/setup does)" % REPLY)
 
 
 def free_port():
@@ -57,18 +54,12 @@ def free_port():
     return port
 
 
-def wait_port(port, proc, log, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail("dovecot exited with %s:\n%s" % (proc.returncode, tail(log)))
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    pytest.fail("dovecot did not listen on 127.0.0.1:%d within %ds:\n%s"
-                % (port, timeout, tail(log)))
+def listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def tail(path, n=4000):
@@ -151,19 +142,10 @@ def pop3_world(own_sandbox):
         f.write(CONF.format(top=top, port=port, uid=UID, socket=paths.daemon_socket,
                             checkpassword=cp))
     log = os.path.join(top, "dovecot.log")
-    proc = subprocess.Popen([DOVECOT, "-F", "-c", conf], stdin=subprocess.DEVNULL,
-                            stdout=open(log + ".out", "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
     try:
-        wait_port(port, proc, log + ".out")
-        yield {"port": port, "paths": paths, "log": log, "home": home}
+        with sb.dovecot(conf, lambda: listening(port)):
+            yield {"port": port, "paths": paths, "log": log, "home": home}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(10)
         shutil.rmtree(top, ignore_errors=True)
 
 
