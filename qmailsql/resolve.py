@@ -19,13 +19,23 @@ EXIT_TEMP = 111
 EXIT_NFS = 115
 EXIT_NOALIAS = 116
 
-# stat() errors that mean "try again", not "no such home" (qmail's error_temp, plus
-# permission trouble: a daemon that cannot look must not bounce the mail)
-TEMP_ERRNOS = {errno.EINTR, errno.ENOMEM, errno.ETXTBSY, errno.EIO, errno.ETIMEDOUT,
-               errno.EAGAIN, errno.ECONNREFUSED, errno.ECONNRESET, errno.ENETUNREACH,
-               errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ESTALE,
-               errno.EREMOTE, errno.ENOLINK, errno.EACCES, errno.EPERM, errno.ENFILE,
-               errno.EMFILE}
+# qmail's error_temp() (error_temp.c), the errno values that mean "try again later",
+# by name: the ones this system lacks (EPROCLIM on Linux) are left out, as qmail's
+# #ifdefs do. The one list of temporary errors in qmailsql.
+QMAIL_ERROR_TEMP = ("EINTR", "ENOMEM", "ETXTBSY", "EIO", "ETIMEDOUT", "EWOULDBLOCK", "EAGAIN",
+                    "EDEADLK", "EBUSY", "ENFILE", "EMFILE", "EFBIG", "ENOSPC", "ENETDOWN",
+                    "ENETUNREACH", "ENETRESET", "ECONNABORTED", "ECONNRESET", "ENOBUFS",
+                    "ETOOMANYREFS", "ECONNREFUSED", "EHOSTDOWN", "EHOSTUNREACH", "EPROCLIM",
+                    "EUSERS", "EDQUOT", "ESTALE", "ENOLCK")
+TEMP_ERRNOS = frozenset(getattr(errno, n) for n in QMAIL_ERROR_TEMP if hasattr(errno, n))
+# not temporary to qmail, but here the daemon (not qmailp) looks at the home: if it may
+# not, that is its own trouble, and mail waits (111) instead of going to the alias user
+NOT_ALLOWED_ERRNOS = frozenset((errno.EACCES, errno.EPERM))
+
+
+def is_temporary(code):
+    """qmail's error_temp(CODE)."""
+    return code in TEMP_ERRNOS
 
 
 class Refusal(Exception):
@@ -147,8 +157,9 @@ class Resolver:
         try:
             st = os.stat(acct.home)
         except OSError as e:
-            if e.errno in TEMP_ERRNOS:
-                raise Refusal(EXIT_TEMP if e.errno in (errno.EACCES, errno.EPERM) else EXIT_NFS,
+            if is_temporary(e.errno) or e.errno in NOT_ALLOWED_ERRNOS:
+                # stock qmail-getpw exits QLX_NFS (115) for a temporary error
+                raise Refusal(EXIT_NFS if is_temporary(e.errno) else EXIT_TEMP,
                               "cannot check home %s of %s: %s" % (acct.home, acct.name,
                                                                    e.strerror))
             say("rejected: home %s: %s" % (acct.home, e.strerror))
