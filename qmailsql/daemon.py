@@ -60,8 +60,8 @@ TASK_DEADLINE = 55.0          # queued longer than this: 111 unasked (the helper
 REFUSAL_LOG_EVERY = 10.0      # "too many connections" logged once per uid this often
 
 # commands a peer not in the client uid list may send
-OPEN_COMMANDS = frozenset([b"local", b"ping"])
-NARGS = {b"getpw": 1, b"local": 6, b"auth": 3, b"ping": 0, b"flush": 0}
+OPEN_COMMANDS = frozenset([b"local", b"local-confirm", b"ping"])
+NARGS = {b"getpw": 1, b"local": 6, b"local-confirm": 6, b"auth": 3, b"ping": 0, b"flush": 0}
 
 PONG = encode_response(0, b"pong")
 FLUSHED = encode_response(0, b"")
@@ -334,6 +334,8 @@ class Worker:
             self.getpw(task)
         elif command == b"local":
             self.local(task)
+        elif command == b"local-confirm":
+            self.local(task, confirm=True)
         elif command == b"auth":
             self.auth(task)
 
@@ -359,13 +361,15 @@ class Worker:
         task.status, task.body = 0, delivery.fields()
         self.daemon.db_failed_at = -1e9  # the DB answers again
 
-    def local(self, task):
+    def local(self, task, confirm=False):
+        """`local`, and `local-confirm`: the same, but no rows would be final (the
+        wrapper found no dot-qmail file; stock qmail-local would bounce the mail)."""
         user, homedir, local, dash, ext, domain = task.args
         try:
             if not task.conn.privileged:
                 self.check_own_account(task.conn.uid, user, homedir)
             body = aliases.delivery_lines(self.directory, self.config, user, homedir, local,
-                                          dash, ext, domain)
+                                          dash, ext, domain, confirm)
         except Refusal as r:
             task.status, task.body = r.code, _bytes(r.message)
             log("local %s %s: %s" % (shown(user), shown(ext), r.message))

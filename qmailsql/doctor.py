@@ -8,8 +8,9 @@ checks, by the name they report under:
                         control/sqlserver (FAQ: "alert: out of memory", "insecure")
   db-unreachable / db-login-refused
                         each `server` (and the write_server) connected to separately
-  schema-missing-table / schema-missing-column / schema-userlen
-                        tables, columns, username columns narrower than `userlen`
+  schema-missing-table / schema-missing-column / schema-userlen / schema-index-missing
+                        tables, columns, username columns narrower than `userlen`, the
+                        indexes the lookups need
   mailbox-misconfigured, uid-zero, username-case, username-too-long, password-type
   home-missing / home-owner / home-group / home-writable / home-sticky
   maildir-missing / maildir-owner / path-not-searchable
@@ -18,6 +19,8 @@ checks, by the name they report under:
                         to home/Maildir must be searchable by the row's uid/gid
   alias-blank / alias-misconfigured
                         rows that would eat or defer mail
+  alias-shadowed        rows whose delivery the qmail-local wrapper defers: a dot-qmail
+                        file stock qmail-local would read instead of them
   virtual-funky-catchall, virtual-forward-loop, virtual-forward-user,
   virtual-blank-username, virtual-pattern, virtual-target-missing
   control-stale         virtualdomains / rcpthosts / morercpthosts(.cdb) vs what
@@ -223,6 +226,7 @@ class Doctor:
         self._search = {}
         self._blocked = {}
         self._home_ok = set()
+        self._alias_levels = {}  # lower-cased username -> alias values with rows
         self.add = self.report.add
 
     # ------------------------------------------------------------------ entry point
@@ -654,6 +658,13 @@ class Doctor:
                              "userlen %d: longer names are cut off or refused"
                              % (table, col, w, userlen),
                              "qmailsql migrate --userlen %d" % userlen)
+        for table, name, cols in schema.missing_indexes(self.directory):
+            self.add("schema-index-missing", "error",
+                     "table %s has no index starting with (%s): every lookup there reads "
+                     "the table (or the whole domain) row by row, which slows every "
+                     "delivery down as it grows" % (table, ", ".join(cols)),
+                     "qmailsql migrate --userlen %d  (adds it, and widens nothing narrower)"
+                     % userlen)
 
     def _stream(self, sql, table, estimate):
         import MySQLdb.cursors
@@ -760,9 +771,12 @@ class Doctor:
     def scan_alias(self, present, estimate):
         sql = self._select("alias", ["id", "username", "alias", "alias_username", "alias_host"],
                            present)
+        levels = self._alias_levels
         for batch in self._stream(sql, "alias", estimate):
             for row in batch:
                 rid, username, alias, au, ah = row
+                if username and len(levels) < STAT_CACHE_MAX:
+                    levels.setdefault(username.lower(), set()).add(alias or "")
                 if _blank(au) and _blank(ah):
                     where = "WHERE id=%s" % rid if rid is not None else (
                         "WHERE username=%s AND alias=%s AND alias_username='' AND "
@@ -879,6 +893,8 @@ class Doctor:
                         "UPDATE mailbox SET uid=<a real uid> WHERE username=%s;  (and chown "
                         "its home)" % sql_str(name))
                     continue
+                if lname in self._alias_levels:
+                    self.check_row_files(name, home, self._alias_levels.pop(lname))
                 key = (home, uid_i, gid_i)
                 if key in home_ok:
                     continue  # the same home for the same uid/gid: checked, nothing wrong
@@ -894,7 +910,39 @@ class Doctor:
                      % sql_str(forward_user))
         self.report_shadows(shadows)
         self.flush_search_findings()
+        if cfg.system_users:  # rows of /etc/passwd users are delivered the same way
+            for lname, levels in sorted(self._alias_levels.items()):
+                pw = _passwd_entry(lname)
+                if pw is not None:
+                    self.check_row_files(pw.pw_name, pw.pw_dir, levels)
+        self._alias_levels.clear()
         return alias_found
+
+    def check_row_files(self, name, home, levels):
+        """Rows of NAME at LEVELS whose delivery the qmail-local wrapper defers because a
+        dot-qmail file in HOME would be read instead (aliases.shadowing_file)."""
+        for level in sorted(levels):
+            dash = b"-" if level else b""
+            try:
+                hit = aliases.shadowing_file(home, dash, level.encode("utf-8"))
+            except OSError:
+                continue  # an unreadable home: the home checks say so
+            if hit is None:
+                continue
+            path, owner = (os.fsdecode(p) if p else None for p in hit)
+            address = name + ("-" + level if level else "")
+            self.add("alias-shadowed", "error",
+                     "alias rows for %s (user %r, alias %r) are never delivered: %s exists "
+                     "and stock qmail-local would read it instead%s, so the qmail-local "
+                     "wrapper defers that mail (111)" % (
+                         address, name, level, path,
+                         " (%s makes the wrapper hand it the address's own extension, to "
+                         "keep stock's envelope sender)" % owner if owner else ""),
+                     "move each line of %s into the alias table (qmailsql alias add %s "
+                     "'LINE' --ext %s) and remove the file, or delete the rows: DELETE FROM "
+                     "alias WHERE username=%s AND alias=%s;" % (
+                         path, q(name), q(level) if level else "''", sql_str(name),
+                         sql_str(level)))
 
     # ---- homes
 
@@ -1201,12 +1249,15 @@ def _few(items, n=5):
                                    else "")
 
 
-def _passwd_exists(name):
+def _passwd_entry(name):
     try:
-        pwd.getpwnam(name)
-        return True
+        return pwd.getpwnam(name)
     except (KeyError, OSError):
-        return False
+        return None
+
+
+def _passwd_exists(name):
+    return _passwd_entry(name) is not None
 
 
 def _user(uid):

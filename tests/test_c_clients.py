@@ -450,15 +450,62 @@ def b(args):
     return [a.encode() for a in args]
 
 
+LOCAL_REQUEST = b"\x00alice\x00%s\x00alice-foo-bar\x00-\x00foo-bar\x00example.com\x00"
+
+
 def test_local_no_rows_execs_stock_unchanged(progs, peer, standin):
-    p = peer(b"0\x00")
+    """No rows and no dot-qmail file for the address: stock qmail-local would bounce it,
+    so the wrapper asks again with local-confirm (the daemon then asks its write_server,
+    not a lagging replica); still no rows: stock, argv unchanged."""
+    p = peer(b"0\x00", b"0\x00")
     args = local_args(standin.homedir)
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
     assert standin.argv() == b(args)
     assert standin.env() == [b"PWD=" + os.getcwd().encode(), b"MARK=kept"]
-    assert p.received == [b"local\x00alice\x00" + standin.homedir.encode()
-                          + b"\x00alice-foo-bar\x00-\x00foo-bar\x00example.com\x00"]
+    request = LOCAL_REQUEST % standin.homedir.encode()
+    assert p.received == [b"local" + request, b"local-confirm" + request]
+
+
+@pytest.mark.parametrize("name", [".qmail-foo-bar", ".qmail-foo-default", ".qmail-default"])
+def test_local_no_rows_with_a_dot_qmail_file_asks_once(progs, peer, standin, name):
+    """A file stock qmail-local reads for the address: no bounce, nothing to confirm."""
+    Path(standin.homedir, name).write_text("./Maildir/\n")
+    p = peer(b"0\x00")
+    args = local_args(standin.homedir)
+    r = run(progs, "qmail-local", args, local_env(p, standin))
+    assert r.returncode == 42, err(r)
+    assert standin.argv() == b(args)
+    assert p.received == [b"local" + LOCAL_REQUEST % standin.homedir.encode()]
+
+
+def test_local_no_rows_plain_address_asks_once(progs, peer, standin):
+    """dash empty: stock delivers to aliasempty (or ~/.qmail), never bounces."""
+    p = peer(b"0\x00")
+    args = local_args(standin.homedir, dash="", ext="")
+    r = run(progs, "qmail-local", args, local_env(p, standin))
+    assert r.returncode == 42, err(r)
+    assert standin.argv() == b(args)
+    assert len(p.received) == 1
+
+
+def test_local_confirmed_rows_are_delivered(progs, peer, standin):
+    p = peer(b"0\x00", b"0\x00./Maildir/\n")
+    r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
+    assert r.returncode == 42, err(r)
+    assert standin.argv()[4:6] == [b"", b""] and standin.argv()[8] == b"./Maildir/\n"
+
+
+@pytest.mark.parametrize("reply", [b"100\x00unknown command local-confirm",
+                                   b"111\x00no DB server answered"])
+def test_local_confirm_trouble_defers(progs, peer, standin, reply):
+    """Whatever the daemon says to local-confirm (an older daemon: unknown command, 100),
+    the mail is never bounced for it: 111."""
+    p = peer(b"0\x00", reply)
+    r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
+    assert r.returncode == 111
+    assert not standin.ran()
+    assert err(r) == "qmail-local: %s\n" % reply.split(b"\x00")[1].decode()
 
 
 def test_local_rows_go_to_aliasempty(progs, peer, standin):
@@ -540,7 +587,7 @@ def test_local_malformed_lines_defer(progs, peer, standin, body):
 @pytest.mark.parametrize("opts", [["-n"], ["-N"], ["-nN"], ["-n", "-N"]])
 def test_local_options_passed_through(progs, peer, standin, opts):
     lines = b"./Maildir/\n"
-    p = peer(b"0\x00", b"0\x00" + lines)
+    p = peer(b"0\x00", b"0\x00", b"0\x00" + lines)
     args = opts + local_args(standin.homedir)
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
@@ -550,7 +597,7 @@ def test_local_options_passed_through(progs, peer, standin, opts):
     assert standin.argv() == b(opts) + [b"--", b"alice", standin.homedir.encode(),
                                         b"alice-foo-bar", b"", b"", b"example.com",
                                         b"sender@example.org", lines]
-    assert len(p.received) == 2
+    assert len(p.received) == 3
 
 
 def test_local_without_double_dash(progs, peer, standin):
@@ -573,7 +620,7 @@ def test_local_bad_usage_goes_to_stock(progs, peer, standin, args):
 
 
 def test_local_stock_missing(progs, peer, standin, sockdir):
-    p = peer(b"0\x00")
+    p = peer(b"0\x00", b"0\x00")
     env = local_env(p, standin)
     env["QMAILSQL_QMAIL_LOCAL"] = str(sockdir / "no-such-qmail-local")
     r = run(progs, "qmail-local", local_args(standin.homedir), env)
@@ -586,7 +633,7 @@ def test_local_default_stock_path(progs, peer, standin):
     stock = qmail_dir() + "/bin/qmail-local.orig"
     if os.path.exists(stock):
         pytest.skip("a real %s exists" % stock)
-    p = peer(b"0\x00")
+    p = peer(b"0\x00", b"0\x00")
     env = env_for(p.path)
     r = run(progs, "qmail-local", local_args(standin.homedir), env)
     assert r.returncode == 111

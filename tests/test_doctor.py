@@ -401,6 +401,31 @@ def test_alias_blank(sandbox, db):
     assert not found(run(sandbox), "alias-blank")
 
 
+def test_alias_rows_shadowed_by_dot_qmail_files(sandbox, db, homes):
+    """Rows and a dot-qmail file stock qmail-local would read instead: the wrapper
+    defers those deliveries (111); the doctor names the file and what to do. Here
+    ~/.qmail-default next to rows for iain-fwd matters only because ~/.qmail-fwd-owner
+    makes the wrapper hand stock qmail-local the address's own extension."""
+    home = make_home(homes / "iain")
+    add_mailbox(db, "iain", home)
+    sql(db, "INSERT INTO alias (username, alias, alias_username, alias_host) VALUES "
+            "('iain', 'fwd', 'elsewhere', 'example.net'), ('iain', '', '.', '/Maildir/')")
+    assert not found(run(sandbox), "alias-shadowed")
+    Path(home, ".qmail-default").write_text("./Maildir/\n")
+    assert not found(run(sandbox), "alias-shadowed")  # rows at fwd: .qmail-default unread
+    Path(home, ".qmail-fwd-owner").write_text("&owner@example.net\n")
+    [f] = found(run(sandbox), "alias-shadowed")
+    assert "iain-fwd" in f.what and home + "/.qmail-default" in f.what
+    assert ".qmail-fwd-owner" in f.what
+    assert "qmailsql alias" in f.fix and "DELETE FROM alias" in f.fix
+    Path(home, ".qmail").write_text("./Other/\n")  # and the plain address's rows
+    fs = found(run(sandbox), "alias-shadowed")
+    assert {f.what.split(" ")[3] for f in fs} == {"iain", "iain-fwd"}, [f.what for f in fs]
+    os.unlink(Path(home, ".qmail"))
+    os.unlink(Path(home, ".qmail-fwd-owner"))
+    assert not found(run(sandbox), "alias-shadowed")
+
+
 def test_alias_misconfigured(sandbox, db):
     sql(db, "INSERT INTO alias (username, alias, alias_username, alias_host) "
             "VALUES ('iain', 'x', '.', '')")

@@ -328,3 +328,131 @@ def test_funky_catchall_and_faq_update(sworld):
     got2, r, rec2 = sworld.deliver("virtual.com-joe", "virtual.com")
     assert got2 == got and rec2 == rec
     assert sworld.getpw("virtual.com-sales-eu")[0] == "sales"
+
+
+# ------------------------------------------------------------------ envelope sender
+# (issue 15 item 7) Stock qmail-local sends forwards (and sets NEWSENDER) from
+# LOCAL-owner@HOST when ~/.qmail{dash}{ext}-owner exists, for the address's own dash
+# and ext. A row delivery must keep that, or defer; never silently differ.
+
+def safe(ext):
+    """qmail-local's safeext: ASCII lower case, '.' -> ':'."""
+    return "".join(c.lower() if "A" <= c <= "Z" else c for c in ext).replace(".", ":")
+
+
+def stock_reads(home, dash, ext):
+    """The dot-qmail file stock qmail-local reads for DASH and EXT (its qmesearch
+    order), or None: then it delivers its aliasempty argument."""
+    sx = safe(ext)
+    names = [".qmail" + dash + sx] + [".qmail" + dash + sx[:i] + "default"
+                                      for i in range(len(sx), -1, -1)
+                                      if i == 0 or sx[i - 1] == "-"]
+    for name in names:
+        if os.path.isfile(os.path.join(home, name)):
+            return name
+    return None
+
+
+def stock_newsender(home, dash, ext, local, host, sender=SENDER):
+    """The envelope sender stock qmail-local forwards with, for DASH and EXT."""
+    if sender in ("", "#@[]"):
+        return sender
+    base = os.path.join(home, ".qmail" + dash + safe(ext))
+    if not os.path.exists(base + "-owner"):
+        return sender
+    if os.path.exists(base + "-owner-default"):
+        return local + "-owner-@" + host + "-@[]"
+    return local + "-owner@" + host
+
+
+def assert_stock_semantics(world, local, domain, lines, owner_files, sender=SENDER):
+    """Deliver LOCAL with the rows' LINES; the stand-in's argv must make stock
+    qmail-local deliver exactly LINES with the envelope sender it would use had the
+    lines been in the address's own dot-qmail file."""
+    (user, home, dash, ext), r, rec = deliver_from(world, local, domain, sender)
+    for name in owner_files:
+        assert os.path.exists(os.path.join(home, name))
+    assert r.returncode == 0, r.stderr
+    assert rec is not None, "the stock qmail-local (stand-in) did not run"
+    argv = [a.decode() for a in rec[0]]
+    assert argv[0] == "--" and argv[1:4] == [user, home, local] and argv[6:8] == [domain,
+                                                                                  sender]
+    got_dash, got_ext, aliasempty = argv[4], argv[5], argv[8]
+    assert aliasempty == lines
+    assert stock_reads(home, got_dash, got_ext) is None  # so it delivers LINES
+    want = stock_newsender(home, dash, ext, local, domain, sender)
+    assert stock_newsender(home, got_dash, got_ext, local, domain, sender) == want
+    return want
+
+
+def deliver_from(world, local, domain, sender):
+    user, uid, gid, home, dash, ext = world.getpw(local)
+    world.standin.clear()
+    argv = ["--", user, home, local, dash, ext, domain, sender, ALIASEMPTY]
+    r = subprocess.run([world.helpers["qmail-local"]] + argv, capture_output=True,
+                       env=world.env, timeout=60)
+    return (user, home, dash, ext), r, world.standin.record()
+
+
+def owner_file(home, name, text="&owner@example.net\n"):
+    Path(home, name).write_text(text)
+    os.chmod(Path(home, name), 0o600)
+
+
+def test_row_forward_keeps_the_ext_owner(world):
+    """The issue's case: a forward row for iain-fwd with ~/.qmail-fwd-owner present goes
+    out as iain-fwd-owner@..., as the same forward in ~/.qmail-fwd would."""
+    home = world.mailbox("iain")
+    world.alias("iain", "fwd", "elsewhere", "example.net")
+    owner_file(home, ".qmail-fwd-owner")
+    want = assert_stock_semantics(world, "iain-fwd", "example.org",
+                                  "&elsewhere@example.net\n", [".qmail-fwd-owner"])
+    assert want == "iain-fwd-owner@example.org"
+
+
+def test_row_forward_ignores_the_plain_owner(world):
+    """~/.qmail-owner is iain's own owner file, not iain-fwd's: stock keeps the sender."""
+    home = world.mailbox("iain")
+    world.alias("iain", "fwd", "elsewhere", "example.net")
+    owner_file(home, ".qmail-owner")
+    want = assert_stock_semantics(world, "iain-fwd", "example.org",
+                                  "&elsewhere@example.net\n", [".qmail-owner"])
+    assert want == SENDER
+
+
+def test_row_forward_owner_default_is_verp(world):
+    home = world.mailbox("iain")
+    world.alias("iain", "list-default", "elsewhere", "example.net")
+    owner_file(home, ".qmail-list-Join-owner".lower())
+    owner_file(home, ".qmail-list-join-owner-default")
+    want = assert_stock_semantics(world, "iain-list-Join", "example.org",
+                                  "&elsewhere@example.net\n",
+                                  [".qmail-list-join-owner", ".qmail-list-join-owner-default"])
+    assert want == "iain-list-Join-owner-@example.org-@[]"
+
+
+def test_plain_row_and_bounce_sender_keep_the_plain_argv(world):
+    """The plain address's owner file is .qmail-owner either way, and stock ignores owner
+    files for a bounce (empty sender): dash and ext stay empty."""
+    home = world.mailbox("iain")
+    world.alias("iain", "", "elsewhere", "example.net")
+    world.alias("iain", "fwd", "elsewhere", "example.net")
+    owner_file(home, ".qmail-owner")
+    owner_file(home, ".qmail-fwd-owner")
+    assert assert_stock_semantics(world, "iain", "example.org", "&elsewhere@example.net\n",
+                                  []) == "iain-owner@example.org"
+    assert assert_stock_semantics(world, "iain-fwd", "example.org", "&elsewhere@example.net\n",
+                                  [], sender="") == ""
+
+
+def test_owner_mix_with_a_shadowing_file_defers(world):
+    """Owner files make the wrapper hand stock the address's own extension; then a
+    dot-qmail file on that address's search path (here ~/.qmail-default) would be read
+    instead of the rows: deferred with a message that says what to do."""
+    home = world.mailbox("iain")
+    world.alias("iain", "fwd", "elsewhere", "example.net")
+    owner_file(home, ".qmail-fwd-owner")
+    Path(home, ".qmail-default").write_text("./Maildir/\n")
+    (user, home, dash, ext), r, rec = deliver_from(world, "iain-fwd", "example.org", SENDER)
+    assert r.returncode == 111 and rec is None
+    assert b".qmail-default exists and would override the alias-table rows" in r.stderr
