@@ -125,8 +125,11 @@ def soak(root, seconds, clients, users, seed=1, primary=None):
         return None
 
     def local(q, name):
+        """qmail-local for an address that exists: NAME-box where NAME has that row,
+        else plain NAME (stock qmail-local would bounce NAME-box there)."""
         home = os.path.join(root, "home", name)
-        argv = [bin_["qmail-local"], "--", name, home, name + "-box", "-", "box",
+        dash, ext = ("-", "box") if int(name[4:]) % 2 else ("", "")
+        argv = [bin_["qmail-local"], "--", name, home, name + dash + ext, dash, ext,
                 "example.org", "s@example.net", "./Maildir/"]
         r = subprocess.run(argv, capture_output=True, env=local_env, timeout=60)
         got = r.stdout.split(b"\0")
