@@ -140,7 +140,7 @@ int main(int argc, char **argv)
    * with dash and ext empty it would read .qmail-owner. When that differs from the
    * address's own (and the sender is one it would replace), hand it ext = dash + ext
    * instead: with dash still empty it then finds the address's own owner file. */
-  if (*op[6] && strcmp(op[6], "#@[]") && owner(op[1], own) != owner(op[1], "")) {
+  if (*own && *op[6] && strcmp(op[6], "#@[]") && owner(op[1], own) != owner(op[1], "")) {
     if (strcmp(safe(op[3]), op[3]))
       qs_die(111, "dash ", op[3], " has upper case or '.', so the owner file .qmail", own,
              "-owner cannot be kept for the alias-table rows; deliver this address by a "

@@ -29,6 +29,8 @@ checks, by the name they report under:
                         first: u@host goes to the local user u)
   users-cdb-shadow      QMAIL/users/cdb (or users/assign) entries that qmail-lspawn
                         consults before qmail-getpw, hiding DB mailboxes
+  users-cdb-bypass      entries whose account is not the DB's although the DB has rows
+                        or a mailbox for that name: delivered as stock, rows skipped
   helper-missing / helper-outdated / helper-overwritten / qmail-local-orig
   helper-qmail-dir      helpers built (conf-qmail) for another qmail home
   daemon-not-running / daemon-not-answering
@@ -227,6 +229,8 @@ class Doctor:
         self._blocked = {}
         self._home_ok = set()
         self._alias_levels = {}  # lower-cased username -> alias values with rows
+        self._entry_users = {}   # users/cdb entries' users (lower) -> mailbox row or None
+        self._entry_rows = {}    # ... -> how many alias rows
         self.add = self.report.add
 
     # ------------------------------------------------------------------ entry point
@@ -582,6 +586,8 @@ class Doctor:
 
     def scan_tables(self, columns, collations, estimates):
         users_table = self.users_table()
+        if users_table is not None:
+            self._entry_users = {e.user.lower(): None for e in users_table.entries()}
         virtual_targets = {}
         if "virtual" in columns:
             virtual_targets = self.scan_virtual(columns["virtual"], estimates.get("virtual"))
@@ -593,6 +599,8 @@ class Doctor:
             alias_found = self.scan_mailbox(columns["mailbox"], estimates.get("mailbox"),
                                             users_table, virtual_targets, case_sensitive)
             self.check_alias_user(alias_found)
+            if users_table is not None:
+                self.check_bypass(users_table)
         self.check_virtual_targets(virtual_targets)
         if "virtual" in columns and "rcpthosts" in columns:
             self.check_control_files()
@@ -775,8 +783,12 @@ class Doctor:
         for batch in self._stream(sql, "alias", estimate):
             for row in batch:
                 rid, username, alias, au, ah = row
-                if username and len(levels) < STAT_CACHE_MAX:
-                    levels.setdefault(username.lower(), set()).add(alias or "")
+                if username:
+                    lname = username.lower()
+                    if len(levels) < STAT_CACHE_MAX:
+                        levels.setdefault(lname, set()).add(alias or "")
+                    if lname in self._entry_users:
+                        self._entry_rows[lname] = self._entry_rows.get(lname, 0) + 1
                 if _blank(au) and _blank(ah):
                     where = "WHERE id=%s" % rid if rid is not None else (
                         "WHERE username=%s AND alias=%s AND alias_username='' AND "
@@ -895,6 +907,8 @@ class Doctor:
                     continue
                 if lname in self._alias_levels:
                     self.check_row_files(name, home, self._alias_levels.pop(lname))
+                if lname in self._entry_users:
+                    self._entry_users[lname] = (name, uid_i, home)
                 key = (home, uid_i, gid_i)
                 if key in home_ok:
                     continue  # the same home for the same uid/gid: checked, nothing wrong
@@ -1109,6 +1123,48 @@ class Doctor:
             return None
         return _Shadows(tables)
 
+    def check_bypass(self, users_table):
+        """users/cdb (users/assign) entries whose account is not the DB's (uid and home of
+        the mailbox row, or of the passwd entry), although the DB has something for that
+        name: qmail-local then delivers as stock qmail would, skipping the DB's rows."""
+        from qmailsql.importers import _ulong
+        assign_path = os.path.join(self.qmail_dir, "users", "assign")
+        done = set()
+        for source, e in users_table.sourced_entries():
+            spec = e.spec()
+            lname = e.user.lower()
+            rows = self._entry_rows.get(lname, 0)
+            mailbox = self._entry_users.get(lname)
+            if spec in done or (not rows and mailbox is None):
+                continue
+            done.add(spec)
+            uid = _ulong(e.uid)
+            if mailbox is not None:
+                name, acct_uid, acct_home = mailbox
+                whose = "not the DB's account %r (mailbox uid %s, home %s)" % (
+                    name, acct_uid, acct_home)
+            else:
+                pw = _passwd_entry(e.user) if self.config.system_users else None
+                acct_uid, acct_home = (pw.pw_uid, pw.pw_dir) if pw else (None, None)
+                whose = ("not a DB account (no mailbox row%s)" % (
+                    ", and the passwd entry has uid %s, home %s" % (acct_uid, acct_home)
+                    if pw else ""))
+            if (acct_uid, acct_home) == (uid, e.home):
+                continue  # the DB's own account: its rows are delivered
+            when = "" if source == "users/cdb" else " (once qmail-newu has run)"
+            skipped = ("; the %d alias row%s of %r are not used" % (
+                rows, "" if rows == 1 else "s", e.user)) if rows else ""
+            self.add("users-cdb-bypass", "error" if rows else "warning",
+                     "%s entry %s delivers as user %r uid %d home %s, which is %s: "
+                     "qmail-local delivers it as stock qmail would%s%s"
+                     % (source, spec, e.user, uid, e.home, whose, skipped, when),
+                     "to deliver it from the DB instead: qmailsql import assign %s --apply, "
+                     "delete the line from %s and run qmail-newu%s" % (
+                         q(assign_path), q(assign_path),
+                         "; to keep the entry: DELETE FROM alias WHERE username=%s;"
+                         % sql_str(e.user) if rows else
+                         "; or give the entry the mailbox's uid and home"))
+
     def report_shadows(self, shadows):
         cdb_path = os.path.join(self.qmail_dir, "users", "cdb")
         assign_path = os.path.join(self.qmail_dir, "users", "assign")
@@ -1184,6 +1240,14 @@ class _Shadows:
 
     def __init__(self, tables):
         self.tables = tables
+
+    def sourced_entries(self):
+        for table in self.tables:
+            for e in list(table.simple.values()) + list(table.wild.values()):
+                yield table.source, e
+
+    def entries(self):
+        return (e for _, e in self.sourced_entries())
 
     def shadowing(self, lname):
         for table in self.tables:

@@ -156,14 +156,16 @@ class Resolver:
             return cls.for_directory(config, directory.on_write_server())
         return cls(config, directory.mailboxes, virtual.row_source(directory), confirmer)
 
-    def account(self, name, rows):
-        """The Account called NAME (mailbox first, then /etc/passwd), or None."""
+    def account(self, name, rows, same_cost=False):
+        """The Account called NAME (mailbox first, then /etc/passwd), or None.
+
+        SAME_COST: ask /etc/passwd even when a mailbox row answers, so that the time
+        taken does not tell whether NAME has a row (answers to unprivileged peers)."""
         row = pick_row(rows, name)
-        if row is not None:
-            return account_from_row(row)
-        if self.config.system_users:
-            return passwd_account(name)
-        return None
+        pw = None
+        if self.config.system_users and (row is None or same_cost):
+            pw = passwd_account(name)
+        return account_from_row(row) if row is not None else pw
 
     def usable_home(self, acct, say):
         try:

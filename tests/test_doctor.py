@@ -18,8 +18,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import newu
 
-from qmailsql import cdb, doctor, sandbox as sb, sync
+from qmailsql import doctor, sandbox as sb, sync
 from qmailsql.helpers import helper_path
 
 UID, GID = 800, 100
@@ -563,18 +564,6 @@ def users_dir(sandbox):
     shutil.rmtree(d, ignore_errors=True)
 
 
-def newu(entries):
-    """users/cdb as qmail-newu writes it, from (wild, local, fields) entries."""
-    pairs, wild = [], ""
-    for is_wild, local, fields in entries:
-        key = b"!" + local.lower().encode() + (b"" if is_wild else b"\0")
-        if is_wild and local and local[-1] not in wild:
-            wild += local[-1]
-        pairs.append((key, "\0".join(fields).encode()))
-    pairs.append((b"", wild.encode()))
-    return cdb.make(pairs)
-
-
 def test_users_cdb_shadows_db(sandbox, db, homes, users_dir):
     add_mailbox(db, "joe", make_home(homes / "joe"))
     add_mailbox(db, "kim", make_home(homes / "kim"))
@@ -593,6 +582,34 @@ def test_users_cdb_shadows_db(sandbox, db, homes, users_dir):
                                                       ""])]))
     [f] = found(run(sandbox), "users-cdb-shadow")
     assert "and 1 more" in f.what
+
+
+def test_users_cdb_entries_that_bypass_db_accounts(sandbox, db, homes, users_dir):
+    """users/cdb entries whose account is not the DB's although the DB has something for
+    that name (alias rows, or the mailbox with another uid or home): qmail-local then
+    delivers as stock qmail would and the DB's rows are skipped."""
+    kim = make_home(homes / "kim")
+    add_mailbox(db, "kim", kim)
+    sql(db, "INSERT INTO alias (username, alias, alias_username, alias_host) VALUES "
+            "('jdoe', '', 'jd', 'example.net'), ('kim', 'x', '.', '/Maildir/')")
+    entries = [(False, "jdoe", ["jdoe", "801", "101", "/home/x", "", ""]),
+               (True, "boss-", ["kim", str(UID), str(GID), "/elsewhere", "-", ""]),
+               (False, "boss", ["kim", str(UID), str(GID), kim, "", ""]),
+               (False, "other", ["other", "802", "102", "/home/other", "", ""])]
+    (users_dir / "cdb").write_bytes(newu(entries))
+    fs = found(run(sandbox), "users-cdb-bypass")
+    assert len(fs) == 2, [f.what for f in fs]
+    [jdoe] = [f for f in fs if "jdoe" in f.what]
+    [kim_f] = [f for f in fs if "jdoe" not in f.what]
+    assert "=jdoe:jdoe:801:101:/home/x:::" in jdoe.what and "1 alias row" in jdoe.what
+    assert "not a DB account" in jdoe.what
+    assert "+boss-:kim:%d:%d:/elsewhere:-::" % (UID, GID) in kim_f.what
+    assert kim in kim_f.what and "1 alias row" in kim_f.what
+    for f in fs:
+        assert f.severity == "error"
+        assert "qmailsql import assign" in f.fix and "DELETE FROM alias" in f.fix
+    (users_dir / "cdb").write_bytes(newu(entries[2:]))  # the DB's own account, a stranger
+    assert not found(run(sandbox), "users-cdb-bypass")
 
 
 def test_users_assign_text_shadows_db(sandbox, db, homes, users_dir):

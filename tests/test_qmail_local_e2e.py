@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import as_uid, newu, raw_as
 
 import qmailsql
 from qmailsql import sandbox as sb
@@ -456,3 +457,112 @@ def test_owner_mix_with_a_shadowing_file_defers(world):
     (user, home, dash, ext), r, rec = deliver_from(world, "iain-fwd", "example.org", SENDER)
     assert r.returncode == 111 and rec is None
     assert b".qmail-default exists and would override the alias-table rows" in r.stderr
+
+
+# ------------------------------------------------------------------ users/cdb accounts
+# (issue 15 item 1) qmail-lspawn asks users/cdb before qmail-getpw and runs our wrapper
+# as the uid it names, with a user the DB may not know: delivered exactly as the stock
+# qmail-local would (argv and environment unchanged), and no DB rows are given away.
+
+ASSIGN_UID, ASSIGN_GID = 801, 101
+
+
+@pytest.fixture
+def lspawn(world, sandbox, standin):
+    """Runs the wrapper as qmail-lspawn would for a users/cdb entry: as the entry's uid,
+    with the entry's fields; homes in a directory that uid can reach."""
+    paths = sb.Paths(sandbox)
+    for d in (sandbox, paths.run):
+        os.chmod(d, 0o755)
+    os.chmod(os.path.dirname(standin.path), 0o777)  # the stand-in records as that uid
+    users = Path(sandbox, "users")
+    users.mkdir(exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="qsu", dir="/tmp"))
+    os.chmod(base, 0o755)
+
+    class L:
+        @staticmethod
+        def home(name, uid=ASSIGN_UID, gid=ASSIGN_GID):
+            h = base / name
+            h.mkdir()
+            os.chown(h, uid, gid)
+            return str(h)
+
+        @staticmethod
+        def newu(*entries):
+            (users / "cdb").write_bytes(newu(entries))
+
+        @staticmethod
+        def run(user, uid, gid, home, local, dash, ext, domain="example.org"):
+            world.standin.clear()
+            argv = ["--", user, home, local, dash, ext, domain, SENDER, ALIASEMPTY]
+            r = subprocess.run(as_uid(uid, gid) + [world.helpers["qmail-local"]] + argv,
+                               capture_output=True, env=world.env, timeout=60, cwd="/")
+            return argv, r, world.standin.record()
+    yield L
+    shutil.rmtree(users, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
+    flush(world.socket)
+
+
+def assert_stock_unchanged(world, argv, r, rec):
+    assert r.returncode == 0, r.stderr
+    assert rec is not None, "the stock qmail-local (stand-in) did not run"
+    assert rec[0] == [a.encode() for a in argv]
+    assert rec[1] == world.stock_env()
+
+
+def test_users_cdb_account_unknown_to_the_db_is_stock(world, lspawn):
+    """The issue's case: `=jdoe:jdoe:801:101:/home/x:::`, jdoe neither in the DB nor in
+    /etc/passwd."""
+    home = lspawn.home("x")
+    lspawn.newu((False, "jdoe", ["jdoe", str(ASSIGN_UID), str(ASSIGN_GID), home, "", ""]))
+    assert_stock_unchanged(world, *lspawn.run("jdoe", ASSIGN_UID, ASSIGN_GID, home, "jdoe",
+                                              "", ""))
+
+
+def test_users_cdb_wildcard_account_with_an_extension_is_stock(world, lspawn):
+    """`+jdoe-:jdoe:801:101:HOME:-::` for jdoe-Foo.Bar: no rows and no file, which asks
+    local-confirm too; stock still gets its argv unchanged (and bounces as it would)."""
+    home = lspawn.home("x")
+    lspawn.newu((True, "jdoe-", ["jdoe", str(ASSIGN_UID), str(ASSIGN_GID), home, "-", ""]))
+    assert_stock_unchanged(world, *lspawn.run("jdoe", ASSIGN_UID, ASSIGN_GID, home,
+                                              "jdoe-Foo.Bar", "-", "Foo.Bar"))
+
+
+def test_users_cdb_name_with_alias_rows_gets_no_rows(world, lspawn, sandbox):
+    """A name with alias rows but no mailbox: its users/cdb account is not the DB's, so
+    stock runs unchanged; and no unprivileged uid can read those rows by asking."""
+    home = lspawn.home("x")
+    world.alias("jdoe", "", "secret", "example.net")
+    lspawn.newu((False, "jdoe", ["jdoe", str(ASSIGN_UID), str(ASSIGN_GID), home, "", ""]))
+    assert_stock_unchanged(world, *lspawn.run("jdoe", ASSIGN_UID, ASSIGN_GID, home, "jdoe",
+                                              "", ""))
+    for uid, homedir, local in ((ASSIGN_UID, home, "jdoe-x"), (ASSIGN_UID, "/nonexistent",
+                                                                "jdoe"),
+                                (ASSIGN_UID + 1, home, "jdoe")):
+        status, body = raw_as(uid, world.socket, [b"local", b"jdoe", homedir.encode(),
+                                                  local.encode(), b"", b"", b"example.org"])
+        assert status == 111 and b"secret" not in body, (uid, homedir, local, body)
+
+
+def test_users_cdb_entry_for_a_db_user_elsewhere_is_stock(world, lspawn):
+    """users/cdb names DB mailbox iain, but with another home: not the DB's account;
+    stock, with no rows of iain's."""
+    world.mailbox("iain")  # uid 800, its own home
+    world.alias("iain", "", "secret", "example.net")
+    home = lspawn.home("iain-elsewhere", UID, GID)
+    lspawn.newu((False, "boss", ["iain", str(UID), str(GID), home, "", ""]))
+    assert_stock_unchanged(world, *lspawn.run("iain", UID, GID, home, "boss", "", ""))
+
+
+def test_db_account_run_by_users_cdb_keeps_its_rows(world, lspawn):
+    """An entry that names the DB's own account (same uid and home) is the DB's: rows."""
+    home = lspawn.home("iain", UID, GID)
+    world.sql("INSERT INTO mailbox (username, uid, gid, home, password, password_type) "
+              "VALUES (%s,%s,%s,%s,'x','Password')", ("iain", UID, GID, home))
+    world.alias("iain", "", ".", "/Maildir/")
+    lspawn.newu((False, "boss", ["iain", str(UID), str(GID), home, "", ""]))
+    argv, r, rec = lspawn.run("iain", UID, GID, home, "boss", "", "")
+    assert r.returncode == 0, r.stderr
+    assert rec[0][-1] == b"./Maildir/\n"
