@@ -85,6 +85,17 @@ static int owner(const char *home, const char *s)
   return 1 + exists(home, s, strlen(s), "-owner-default", 1);
 }
 
+static char *cat(const char *a, const char *b)
+{
+  size_t n = strlen(a);
+  char *s = malloc(n + strlen(b) + 1);
+
+  if (!s) qs_die(111, "out of memory (qmail-local deferred the message)", (char *)0);
+  memcpy(s, a, n);
+  strcpy(s + n, b);
+  return s;
+}
+
 static int ask(const char *command, char **op, char **body, size_t *len)
 {
   int i;
@@ -99,7 +110,7 @@ int main(int argc, char **argv)
   char *nargv[MAXOPTS + 10];
   char **op, *body, *own, *ext = "";
   const char *file;
-  size_t len, i, dlen;
+  size_t len, i;
   int a, n, status;
 
   qs_prog = "qmail-local";
@@ -115,18 +126,14 @@ int main(int argc, char **argv)
   if (argc - a != 8 || a > MAXOPTS) run(argv);
   op = argv + a; /* user homedir local dash ext domain sender aliasempty */
 
-  dlen = strlen(op[3]);
-  own = malloc(dlen + strlen(op[4]) + 1);
-  if (!own) qs_die(111, "out of memory (qmail-local deferred the message)", (char *)0);
-  memcpy(own, op[3], dlen);
-  strcpy(own + dlen, safe(op[4])); /* .qmail + this: the address's own dot-qmail name */
+  own = cat(op[3], safe(op[4])); /* .qmail + this: the address's own dot-qmail name */
 
   status = ask("local", op, &body, &len);
   if (status) qs_die_status(status, body, len);
   if (!len) {
     /* no rows, and no file either: stock bounces it, so a replica's "no rows" must not
      * be the last word (the daemon asks its write_server; the lag rule) */
-    if (!*op[3] || dot_qmail(op[1], own, dlen)) run(argv);
+    if (!*op[3] || dot_qmail(op[1], own, strlen(op[3]))) run(argv);
     status = ask("local-confirm", op, &body, &len);
     if (status) qs_die_status(111, body, len); /* never a bounce because of the daemon */
     if (!len) run(argv);
@@ -145,10 +152,7 @@ int main(int argc, char **argv)
       qs_die(111, "dash ", op[3], " has upper case or '.', so the owner file .qmail", own,
              "-owner cannot be kept for the alias-table rows; deliver this address by a "
              "dot-qmail file (qmail-local deferred the message)", (char *)0);
-    ext = malloc(dlen + strlen(op[4]) + 1);
-    if (!ext) qs_die(111, "out of memory (qmail-local deferred the message)", (char *)0);
-    memcpy(ext, op[3], dlen);
-    strcpy(ext + dlen, op[4]);
+    ext = cat(op[3], op[4]);
   }
   /* a dot-qmail file stock qmail-local would read instead of the lines */
   file = dot_qmail(op[1], safe(ext), 0);

@@ -519,6 +519,31 @@ def test_local_rows_go_to_aliasempty(progs, peer, standin):
     assert standin.env()[1] == b"MARK=kept"
 
 
+@pytest.mark.parametrize("owner,ext", [(".qmail-foo-bar-owner", b"-foo-bar"),
+                                       (".qmail-owner", b"-foo-bar"), (None, b"")])
+def test_local_rows_keep_the_address_owner_file(progs, peer, standin, owner, ext):
+    """Owner files that differ between the address (.qmail-foo-bar-owner) and the plain
+    .qmail-owner: stock gets ext = dash + ext (dash empty), so it reads the address's."""
+    if owner:
+        Path(standin.homedir, owner).write_text("&owner@example.net\n")
+    p = peer(b"0\x00&bob@example.net\n")
+    r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
+    assert r.returncode == 42, err(r)
+    assert standin.argv()[4:6] == [b"", ext]
+
+
+def test_local_owner_file_with_an_odd_dash_defers(progs, peer, standin):
+    """A users/cdb dash with upper case: ext = dash + ext would not name the same owner
+    file, so the mail waits instead of going out with another envelope sender."""
+    args = local_args(standin.homedir)
+    args[3:6] = ["aliceXfoo-bar", "X", "foo-bar"]
+    Path(standin.homedir, ".qmailXfoo-bar-owner").write_text("&owner@example.net\n")
+    p = peer(b"0\x00&bob@example.net\n")
+    r = run(progs, "qmail-local", args, local_env(p, standin))
+    assert r.returncode == 111 and not standin.ran()
+    assert "has upper case or '.'" in err(r)
+
+
 @pytest.mark.parametrize("name", [".qmail", ".qmaildefault"])
 def test_local_dot_qmail_shadows_rows(progs, peer, standin, name):
     dot = Path(standin.homedir) / name
