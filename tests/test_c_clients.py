@@ -532,6 +532,29 @@ def test_local_rows_keep_the_address_owner_file(progs, peer, standin, owner, ext
     assert standin.argv()[4:6] == [b"", ext]
 
 
+@pytest.mark.parametrize("files", [(), (".qmail",), (".qmail-default",),
+                                   (".qmail-foo-bar-owner",),
+                                   (".qmail-foo-bar-owner", ".qmail-default"),
+                                   (".qmail-owner", ".qmail-foo-default"),
+                                   (".qmail-owner", ".qmail-owner-default", ".qmail"),
+                                   (".qmail-foo-bar-owner", ".qmail-foo-bar-owner-default",
+                                    ".qmail-owner", ".qmail-owner-default", ".qmail-foo-bar")])
+def test_local_wrapper_and_doctor_agree(progs, peer, standin, files):
+    """aliases.wrapper_ext/shadowing_file (the doctor's view) make the wrapper's choice."""
+    from qmailsql import aliases
+    for name in files:
+        Path(standin.homedir, name).write_text("./Maildir/\n")
+    p = peer(b"0\x00&bob@example.net\n")
+    r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
+    shadow = aliases.shadowing_file(standin.homedir, b"-", b"foo-bar")
+    if shadow is not None:
+        assert r.returncode == 111 and not standin.ran(), files
+        assert err(r).startswith("qmail-local: %s exists" % os.fsdecode(shadow[0]))
+    else:
+        assert r.returncode == 42, (files, err(r))
+        assert standin.argv()[5] == aliases.wrapper_ext(standin.homedir, b"-", b"foo-bar")
+
+
 def test_local_owner_file_with_an_odd_dash_defers(progs, peer, standin):
     """A users/cdb dash with upper case: ext = dash + ext would not name the same owner
     file, so the mail waits instead of going out with another envelope sender."""
