@@ -2,12 +2,21 @@
 
     python bench/soak.py [--seconds 60] [--clients 4] [--users 200]
 
-Brings up a sandbox, loads USERS mailboxes (half with an alias row), then CLIENTS
-threads run, for SECONDS, random qmail-getpw, qmail-local (with a stand-in for the
-stock program) and checkpassword (right and wrong passwords) executions. The
-expected answer of each comes from the DB directly (qmailsql.Session), so the check
-is against the DB, not against a copy. Prints counts, errors and the daemon's RSS
-before and after, then one line of JSON. tests/test_soak.py runs a short one.
+Brings up a primary and a replica of it (the daemon on the replica, whose
+control/sqlserver names the primary as write_server), loads USERS mailboxes (half with
+an alias row), then CLIENTS threads run, for SECONDS, random qmail-getpw, qmail-local
+(with a stand-in for the stock program) and checkpassword (right and wrong passwords)
+executions. The expected answer of each comes from the DB directly (qmailsql.Session,
+on the replica alone), so the check is against the DB, not against a copy.
+
+It also counts the SELECTs the primary ran (its Com_select, which nothing but the
+daemon touches here) per delivery (qmail-getpw or qmail-local run): during the soak
+(answers cached as configured), and then with the cache flushed before every
+delivery, for existing users and for unknown ones. A replica's hits must cost the
+primary nothing; only answers that would send mail to the alias user are asked there.
+
+Prints counts, errors, those figures and the daemon's RSS before and after, then one
+line of JSON. tests/test_soak.py runs a short one.
 """
 import argparse
 import json
@@ -25,7 +34,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import qmailsql  # noqa: E402
-from qmailsql import admin, demo, sandbox  # noqa: E402
+from qmailsql import admin, config as configmod, demo, sandbox  # noqa: E402
+from qmailsql.client import flush  # noqa: E402
 
 UID, GID = 800, 100
 
@@ -55,6 +65,21 @@ def load(q, root, users):
                       replace=True)
 
 
+def primary_selects(primary):
+    """The primary's Com_select counter (SHOW STATUS is not a SELECT: it adds nothing)."""
+    rows = sandbox.root_sql(primary, [("SHOW GLOBAL STATUS LIKE 'Com_select'", ())])
+    return int(rows[0][1])
+
+
+def replica_only(root):
+    """A Session on the first server of ROOT's control/sqlserver alone: the checks of
+    the soak must not add queries on the primary."""
+    cfg = configmod.load(str(root))
+    cfg.servers = cfg.servers[:1]
+    cfg.write_server = cfg.servers[0]
+    return qmailsql.Session(config=cfg)
+
+
 def expected_getpw(q, local):
     try:
         return 0, q.getpw(local.encode()).fields()
@@ -62,7 +87,9 @@ def expected_getpw(q, local):
         return r.code, b""
 
 
-def soak(root, seconds, clients, users, seed=1):
+def soak(root, seconds, clients, users, seed=1, primary=None):
+    """Run the soak against the daemon of ROOT; PRIMARY (sandbox Paths): also count the
+    SELECTs that primary runs."""
     paths = sandbox.Paths(root)
     env = dict(os.environ, QMAILSQL_SOCKET=str(paths.daemon_socket))
     local_env = dict(env, QMAILSQL_QMAIL_LOCAL=demo.write_stand_in(str(root)))
@@ -75,7 +102,7 @@ def soak(root, seconds, clients, users, seed=1):
 
     def client(n):
         rnd = random.Random(seed * 1000 + n)
-        with qmailsql.connect(str(root)) as q:  # the DB's own answer, for checking
+        with replica_only(root) as q:  # the DB's own answer, for checking
             while time.monotonic() < deadline:
                 i = rnd.randrange(users + users // 4)  # some unknown users too
                 kind = rnd.choice(("getpw", "local", "checkpassword"))
@@ -88,29 +115,39 @@ def soak(root, seconds, clients, users, seed=1):
                     if problem:
                         errors.append(problem)
 
+    def getpw(q, local):
+        r = subprocess.run([bin_["qmail-getpw"], local], capture_output=True, env=env,
+                           timeout=60)
+        want = expected_getpw(q, local)
+        if (r.returncode, r.stdout) != want:
+            return "getpw %s: got %d %r, DB says %d %r" % (local, r.returncode,
+                                                          r.stdout[:60], *want)
+        return None
+
+    def local(q, name):
+        """qmail-local for an address that exists: NAME-box where NAME has that row,
+        else plain NAME (stock qmail-local would bounce NAME-box there)."""
+        home = os.path.join(root, "home", name)
+        dash, ext = ("-", "box") if int(name[4:]) % 2 else ("", "")
+        argv = [bin_["qmail-local"], "--", name, home, name + dash + ext, dash, ext,
+                "example.org", "s@example.net", "./Maildir/"]
+        r = subprocess.run(argv, capture_output=True, env=local_env, timeout=60)
+        got = r.stdout.split(b"\0")
+        rows = q.directory.query("SELECT COUNT(*) FROM alias WHERE username=%s", (name,))
+        want_aliasempty = b"./Maildir/\n" if rows[0][0] else b"./Maildir/"
+        if r.returncode or got[8:9] != [want_aliasempty]:
+            return "local %s: exit %d aliasempty %r, want %r" % (
+                name, r.returncode, got[8:9], want_aliasempty)
+        return None
+
     def one(q, rnd, kind, i):
         name = "user%d" % i
         if kind == "getpw":
-            local = name + rnd.choice(("", "-box", "-x-y"))
-            r = subprocess.run([bin_["qmail-getpw"], local], capture_output=True, env=env,
-                               timeout=60)
-            want = expected_getpw(q, local)
-            if (r.returncode, r.stdout) != want:
-                return "getpw %s: got %d %r, DB says %d %r" % (local, r.returncode,
-                                                              r.stdout[:60], *want)
+            return getpw(q, name + rnd.choice(("", "-box", "-x-y")))
         elif kind == "local":
             if i >= users:
                 return None
-            home = os.path.join(root, "home", name)
-            argv = [bin_["qmail-local"], "--", name, home, name + "-box", "-", "box",
-                    "example.org", "s@example.net", "./Maildir/"]
-            r = subprocess.run(argv, capture_output=True, env=local_env, timeout=60)
-            got = r.stdout.split(b"\0")
-            rows = q.directory.query("SELECT COUNT(*) FROM alias WHERE username=%s", (name,))
-            want_aliasempty = b"./Maildir/\n" if rows[0][0] else b"./Maildir/"
-            if r.returncode or got[8] != want_aliasempty:
-                return "local %s: exit %d aliasempty %r, want %r" % (
-                    name, r.returncode, got[8:9], want_aliasempty)
+            return local(q, name)
         else:
             right = i < users and rnd.random() < 0.7
             password = ("pw%d" % i if right else "wrong").encode()
@@ -126,20 +163,47 @@ def soak(root, seconds, clients, users, seed=1):
                                                                   r.stderr[:80])
         return None
 
+    def uncached(q, names, with_local):
+        """Primary SELECTs per delivery, the daemon's cache flushed before each one."""
+        before = primary_selects(primary)
+        n = 0
+        for name in names:
+            for suffix in ("", "-box", "-x-y"):
+                flush(str(paths.daemon_socket))
+                errors.extend(filter(None, [getpw(q, name + suffix)]))
+                n += 1
+            if with_local:
+                flush(str(paths.daemon_socket))
+                errors.extend(filter(None, [local(q, name)]))
+                n += 1
+        return round((primary_selects(primary) - before) / n, 3)
+
     pid = int(paths.daemon_pid.read_text())
     rss_before = rss_kb(pid)
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    p0 = primary_selects(primary) if primary else 0
     t0 = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.monotonic() - t0
-    return {"seconds": round(elapsed, 1), "clients": clients, "runs": sum(counts.values()),
-            "getpw": counts["getpw"], "local": counts["local"],
-            "checkpassword": counts["checkpassword"], "errors": len(errors),
-            "first_errors": errors[:5], "daemon_rss_kb_before": rss_before,
-            "daemon_rss_kb_after": rss_kb(pid)}
+    result = {"seconds": round(elapsed, 1), "clients": clients, "runs": sum(counts.values()),
+              "getpw": counts["getpw"], "local": counts["local"],
+              "checkpassword": counts["checkpassword"]}
+    if primary:
+        deliveries = max(1, counts["getpw"] + counts["local"])
+        result["primary_queries_per_delivery"] = round(
+            (primary_selects(primary) - p0) / deliveries, 3)
+        sample = min(users, 20)
+        with replica_only(root) as q:
+            result["primary_queries_per_uncached_delivery"] = uncached(
+                q, ["user%d" % i for i in range(sample)], True)
+            result["primary_queries_per_unknown_delivery"] = uncached(
+                q, ["nobody%d" % i for i in range(sample)], False)
+    result.update({"errors": len(errors), "first_errors": errors[:5],
+                   "daemon_rss_kb_before": rss_before, "daemon_rss_kb_after": rss_kb(pid)})
+    return result
 
 
 def main():
@@ -148,17 +212,28 @@ def main():
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--users", type=int, default=200)
     args = ap.parse_args()
+    proot = tempfile.mkdtemp(prefix="qsoakp-", dir="/tmp")
     root = tempfile.mkdtemp(prefix="qsoak-", dir="/tmp")
     try:
-        sandbox.up(root)
-        with qmailsql.connect(root) as q:
+        sandbox.up(proot, port=sandbox.free_port(), log_bin=True, daemon=False)
+        sandbox.up_replica(proot, root, daemon=True)
+        with qmailsql.connect(proot) as q:
             load(q, root, args.users)
-        result = soak(root, args.seconds, args.clients, args.users)
+        sandbox.wait_caught_up(sandbox.Paths(proot), sandbox.Paths(root))
+        result = soak(root, args.seconds, args.clients, args.users,
+                      primary=sandbox.Paths(proot))
     finally:
-        sandbox.down(root)
+        for r in (root, proot):
+            try:
+                sandbox.down(r)
+            except sandbox.SandboxError as e:
+                print("soak: %s" % e, file=sys.stderr)
     print("soak: %(runs)d helper runs in %(seconds)ss (%(getpw)d getpw, %(local)d local, "
           "%(checkpassword)d checkpassword), %(errors)d errors; daemon RSS "
           "%(daemon_rss_kb_before)d kB -> %(daemon_rss_kb_after)d kB" % result)
+    print("soak: primary SELECTs per delivery: %(primary_queries_per_delivery)s (cache on), "
+          "%(primary_queries_per_uncached_delivery)s (uncached, existing users), "
+          "%(primary_queries_per_unknown_delivery)s (uncached, unknown addresses)" % result)
     for e in result["first_errors"]:
         print("  error:", e)
     print(json.dumps(result))

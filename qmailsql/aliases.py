@@ -21,18 +21,27 @@ would make a line qmail-local misreads (both columns blank, a delivery character
 no target, a newline or NUL) are refused with exit 111: the mail stays queued while the
 row is fixed (the original patch ate such mail).
 
-The wrapper hands the lines to stock qmail-local as aliasempty with dash and ext empty,
-so qmail-local sets EXT..EXT4 to '' and no DEFAULT; program lines are therefore
-rewritten to set EXT, EXT2, EXT3, EXT4 and (for a `-default` level) DEFAULT the way
-qmail-local would have, with single-quote shell quoting:
+The wrapper hands the lines to stock qmail-local as aliasempty with dash empty, so
+qmail-local sets EXT..EXT4 from an ext that is not the address's own and no DEFAULT;
+program lines are therefore rewritten to set EXT, EXT2, EXT3, EXT4 and (for a
+`-default` level) DEFAULT the way qmail-local would have, with single-quote shell
+quoting:
 
   |EXT='foo-bar'; EXT2='bar'; EXT3=''; EXT4=''; DEFAULT='bar'; export EXT EXT2 EXT3 EXT4 DEFAULT; prog
 
+The ext it hands over is empty, unless owner files make a difference: stock
+qmail-local sends forwards from LOCAL-owner@HOST (or LOCAL-owner-@HOST-@[]) when
+~/.qmail{dash}{ext}-owner (and -owner-default) exist, and with ext empty it would look
+at ~/.qmail-owner instead. When the two differ, the wrapper hands it ext = dash + ext
+(dash still empty), so it finds the address's own owner files: the envelope sender is
+stock's (`wrapper_ext`).
+
 Files versus rows: when the table has rows for a user at any level, those rows are
-delivered and dot-qmail files at more specific levels are not consulted (the wrapper
-defers with 111 when ~/.qmail or ~/.qmaildefault exists, because stock qmail-local
-would read those instead of the lines). With no rows, stock qmail-local runs unchanged
-and reads the files as usual.
+delivered and dot-qmail files at more specific levels are not consulted. The wrapper
+defers with 111 when a file stock qmail-local would read instead of the lines exists
+(~/.qmail or ~/.qmaildefault; with an owner-file difference, the address's own search
+path: ~/.qmail-ext, ~/.qmail-default, ...); `shadowing_file()` says which, for the
+doctor. With no rows, stock qmail-local runs unchanged and reads the files as usual.
 """
 import os
 
@@ -77,13 +86,58 @@ def levels(dash, ext):
     return uniq
 
 
+def search_path(dash, ext):
+    """The dot-qmail file names stock qmail-local looks for, in its order (qmesearch),
+    for DASH and EXT (bytes): .qmail{dash}{ext}, then .qmail{dash}{prefix}default for
+    each prefix of ext that is empty or ends in '-', longest first."""
+    sx = safe(_b(ext))
+    dash = _b(dash)
+    return [b".qmail" + dash + sx] + [b".qmail" + dash + sx[:i] + b"default"
+                                       for i in range(len(sx), -1, -1)
+                                       if i == 0 or sx[i - 1:i] == b"-"]
+
+
+def _owner_files(home, name):
+    """How many of NAME-owner, NAME-owner-default exist in HOME as stock qmail-local
+    counts them (0, 1 or 2)."""
+    if not os.path.exists(os.path.join(home, name + b"-owner")):
+        return 0
+    return 1 + os.path.exists(os.path.join(home, name + b"-owner-default"))
+
+
+def wrapper_ext(home, dash, ext):
+    """The ext the qmail-local wrapper hands stock qmail-local with the rows' lines (dash
+    empty), for a sender stock would replace: b"" unless the owner files of the address
+    (.qmail{dash}{ext}) differ from those of .qmail, then dash + ext. The C in
+    csrc/qmail-local.c makes the same decision."""
+    home, dash, ext = _b(home), _b(dash), _b(ext)
+    if _owner_files(home, b".qmail" + dash + safe(ext)) != _owner_files(home, b".qmail"):
+        return dash + ext
+    return b""
+
+
+def shadowing_file(home, dash, ext):
+    """(path, owner file or None) of the dot-qmail file that makes the wrapper defer the
+    rows' delivery for (DASH, EXT) in HOME, or None. The owner file is named when it is
+    what made the wrapper hand stock qmail-local the address's own extension."""
+    home = _b(home)
+    own = wrapper_ext(home, dash, ext)
+    for name in search_path(b"", own):
+        path = os.path.join(home, name)
+        if os.path.lexists(path):
+            if not own:
+                return path, None
+            owner = os.path.join(home, b".qmail" + _b(dash) + safe(_b(ext)) + b"-owner")
+            return path, owner if os.path.exists(owner) else os.path.join(home,
+                                                                           b".qmail-owner")
+    return None
+
+
 def fetch(directory, user, names):
     """alias rows (id, username, alias, alias_username, alias_host) of USER whose alias
     is one of NAMES (text), in id order; the caller filters exactly."""
     marks = ",".join(["%s"] * len(names))
-    # no rows on a lagging replica would let stock qmail-local bounce or use the
-    # default delivery: a miss is confirmed on the write_server (db.py, lag rule)
-    return directory.read_confirmed(
+    return directory.query(
         "SELECT id, username, alias, alias_username, alias_host FROM alias "
         "WHERE username=%s AND alias IN (" + marks + ") ORDER BY id", [user] + list(names))
 
@@ -174,11 +228,24 @@ def lines_for(directory, user, dash, ext):
     return None
 
 
-def delivery_lines(directory, config, user, homedir, local, dash, ext, domain):
+def delivery_lines(directory, config, user, homedir, local, dash, ext, domain,
+                   confirm=False):
     """The body of the daemon's `local` answer: dot-qmail lines, each ending in "\\n",
     or b"" when the table has no rows (stock qmail-local then runs unchanged).
 
+    CONFIRM: no rows would be final (the wrapper found no dot-qmail file either, so
+    stock qmail-local would bounce the mail): a miss read on a replica is read again
+    on the write_server (the lag rule, db.py). Without it a miss is taken as it is:
+    stock qmail-local then delivers by the user's files or its default.
+
     Raises Refusal(111, message) for DB trouble or a misconfigured row."""
+    body = _lines(directory, config, user, local, dash, ext)
+    if body or not confirm or not directory.must_confirm():
+        return body
+    return _lines(directory.on_write_server(), config, user, local, dash, ext)
+
+
+def _lines(directory, config, user, local, dash, ext):
     user, local, dash, ext = _b(user), _b(local), _b(dash), _b(ext)
     try:
         if config.magic_forwarding:

@@ -90,11 +90,13 @@ def cmd_initdb(args):
 def cmd_migrate(args):
     from qmailsql import schema
     with session(args) as q:
-        changes = schema.migrate(q.directory, args.userlen)
+        userlen = args.userlen or q.config.userlen
+        changes = schema.migrate(q.directory, userlen)
     for line in changes:
-        print("widened " + line)
+        print(line)
     if not changes:
-        print("nothing to do: every username column is at least %d wide" % args.userlen)
+        print("nothing to do: every username column is at least %d wide and every lookup "
+              "index is there" % userlen)
     return 0
 
 
@@ -310,8 +312,13 @@ def build_parser():
                    help="width of the username columns (default 32)")
     s.set_defaults(func=cmd_initdb)
 
-    s = sub.add_parser("migrate", help="widen username columns of existing tables")
-    s.add_argument("--userlen", type=int, required=True, help="new width, e.g. 128")
+    s = sub.add_parser("migrate", help="widen username columns, add missing lookup indexes",
+                       description="Bring existing tables (say, the original patch's) up to "
+                       "what qmailsql needs: widen the username columns to --userlen (never "
+                       "narrower) and add the indexes the lookups use, so that a domain "
+                       "with many users costs no more than a small one. Safe to run again.")
+    s.add_argument("--userlen", type=int, help="width of the username columns (default: "
+                   "userlen in control/sqlserver, 32)")
     s.set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("sandbox", help="throw-away qmail home + private MariaDB in DIR",

@@ -81,6 +81,7 @@ class Config:
     qmail_dir: str = DEFAULT_QMAIL_DIR
     servers: list = field(default_factory=list)
     write_server: Server = None
+    confirm_misses: bool = False  # a `write_server` line: final misses are asked there
     login: str = ""
     password: str = ""
     db: str = "qmail"
@@ -148,6 +149,8 @@ def from_mapping(values, qmail_home=DEFAULT_QMAIL_DIR, filename="control/sqlserv
     cfg.servers = [s for s in servers if s.socket] + [s for s in servers if not s.socket]
     cfg.write_server = (parse_server(values["write_server"], default_port, filename)
                         if "write_server" in values else servers[0])
+    # without a write_server line the servers are peers: no answer is asked twice
+    cfg.confirm_misses = "write_server" in values
     cfg.login = values.get("login", "")
     if not cfg.login:
         raise ConfigError(filename, 0, "no `login` line: name the DB user")

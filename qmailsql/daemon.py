@@ -10,7 +10,9 @@ in order.
 
 Who may ask (SO_PEERCRED): `getpw`, `auth` and `flush` only uid 0, the daemon's own
 uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local` (qmail-local runs
-as the mailbox's uid) also that account's own uid, for its own home; `ping` anyone.
+as the mailbox's uid) also that account's own uid, for its own home, and the uid
+users/cdb names for the delivery asked about (it is answered "no rows": the account
+is not the DB's); `ping` anyone.
 
 Hostile local clients (the socket is 0666) can cost a temporary failure, never a
 stall: a uid not in that list may hold at most $QMAILSQL_MAX_CONN_PER_UID (128)
@@ -38,7 +40,7 @@ import struct
 import threading
 import time
 
-from qmailsql import aliases, auth as authmod, config as configmod, db, resolve
+from qmailsql import aliases, auth as authmod, config as configmod, db, importers, resolve
 from qmailsql.hotpath import (IMPLEMENTATION, ConfigError, ResponseCache, cache_times,
                               decode_frame, encode_response, split_fields)
 from qmailsql.resolve import EXIT_TEMP, Refusal, shown
@@ -60,8 +62,8 @@ TASK_DEADLINE = 55.0          # queued longer than this: 111 unasked (the helper
 REFUSAL_LOG_EVERY = 10.0      # "too many connections" logged once per uid this often
 
 # commands a peer not in the client uid list may send
-OPEN_COMMANDS = frozenset([b"local", b"ping"])
-NARGS = {b"getpw": 1, b"local": 6, b"auth": 3, b"ping": 0, b"flush": 0}
+OPEN_COMMANDS = frozenset([b"local", b"local-confirm", b"ping"])
+NARGS = {b"getpw": 1, b"local": 6, b"local-confirm": 6, b"auth": 3, b"ping": 0, b"flush": 0}
 
 PONG = encode_response(0, b"pong")
 FLUSHED = encode_response(0, b"")
@@ -334,6 +336,8 @@ class Worker:
             self.getpw(task)
         elif command == b"local":
             self.local(task)
+        elif command == b"local-confirm":
+            self.local(task, confirm=True)
         elif command == b"auth":
             self.auth(task)
 
@@ -359,13 +363,16 @@ class Worker:
         task.status, task.body = 0, delivery.fields()
         self.daemon.db_failed_at = -1e9  # the DB answers again
 
-    def local(self, task):
+    def local(self, task, confirm=False):
+        """`local`, and `local-confirm`: the same, but no rows would be final (the
+        wrapper found no dot-qmail file; stock qmail-local would bounce the mail)."""
         user, homedir, local, dash, ext, domain = task.args
         try:
-            if not task.conn.privileged:
-                self.check_own_account(task.conn.uid, user, homedir)
+            if not task.conn.privileged and not self.own_account(task.conn.uid, *task.args[:5]):
+                task.status, task.body = 0, b""  # not the DB's account: stock, unchanged
+                return
             body = aliases.delivery_lines(self.directory, self.config, user, homedir, local,
-                                          dash, ext, domain)
+                                          dash, ext, domain, confirm)
         except Refusal as r:
             task.status, task.body = r.code, _bytes(r.message)
             log("local %s %s: %s" % (shown(user), shown(ext), r.message))
@@ -376,16 +383,38 @@ class Worker:
             return
         task.status, task.body = 0, _bytes(body or b"")
 
-    def check_own_account(self, uid, user, homedir):
-        """qmail-local runs as the mailbox's uid: an unprivileged peer may read the alias
-        lines of its own account (USER with that uid and HOMEDIR) and nobody else's."""
+    def own_account(self, uid, user, homedir, local, dash, ext):
+        """Whether the alias rows of USER may go to this unprivileged peer, UID.
+
+        qmail-local runs as the account's uid: a peer may read the rows of its own
+        account (USER's mailbox row or passwd entry, with that uid and HOMEDIR) and
+        nobody else's. False: qmail-lspawn took this very delivery from users/cdb and it
+        is not the DB's account, so the wrapper runs the stock qmail-local unchanged
+        (no rows; the rows of a name go to no other account). Anything else is refused.
+        A name known or unknown to the DB costs the same work (the answer is the same
+        refusal): mailbox rows, /etc/passwd, users/cdb, and on a replica the same again
+        on the write_server."""
         name = user.decode("utf-8", "replace")
-        acct = self.resolver.account(name, self.directory.mailboxes([name]))
-        if acct is None or acct.uid != uid or os.fsencode(acct.home) != homedir:
-            log("refused uid %d for local %s: not that account's uid and home" % (
-                uid, shown(user)))
-            raise Refusal(EXIT_TEMP, "qmailsqld refuses local requests from uid %d for "
-                          "another account (%s)" % (uid, shown(user)))
+        if self.is_owner(uid, name, homedir, self.directory):
+            return True
+        if self.daemon.users_cdb.delivers(local, user, uid, homedir, dash, ext):
+            return False
+        if self.directory.must_confirm() and self.is_owner(
+                uid, name, homedir, self.directory.on_write_server()):
+            return True  # a replica that lags behind a new account
+        log("refused uid %d for local %s: not that account's uid and home" % (
+            uid, shown(user)))
+        raise Refusal(EXIT_TEMP, "qmailsqld refuses local requests from uid %d for "
+                      "another account (%s)" % (uid, shown(user)))
+
+    def is_owner(self, uid, name, homedir, directory):
+        try:
+            acct = self.resolver.account(name, directory.mailboxes([name]), same_cost=True)
+        except Refusal as r:  # a misconfigured row: logged, never shown to the peer
+            log("local %s from uid %d: %s" % (shown(name.encode("utf-8", "replace")), uid,
+                                              r.message))
+            return False
+        return acct is not None and acct.uid == uid and os.fsencode(acct.home) == homedir
 
     def auth(self, task):
         login, password, remoteip = task.args
@@ -412,6 +441,9 @@ class Daemon:
         self.pidfile = pidfile
         self.allowed = client_uids()
         self.health = db.ServerHealth()
+        # qmail-lspawn reads users/cdb relative to the qmail home
+        self.users_cdb = importers.UsersCdb(os.path.join(config.qmail_dir, "users", "cdb"),
+                                            log)
         self.cache = ResponseCache(_env_int("QMAILSQL_CACHE_ENTRIES", CACHE_ENTRIES))
         self.n_db = _env_int("QMAILSQL_DB_WORKERS", DB_WORKERS)
         self.n_auth = _env_int("QMAILSQL_AUTH_WORKERS", AUTH_WORKERS)

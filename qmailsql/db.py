@@ -14,14 +14,20 @@ write on a read_only replica, a lock wait timeout, a bad column) is not retried 
 another server: it is DirectoryUnavailable at once.
 
 Replication lag (the lag rule). A replica may not yet have a row the primary already
-has. Finding a row on a lagging replica is harmless; *not* finding one is not: it
-would send a just-created user's mail to the alias user (or bounce it). So a lookup
-whose answer is "no such row" and that was answered by a server other than the
-write_server is asked again on the write_server, and that answer is the one used
-(`read_confirmed`, and `mailboxes`, which uses it). Hits cost nothing extra; misses,
-rare for real mail, cost one query on the write_server. If the write_server cannot be
-reached, the miss is DirectoryUnavailable (exit 111: the mail waits), never a bounce.
-Changes to existing rows (a new home) are still seen with the replica's delay.
+has. Finding a row on a lagging replica is harmless, and so is missing one on the way
+to another answer (no virtual host, no virtual row, then a mailbox). Only a final
+answer that would send the mail to the alias user (or 116), or let stock qmail-local
+bounce it, must not come from a lagging replica: it would bounce a just-created user's
+mail. So such an answer, when it came from a server other than the write_server, is
+worked out again on the write_server (`must_confirm()`, `on_write_server()`; the
+resolver and the alias lookups decide what is final), and that answer is the one
+used. Hits cost the primary nothing; if the write_server cannot be reached, the
+answer is DirectoryUnavailable (exit 111: the mail waits), never a bounce. Changes to
+existing rows (a new home) are still seen with the replica's delay.
+
+With no `write_server` line the servers are peers (Galera, a failover pair): every
+answer is taken from whichever answers first, nothing is asked twice, and a dead
+first server costs nothing once it is cooling down.
 """
 import threading
 import time
@@ -135,7 +141,7 @@ class Directory:
         self._read = None
         self._write = None
         self.last_server = None   # the server that answered the last query
-        self.confirmed_misses = 0  # misses asked again on the write_server (lag rule)
+        self.confirmations = 0    # final answers worked out again on the write_server
 
     # compatibility: the read connection and its server
     @property
@@ -234,46 +240,42 @@ class Directory:
                     raise DirectoryUnavailable("DB query failed on %s: %s"
                                                % (link.server, _reason(e)))
 
-    def read_confirmed(self, sql, params=(), miss=None):
-        """A read that must not say "no such row" because a replica lags (the lag rule).
+    def must_confirm(self):
+        """Whether a final miss just read must be asked again on the write_server: there
+        is a `write_server` line and the last answer came from another server."""
+        return self.config.confirm_misses and self.last_server != self.config.write_server
 
-        Runs like query(); when MISS(rows) (default: no rows) and the answer came from
-        a server other than the write_server, runs again on the write_server and
-        returns that answer instead.
-        """
-        rows = self.query(sql, params)
-        is_miss = miss(rows) if miss is not None else not rows
-        if is_miss and self.last_server != self.config.write_server:
-            self.confirmed_misses += 1
-            self.log("db miss on %s: asking write_server %s" % (self.last_server,
-                                                                 self.config.write_server))
-            rows = self.query(sql, params, write=True)
-        return rows
+    def on_write_server(self):
+        """The same reads, every one sent to the write_server (the lag rule's second look)."""
+        self.confirmations += 1
+        self.log("db final miss on %s: asking write_server %s" % (self.last_server,
+                                                                  self.config.write_server))
+        return WriteServerReads(self)
 
-    def mailboxes(self, names, confirm_miss=True):
-        """mailbox rows whose username is one of NAMES (any case; caller picks exact).
-
-        CONFIRM_MISS (default): when no row matches any of NAMES other than the alias
-        user (the answer would be the alias user, or 116), the lookup is repeated on the
-        write_server if it was answered by another server (the lag rule, see above).
-        """
+    def mailboxes(self, names):
+        """mailbox rows whose username is one of NAMES (any case; caller picks exact)."""
         if not names:
             return []
         names = list(names)
         marks = ",".join(["%s"] * len(names))
-        sql = "SELECT username, uid, gid, home FROM mailbox WHERE username IN (" + marks + ")"
-        if not confirm_miss:
-            return self.query(sql, names)
-        return self.read_confirmed(sql, names, miss=lambda rows: not _matches_user(rows, names))
+        return self.query("SELECT username, uid, gid, home FROM mailbox WHERE username IN ("
+                          + marks + ")", names)
 
 
-def _matches_user(rows, names):
-    """Whether ROWS hold a row for one of NAMES that is not the alias user."""
-    from qmailsql.resolve import ALIAS_USER
-    wanted = {n.lower() for n in names if isinstance(n, str) and n.lower() != ALIAS_USER}
-    if not wanted:  # only the alias user was asked for: its absence is the miss
-        wanted = {ALIAS_USER}
-    return any(isinstance(r[0], str) and r[0].lower() in wanted for r in rows)
+class WriteServerReads:
+    """A Directory whose reads all go to its write_server (see the lag rule above)."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.config = directory.config
+
+    def query(self, sql, params=(), write=True):
+        return self.directory.query(sql, params, write=True)
+
+    mailboxes = Directory.mailboxes
+
+    def must_confirm(self):
+        return False
 
 
 def _reason(err):

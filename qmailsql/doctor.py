@@ -8,8 +8,9 @@ checks, by the name they report under:
                         control/sqlserver (FAQ: "alert: out of memory", "insecure")
   db-unreachable / db-login-refused
                         each `server` (and the write_server) connected to separately
-  schema-missing-table / schema-missing-column / schema-userlen
-                        tables, columns, username columns narrower than `userlen`
+  schema-missing-table / schema-missing-column / schema-userlen / schema-index-missing
+                        tables, columns, username columns narrower than `userlen`, the
+                        indexes the lookups need
   mailbox-misconfigured, uid-zero, username-case, username-too-long, password-type
   home-missing / home-owner / home-group / home-writable / home-sticky
   maildir-missing / maildir-owner / path-not-searchable
@@ -18,6 +19,8 @@ checks, by the name they report under:
                         to home/Maildir must be searchable by the row's uid/gid
   alias-blank / alias-misconfigured
                         rows that would eat or defer mail
+  alias-shadowed        rows whose delivery the qmail-local wrapper defers: a dot-qmail
+                        file stock qmail-local would read instead of them
   virtual-funky-catchall, virtual-forward-loop, virtual-forward-user,
   virtual-blank-username, virtual-pattern, virtual-target-missing
   control-stale         virtualdomains / rcpthosts / morercpthosts(.cdb) vs what
@@ -26,6 +29,8 @@ checks, by the name they report under:
                         first: u@host goes to the local user u)
   users-cdb-shadow      QMAIL/users/cdb (or users/assign) entries that qmail-lspawn
                         consults before qmail-getpw, hiding DB mailboxes
+  users-cdb-bypass      entries whose account is not the DB's although the DB has rows
+                        or a mailbox for that name: delivered as stock, rows skipped
   helper-missing / helper-outdated / helper-overwritten / qmail-local-orig
   helper-qmail-dir      helpers built (conf-qmail) for another qmail home
   daemon-not-running / daemon-not-answering
@@ -223,6 +228,9 @@ class Doctor:
         self._search = {}
         self._blocked = {}
         self._home_ok = set()
+        self._alias_levels = {}  # lower-cased username -> alias values with rows
+        self._entry_users = {}   # users/cdb entries' users (lower) -> mailbox row or None
+        self._entry_rows = {}    # ... -> how many alias rows
         self.add = self.report.add
 
     # ------------------------------------------------------------------ entry point
@@ -578,6 +586,8 @@ class Doctor:
 
     def scan_tables(self, columns, collations, estimates):
         users_table = self.users_table()
+        if users_table is not None:
+            self._entry_users = {e.user.lower(): None for e in users_table.entries()}
         virtual_targets = {}
         if "virtual" in columns:
             virtual_targets = self.scan_virtual(columns["virtual"], estimates.get("virtual"))
@@ -589,6 +599,8 @@ class Doctor:
             alias_found = self.scan_mailbox(columns["mailbox"], estimates.get("mailbox"),
                                             users_table, virtual_targets, case_sensitive)
             self.check_alias_user(alias_found)
+            if users_table is not None:
+                self.check_bypass(users_table)
         self.check_virtual_targets(virtual_targets)
         if "virtual" in columns and "rcpthosts" in columns:
             self.check_control_files()
@@ -654,6 +666,13 @@ class Doctor:
                              "userlen %d: longer names are cut off or refused"
                              % (table, col, w, userlen),
                              "qmailsql migrate --userlen %d" % userlen)
+        for table, name, cols in schema.missing_indexes(self.directory):
+            self.add("schema-index-missing", "error",
+                     "table %s has no index starting with (%s): every lookup there reads "
+                     "the table (or the whole domain) row by row, which slows every "
+                     "delivery down as it grows" % (table, ", ".join(cols)),
+                     "qmailsql migrate --userlen %d  (adds it, and widens nothing narrower)"
+                     % userlen)
 
     def _stream(self, sql, table, estimate):
         import MySQLdb.cursors
@@ -760,9 +779,16 @@ class Doctor:
     def scan_alias(self, present, estimate):
         sql = self._select("alias", ["id", "username", "alias", "alias_username", "alias_host"],
                            present)
+        levels = self._alias_levels
         for batch in self._stream(sql, "alias", estimate):
             for row in batch:
                 rid, username, alias, au, ah = row
+                if username:
+                    lname = username.lower()
+                    if len(levels) < STAT_CACHE_MAX:
+                        levels.setdefault(lname, set()).add(alias or "")
+                    if lname in self._entry_users:
+                        self._entry_rows[lname] = self._entry_rows.get(lname, 0) + 1
                 if _blank(au) and _blank(ah):
                     where = "WHERE id=%s" % rid if rid is not None else (
                         "WHERE username=%s AND alias=%s AND alias_username='' AND "
@@ -879,6 +905,10 @@ class Doctor:
                         "UPDATE mailbox SET uid=<a real uid> WHERE username=%s;  (and chown "
                         "its home)" % sql_str(name))
                     continue
+                if lname in self._alias_levels:
+                    self.check_row_files(name, home, self._alias_levels.pop(lname))
+                if lname in self._entry_users:
+                    self._entry_users[lname] = (name, uid_i, home)
                 key = (home, uid_i, gid_i)
                 if key in home_ok:
                     continue  # the same home for the same uid/gid: checked, nothing wrong
@@ -894,7 +924,39 @@ class Doctor:
                      % sql_str(forward_user))
         self.report_shadows(shadows)
         self.flush_search_findings()
+        if cfg.system_users:  # rows of /etc/passwd users are delivered the same way
+            for lname, levels in sorted(self._alias_levels.items()):
+                pw = _passwd_entry(lname)
+                if pw is not None:
+                    self.check_row_files(pw.pw_name, pw.pw_dir, levels)
+        self._alias_levels.clear()
         return alias_found
+
+    def check_row_files(self, name, home, levels):
+        """Rows of NAME at LEVELS whose delivery the qmail-local wrapper defers because a
+        dot-qmail file in HOME would be read instead (aliases.shadowing_file)."""
+        for level in sorted(levels):
+            dash = b"-" if level else b""
+            try:
+                hit = aliases.shadowing_file(home, dash, level.encode("utf-8"))
+            except OSError:
+                continue  # an unreadable home: the home checks say so
+            if hit is None:
+                continue
+            path, owner = (os.fsdecode(p) if p else None for p in hit)
+            address = name + ("-" + level if level else "")
+            self.add("alias-shadowed", "error",
+                     "alias rows for %s (user %r, alias %r) are never delivered: %s exists "
+                     "and stock qmail-local would read it instead%s, so the qmail-local "
+                     "wrapper defers that mail (111)" % (
+                         address, name, level, path,
+                         " (%s makes the wrapper hand it the address's own extension, to "
+                         "keep stock's envelope sender)" % owner if owner else ""),
+                     "move each line of %s into the alias table (qmailsql alias add %s "
+                     "'LINE' --ext %s) and remove the file, or delete the rows: DELETE FROM "
+                     "alias WHERE username=%s AND alias=%s;" % (
+                         path, q(name), q(level) if level else "''", sql_str(name),
+                         sql_str(level)))
 
     # ---- homes
 
@@ -1061,6 +1123,48 @@ class Doctor:
             return None
         return _Shadows(tables)
 
+    def check_bypass(self, users_table):
+        """users/cdb (users/assign) entries whose account is not the DB's (uid and home of
+        the mailbox row, or of the passwd entry), although the DB has something for that
+        name: qmail-local then delivers as stock qmail would, skipping the DB's rows."""
+        from qmailsql.importers import _ulong
+        assign_path = os.path.join(self.qmail_dir, "users", "assign")
+        done = set()
+        for source, e in users_table.sourced_entries():
+            spec = e.spec()
+            lname = e.user.lower()
+            rows = self._entry_rows.get(lname, 0)
+            mailbox = self._entry_users.get(lname)
+            if spec in done or (not rows and mailbox is None):
+                continue
+            done.add(spec)
+            uid = _ulong(e.uid)
+            if mailbox is not None:
+                name, acct_uid, acct_home = mailbox
+                whose = "not the DB's account %r (mailbox uid %s, home %s)" % (
+                    name, acct_uid, acct_home)
+            else:
+                pw = _passwd_entry(e.user) if self.config.system_users else None
+                acct_uid, acct_home = (pw.pw_uid, pw.pw_dir) if pw else (None, None)
+                whose = ("not a DB account (no mailbox row%s)" % (
+                    ", and the passwd entry has uid %s, home %s" % (acct_uid, acct_home)
+                    if pw else ""))
+            if (acct_uid, acct_home) == (uid, e.home):
+                continue  # the DB's own account: its rows are delivered
+            when = "" if source == "users/cdb" else " (once qmail-newu has run)"
+            skipped = ("; the %d alias row%s of %r are not used" % (
+                rows, "" if rows == 1 else "s", e.user)) if rows else ""
+            self.add("users-cdb-bypass", "error" if rows else "warning",
+                     "%s entry %s delivers as user %r uid %d home %s, which is %s: "
+                     "qmail-local delivers it as stock qmail would%s%s"
+                     % (source, spec, e.user, uid, e.home, whose, skipped, when),
+                     "to deliver it from the DB instead: qmailsql import assign %s --apply, "
+                     "delete the line from %s and run qmail-newu%s" % (
+                         q(assign_path), q(assign_path),
+                         "; to keep the entry: DELETE FROM alias WHERE username=%s;"
+                         % sql_str(e.user) if rows else
+                         "; or give the entry the mailbox's uid and home"))
+
     def report_shadows(self, shadows):
         cdb_path = os.path.join(self.qmail_dir, "users", "cdb")
         assign_path = os.path.join(self.qmail_dir, "users", "assign")
@@ -1137,6 +1241,14 @@ class _Shadows:
     def __init__(self, tables):
         self.tables = tables
 
+    def sourced_entries(self):
+        for table in self.tables:
+            for e in list(table.simple.values()) + list(table.wild.values()):
+                yield table.source, e
+
+    def entries(self):
+        return (e for _, e in self.sourced_entries())
+
     def shadowing(self, lname):
         for table in self.tables:
             hit = table.lookup_entry(lname)
@@ -1201,12 +1313,15 @@ def _few(items, n=5):
                                    else "")
 
 
-def _passwd_exists(name):
+def _passwd_entry(name):
     try:
-        pwd.getpwnam(name)
-        return True
+        return pwd.getpwnam(name)
     except (KeyError, OSError):
-        return False
+        return None
+
+
+def _passwd_exists(name):
+    return _passwd_entry(name) is not None
 
 
 def _user(uid):

@@ -226,6 +226,54 @@ class UsersTable:
         return None if hit is None else hit[1]
 
 
+def _ulong(text):
+    """qmail's scan_ulong: the leading decimal digits of TEXT as a number (0: none)."""
+    digits = re.match(r"[0-9]*", text).group()
+    return int(digits) if digits else 0
+
+
+class UsersCdb:
+    """QMAIL/users/cdb as qmail-lspawn reads it at this moment, for the daemon: read
+    again whenever the file changes (qmail-newu replaces it by a rename)."""
+
+    def __init__(self, path, log=lambda message: None):
+        self.path = path
+        self.log = log
+        self._seen = (None, None)  # (file identity, UsersTable or None); swapped whole
+
+    def table(self):
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            self.log("cannot check %s: %s" % (self.path, e.strerror))
+            return None
+        ident = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        seen, table = self._seen
+        if seen == ident:
+            return table
+        from qmailsql import cdb
+        try:
+            table = UsersTable.from_cdb(cdb.Reader.open(self.path).items(), "users/cdb")
+        except (OSError, ValueError) as e:  # qmail-lspawn defers every delivery then
+            self.log("cannot read %s: %s" % (self.path, e))
+            table = None
+        self._seen = (ident, table)
+        return table
+
+    def delivers(self, local, user, uid, homedir, dash, ext):
+        """Whether qmail-lspawn, for LOCAL, takes from users/cdb exactly this account and
+        runs qmail-local as UID with USER, HOMEDIR, DASH and EXT (bytes)."""
+        table = self.table()
+        hit = table.lookup(_decode(local)) if table is not None else None
+        if hit is None:
+            return False
+        got_user, got_uid, _, got_home, got_dash, got_ext = hit
+        return (_ulong(got_uid) == uid and (got_user, got_home, got_dash, got_ext) ==
+                tuple(_decode(v) for v in (user, homedir, dash, ext)))
+
+
 # ======================================================================= the plan
 
 MailboxRow = namedtuple("MailboxRow", "username uid gid home password password_type suspended")

@@ -6,7 +6,7 @@ daemon; only the source of mailbox rows differs (a Directory, or the daemon's ca
 import errno
 import os
 import pwd
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qmailsql.hotpath import candidates
 
@@ -19,13 +19,23 @@ EXIT_TEMP = 111
 EXIT_NFS = 115
 EXIT_NOALIAS = 116
 
-# stat() errors that mean "try again", not "no such home" (qmail's error_temp, plus
-# permission trouble: a daemon that cannot look must not bounce the mail)
-TEMP_ERRNOS = {errno.EINTR, errno.ENOMEM, errno.ETXTBSY, errno.EIO, errno.ETIMEDOUT,
-               errno.EAGAIN, errno.ECONNREFUSED, errno.ECONNRESET, errno.ENETUNREACH,
-               errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ESTALE,
-               errno.EREMOTE, errno.ENOLINK, errno.EACCES, errno.EPERM, errno.ENFILE,
-               errno.EMFILE}
+# qmail's error_temp() (error_temp.c), the errno values that mean "try again later",
+# by name: the ones this system lacks (EPROCLIM on Linux) are left out, as qmail's
+# #ifdefs do. The one list of temporary errors in qmailsql.
+QMAIL_ERROR_TEMP = ("EINTR", "ENOMEM", "ETXTBSY", "EIO", "ETIMEDOUT", "EWOULDBLOCK", "EAGAIN",
+                    "EDEADLK", "EBUSY", "ENFILE", "EMFILE", "EFBIG", "ENOSPC", "ENETDOWN",
+                    "ENETUNREACH", "ENETRESET", "ECONNABORTED", "ECONNRESET", "ENOBUFS",
+                    "ETOOMANYREFS", "ECONNREFUSED", "EHOSTDOWN", "EHOSTUNREACH", "EPROCLIM",
+                    "EUSERS", "EDQUOT", "ESTALE", "ENOLCK")
+TEMP_ERRNOS = frozenset(getattr(errno, n) for n in QMAIL_ERROR_TEMP if hasattr(errno, n))
+# not temporary to qmail, but here the daemon (not qmailp) looks at the home: if it may
+# not, that is its own trouble, and mail waits (111) instead of going to the alias user
+NOT_ALLOWED_ERRNOS = frozenset((errno.EACCES, errno.EPERM))
+
+
+def is_temporary(code):
+    """qmail's error_temp(CODE)."""
+    return code in TEMP_ERRNOS
 
 
 class Refusal(Exception):
@@ -55,11 +65,14 @@ class Delivery:
     home: bytes
     dash: bytes
     ext: bytes
+    # the alias user because nothing else takes the address: stock qmail-local bounces
+    # it unless the alias user has a default (the lag rule confirms such answers)
+    bounce: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
-    def of(cls, acct, dash, ext):
+    def of(cls, acct, dash, ext, bounce=False):
         return cls(os.fsencode(acct.name), acct.uid, acct.gid, os.fsencode(acct.home), dash,
-                   ext)
+                   ext, bounce)
 
     def fields(self):
         """Stock qmail-getpw output: six NUL-terminated fields."""
@@ -120,35 +133,47 @@ class Resolver:
     username matches any of NAMES; it raises for DB trouble, which becomes exit 111.
     """
 
-    def __init__(self, config, mailbox_rows, virtual_rows=None):
+    def __init__(self, config, mailbox_rows, virtual_rows=None, confirmer=None):
         """VIRTUAL_ROWS(pairs, funky) -> (known hosts, rows) feeds the virtual step
-        (qmailsql.virtual.fetch); without it there is no virtual step. for_directory()
-        wires both sources to one db.Directory."""
+        (qmailsql.virtual.fetch); without it there is no virtual step. CONFIRMER() ->
+        a Resolver that reads from the write_server, or None when the answer just
+        worked out needs no second look (the lag rule, db.py); without it nothing is
+        confirmed. for_directory() wires all three to one db.Directory."""
         self.config = config
         self.mailbox_rows = mailbox_rows
         self.virtual_rows = virtual_rows
+        self.confirmer = confirmer
 
     @classmethod
     def for_directory(cls, config, directory):
-        """The full resolver (mailbox, passwd, virtual) over one db.Directory."""
+        """The full resolver (mailbox, passwd, virtual) over one db.Directory (or its
+        db.WriteServerReads)."""
         from qmailsql import virtual
-        return cls(config, directory.mailboxes, virtual.row_source(directory))
 
-    def account(self, name, rows):
-        """The Account called NAME (mailbox first, then /etc/passwd), or None."""
+        def confirmer():
+            if not directory.must_confirm():
+                return None
+            return cls.for_directory(config, directory.on_write_server())
+        return cls(config, directory.mailboxes, virtual.row_source(directory), confirmer)
+
+    def account(self, name, rows, same_cost=False):
+        """The Account called NAME (mailbox first, then /etc/passwd), or None.
+
+        SAME_COST: ask /etc/passwd even when a mailbox row answers, so that the time
+        taken does not tell whether NAME has a row (answers to unprivileged peers)."""
         row = pick_row(rows, name)
-        if row is not None:
-            return account_from_row(row)
-        if self.config.system_users:
-            return passwd_account(name)
-        return None
+        pw = None
+        if self.config.system_users and (row is None or same_cost):
+            pw = passwd_account(name)
+        return account_from_row(row) if row is not None else pw
 
     def usable_home(self, acct, say):
         try:
             st = os.stat(acct.home)
         except OSError as e:
-            if e.errno in TEMP_ERRNOS:
-                raise Refusal(EXIT_TEMP if e.errno in (errno.EACCES, errno.EPERM) else EXIT_NFS,
+            if is_temporary(e.errno) or e.errno in NOT_ALLOWED_ERRNOS:
+                # stock qmail-getpw exits QLX_NFS (115) for a temporary error
+                raise Refusal(EXIT_NFS if is_temporary(e.errno) else EXIT_TEMP,
                               "cannot check home %s of %s: %s" % (acct.home, acct.name,
                                                                    e.strerror))
             say("rejected: home %s: %s" % (acct.home, e.strerror))
@@ -160,12 +185,34 @@ class Resolver:
         return True
 
     def getpw(self, local, explain=None):
-        """Delivery for LOCAL (bytes), or raise Refusal. EXPLAIN, a list, gets the story."""
+        """Delivery for LOCAL (bytes), or raise Refusal. EXPLAIN, a list, gets the story.
+
+        An answer that would bounce (the alias user for want of anything else, or 116)
+        is worked out again on the write_server when it came from a replica; hits and
+        the misses on the way to them are taken as they are (the lag rule, db.py)."""
         say = explain.append if explain is not None else (lambda line: None)
         if not isinstance(local, bytes):
             local = os.fsencode(local)
         if b"\0" in local:
             raise Refusal(EXIT_USAGE, "local part contains NUL")
+        try:
+            delivery = self.resolve(local, say)
+            if not delivery.bounce:
+                return delivery
+        except Refusal as r:
+            if r.code != EXIT_NOALIAS:
+                raise
+            delivery = r
+        confirm = self.confirmer() if self.confirmer is not None else None
+        if confirm is None:
+            if isinstance(delivery, Refusal):
+                raise delivery
+            return delivery
+        say("that answer came from a replica and would bounce: asking the write_server")
+        return confirm.getpw(local, explain)
+
+    def resolve(self, local, say):
+        """getpw() for LOCAL (bytes, no NUL) from this resolver's rows alone."""
         if self.virtual_rows is not None:
             from qmailsql import virtual
             hit = virtual.match(self.config, self.virtual_rows, local, say)
@@ -202,7 +249,7 @@ class Resolver:
             raise Refusal(EXIT_NOALIAS, "no user for %s and no alias user" % shown(local))
         say("%s: alias user (%s), dash '-' ext %r" % (why, alias.source,
                                                      local.decode("latin-1")))
-        return Delivery.of(alias, b"-", local)
+        return Delivery.of(alias, b"-", local, bounce=not forward)
 
     def resolve_local(self, local, say):
         """Steps 2 and 3 of SPEC section 4 for LOCAL (bytes, no NUL)."""

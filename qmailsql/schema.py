@@ -40,6 +40,14 @@ TABLES = {
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
 }
 
+# what the lookups need, by table: an index whose leading columns are these (initdb's
+# keys have them; tables from the original patch may not). (name for a new one, columns)
+LOOKUP_INDEXES = {
+    "mailbox": ("username", ["username"]),
+    "alias": ("user_alias", ["username", "alias"]),
+    "virtual": ("host_user", ["virtual_host", "virtual_username"]),
+}
+
 # columns that hold user names, widened by --userlen
 USERNAME_COLUMNS = {
     "mailbox": ["username"],
@@ -75,8 +83,36 @@ def column_widths(directory):
     return {(t, c): w for t, c, w in rows}
 
 
+def missing_indexes(directory):
+    """[(table, name, columns)] of LOOKUP_INDEXES that no index of an existing table
+    starts with (so a lookup there reads the table, or a whole domain, row by row)."""
+    starts = {}
+    for table, name, column in directory.query(
+            "SELECT table_name, index_name, column_name FROM information_schema.statistics "
+            "WHERE table_schema = DATABASE() ORDER BY table_name, index_name, seq_in_index"):
+        starts.setdefault((table, name), []).append(column)
+    tables = {t for t, _ in starts} | {r[0] for r in directory.query("SHOW TABLES")}
+    out = []
+    for table, (name, columns) in LOOKUP_INDEXES.items():
+        if table in tables and not any(t == table and cols[:len(columns)] == columns
+                                       for (t, _), cols in starts.items()):
+            out.append((table, name, columns))
+    return out
+
+
+def add_indexes(directory):
+    """Add the missing LOOKUP_INDEXES; the changes, as sentences."""
+    changes = []
+    for table, name, columns in missing_indexes(directory):
+        directory.query("ALTER TABLE `%s` ADD KEY `%s` (%s)" % (
+            table, name, ", ".join("`%s`" % c for c in columns)), write=True)
+        changes.append("added index %s on %s (%s)" % (name, table, ", ".join(columns)))
+    return changes
+
+
 def migrate(directory, userlen):
-    """Widen the username columns to USERLEN (never narrows). Returns the changes."""
+    """Widen the username columns to USERLEN (never narrows) and add the indexes the
+    lookups need. Returns the changes."""
     userlen = check_userlen(userlen)
     widths = column_widths(directory)
     changes = []
@@ -90,5 +126,5 @@ def migrate(directory, userlen):
                 default = "" if (table, column) == ("mailbox", "username") else " DEFAULT ''"
                 directory.query("ALTER TABLE `%s` MODIFY `%s` VARCHAR(%d) NOT NULL%s"
                                 % (table, column, userlen, default), write=True)
-                changes.append("%s.%s: %d -> %d" % (table, column, width, userlen))
-    return changes
+                changes.append("widened %s.%s: %d -> %d" % (table, column, width, userlen))
+    return changes + add_indexes(directory)

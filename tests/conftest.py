@@ -111,3 +111,55 @@ def homes(tmp_path):
     d.mkdir()
     os.chmod(tmp_path, 0o755)
     return d
+
+
+def newu(entries):
+    """users/cdb as qmail-newu writes it, from (wild, local, fields) entries."""
+    from qmailsql import cdb
+    pairs, wild = [], ""
+    for is_wild, local, fields in entries:
+        key = b"!" + local.lower().encode() + (b"" if is_wild else b"\0")
+        if is_wild and local and local[-1] not in wild:
+            wild += local[-1]
+        pairs.append((key, "\0".join(fields).encode()))
+    pairs.append((b"", wild.encode()))
+    return cdb.make(pairs)
+
+
+def as_uid(uid, gid=None):
+    """A command prefix that runs the rest as UID (and GID, default the same number)."""
+    return ["setpriv", "--reuid=%d" % uid, "--regid=%d" % (uid if gid is None else gid),
+            "--clear-groups"]
+
+
+RAW_CLIENT = r"""
+import socket, sys
+path, payload = sys.argv[1], bytes.fromhex(sys.argv[2])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(30)
+s.connect(path)
+s.sendall(b"%d:%s," % (len(payload), payload))
+data = b""
+while not data.endswith(b","):
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+sys.stdout.buffer.write(data)
+"""
+
+
+def raw_as(uid, path, fields):
+    """One request of FIELDS (bytes) to the daemon socket PATH, sent by a process running
+    as UID: (status, body)."""
+    import subprocess
+    import sys
+    from qmailsql.hotpath import decode_frame
+    payload = b"".join(f + b"\0" for f in fields)
+    r = subprocess.run(as_uid(uid) + [sys.executable, "-I", "-c", RAW_CLIENT, str(path),
+                                      payload.hex()], capture_output=True, cwd="/",
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    answer, _ = decode_frame(r.stdout)
+    status, _, body = answer.partition(b"\0")
+    return int(status), body

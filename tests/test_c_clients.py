@@ -450,15 +450,62 @@ def b(args):
     return [a.encode() for a in args]
 
 
+LOCAL_REQUEST = b"\x00alice\x00%s\x00alice-foo-bar\x00-\x00foo-bar\x00example.com\x00"
+
+
 def test_local_no_rows_execs_stock_unchanged(progs, peer, standin):
-    p = peer(b"0\x00")
+    """No rows and no dot-qmail file for the address: stock qmail-local would bounce it,
+    so the wrapper asks again with local-confirm (the daemon then asks its write_server,
+    not a lagging replica); still no rows: stock, argv unchanged."""
+    p = peer(b"0\x00", b"0\x00")
     args = local_args(standin.homedir)
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
     assert standin.argv() == b(args)
     assert standin.env() == [b"PWD=" + os.getcwd().encode(), b"MARK=kept"]
-    assert p.received == [b"local\x00alice\x00" + standin.homedir.encode()
-                          + b"\x00alice-foo-bar\x00-\x00foo-bar\x00example.com\x00"]
+    request = LOCAL_REQUEST % standin.homedir.encode()
+    assert p.received == [b"local" + request, b"local-confirm" + request]
+
+
+@pytest.mark.parametrize("name", [".qmail-foo-bar", ".qmail-foo-default", ".qmail-default"])
+def test_local_no_rows_with_a_dot_qmail_file_asks_once(progs, peer, standin, name):
+    """A file stock qmail-local reads for the address: no bounce, nothing to confirm."""
+    Path(standin.homedir, name).write_text("./Maildir/\n")
+    p = peer(b"0\x00")
+    args = local_args(standin.homedir)
+    r = run(progs, "qmail-local", args, local_env(p, standin))
+    assert r.returncode == 42, err(r)
+    assert standin.argv() == b(args)
+    assert p.received == [b"local" + LOCAL_REQUEST % standin.homedir.encode()]
+
+
+def test_local_no_rows_plain_address_asks_once(progs, peer, standin):
+    """dash empty: stock delivers to aliasempty (or ~/.qmail), never bounces."""
+    p = peer(b"0\x00")
+    args = local_args(standin.homedir, dash="", ext="")
+    r = run(progs, "qmail-local", args, local_env(p, standin))
+    assert r.returncode == 42, err(r)
+    assert standin.argv() == b(args)
+    assert len(p.received) == 1
+
+
+def test_local_confirmed_rows_are_delivered(progs, peer, standin):
+    p = peer(b"0\x00", b"0\x00./Maildir/\n")
+    r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
+    assert r.returncode == 42, err(r)
+    assert standin.argv()[4:6] == [b"", b""] and standin.argv()[8] == b"./Maildir/\n"
+
+
+@pytest.mark.parametrize("reply", [b"100\x00unknown command local-confirm",
+                                   b"111\x00no DB server answered"])
+def test_local_confirm_trouble_defers(progs, peer, standin, reply):
+    """Whatever the daemon says to local-confirm (an older daemon: unknown command, 100),
+    the mail is never bounced for it: 111."""
+    p = peer(b"0\x00", reply)
+    r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
+    assert r.returncode == 111
+    assert not standin.ran()
+    assert err(r) == "qmail-local: %s\n" % reply.split(b"\x00")[1].decode()
 
 
 def test_local_rows_go_to_aliasempty(progs, peer, standin):
@@ -470,6 +517,54 @@ def test_local_rows_go_to_aliasempty(progs, peer, standin):
     assert standin.argv() == [b"--", b"alice", standin.homedir.encode(), b"alice-foo-bar",
                               b"", b"", b"example.com", b"sender@example.org", lines]
     assert standin.env()[1] == b"MARK=kept"
+
+
+@pytest.mark.parametrize("owner,ext", [(".qmail-foo-bar-owner", b"-foo-bar"),
+                                       (".qmail-owner", b"-foo-bar"), (None, b"")])
+def test_local_rows_keep_the_address_owner_file(progs, peer, standin, owner, ext):
+    """Owner files that differ between the address (.qmail-foo-bar-owner) and the plain
+    .qmail-owner: stock gets ext = dash + ext (dash empty), so it reads the address's."""
+    if owner:
+        Path(standin.homedir, owner).write_text("&owner@example.net\n")
+    p = peer(b"0\x00&bob@example.net\n")
+    r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
+    assert r.returncode == 42, err(r)
+    assert standin.argv()[4:6] == [b"", ext]
+
+
+@pytest.mark.parametrize("files", [(), (".qmail",), (".qmail-default",),
+                                   (".qmail-foo-bar-owner",),
+                                   (".qmail-foo-bar-owner", ".qmail-default"),
+                                   (".qmail-owner", ".qmail-foo-default"),
+                                   (".qmail-owner", ".qmail-owner-default", ".qmail"),
+                                   (".qmail-foo-bar-owner", ".qmail-foo-bar-owner-default",
+                                    ".qmail-owner", ".qmail-owner-default", ".qmail-foo-bar")])
+def test_local_wrapper_and_doctor_agree(progs, peer, standin, files):
+    """aliases.wrapper_ext/shadowing_file (the doctor's view) make the wrapper's choice."""
+    from qmailsql import aliases
+    for name in files:
+        Path(standin.homedir, name).write_text("./Maildir/\n")
+    p = peer(b"0\x00&bob@example.net\n")
+    r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
+    shadow = aliases.shadowing_file(standin.homedir, b"-", b"foo-bar")
+    if shadow is not None:
+        assert r.returncode == 111 and not standin.ran(), files
+        assert err(r).startswith("qmail-local: %s exists" % os.fsdecode(shadow[0]))
+    else:
+        assert r.returncode == 42, (files, err(r))
+        assert standin.argv()[5] == aliases.wrapper_ext(standin.homedir, b"-", b"foo-bar")
+
+
+def test_local_owner_file_with_an_odd_dash_defers(progs, peer, standin):
+    """A users/cdb dash with upper case: ext = dash + ext would not name the same owner
+    file, so the mail waits instead of going out with another envelope sender."""
+    args = local_args(standin.homedir)
+    args[3:6] = ["aliceXfoo-bar", "X", "foo-bar"]
+    Path(standin.homedir, ".qmailXfoo-bar-owner").write_text("&owner@example.net\n")
+    p = peer(b"0\x00&bob@example.net\n")
+    r = run(progs, "qmail-local", args, local_env(p, standin))
+    assert r.returncode == 111 and not standin.ran()
+    assert "has upper case or '.'" in err(r)
 
 
 @pytest.mark.parametrize("name", [".qmail", ".qmaildefault"])
@@ -540,7 +635,7 @@ def test_local_malformed_lines_defer(progs, peer, standin, body):
 @pytest.mark.parametrize("opts", [["-n"], ["-N"], ["-nN"], ["-n", "-N"]])
 def test_local_options_passed_through(progs, peer, standin, opts):
     lines = b"./Maildir/\n"
-    p = peer(b"0\x00", b"0\x00" + lines)
+    p = peer(b"0\x00", b"0\x00", b"0\x00" + lines)
     args = opts + local_args(standin.homedir)
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
@@ -550,7 +645,7 @@ def test_local_options_passed_through(progs, peer, standin, opts):
     assert standin.argv() == b(opts) + [b"--", b"alice", standin.homedir.encode(),
                                         b"alice-foo-bar", b"", b"", b"example.com",
                                         b"sender@example.org", lines]
-    assert len(p.received) == 2
+    assert len(p.received) == 3
 
 
 def test_local_without_double_dash(progs, peer, standin):
@@ -573,7 +668,7 @@ def test_local_bad_usage_goes_to_stock(progs, peer, standin, args):
 
 
 def test_local_stock_missing(progs, peer, standin, sockdir):
-    p = peer(b"0\x00")
+    p = peer(b"0\x00", b"0\x00")
     env = local_env(p, standin)
     env["QMAILSQL_QMAIL_LOCAL"] = str(sockdir / "no-such-qmail-local")
     r = run(progs, "qmail-local", local_args(standin.homedir), env)
@@ -586,7 +681,7 @@ def test_local_default_stock_path(progs, peer, standin):
     stock = qmail_dir() + "/bin/qmail-local.orig"
     if os.path.exists(stock):
         pytest.skip("a real %s exists" % stock)
-    p = peer(b"0\x00")
+    p = peer(b"0\x00", b"0\x00")
     env = env_for(p.path)
     r = run(progs, "qmail-local", local_args(standin.homedir), env)
     assert r.returncode == 111

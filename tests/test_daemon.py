@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import environ
+from conftest import as_uid, environ, raw_as
 
 import qmailsql
 from qmailsql import cli, daemon, demo
@@ -253,40 +253,6 @@ def test_daemon_stopped_means_111(faq, sandbox, tmp_path):
 
 # ---------------------------------------------------------------- who may ask
 
-def as_uid(uid):
-    return ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups"]
-
-
-RAW_CLIENT = r"""
-import socket, sys
-path, payload = sys.argv[1], sys.argv[2].encode("latin-1").replace(b"|", b"\0")
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(10)
-s.connect(path)
-s.sendall(b"%d:%s," % (len(payload), payload))
-data = b""
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    data += chunk
-    if data.endswith(b","):
-        break
-sys.stdout.buffer.write(data)
-"""
-
-
-def raw_as(uid, path, fields_):
-    """A request sent by a process running as UID: (status, body)."""
-    payload = "|".join(f.decode("latin-1") for f in fields_) + "|"
-    r = subprocess.run(as_uid(uid) + [sys.executable, "-I", "-c", RAW_CLIENT, str(path),
-                                      payload], capture_output=True, cwd="/")
-    assert r.returncode == 0, r.stderr
-    payload, _ = decode_frame(r.stdout)
-    status, _, body = payload.partition(b"\0")
-    return int(status), body
-
-
 def test_peercred_refuses_getpw_from_other_uid(faq, sandbox, homes):
     os.chmod(sandbox, 0o755)  # let the other uid reach the socket at all
     paths = sb.Paths(sandbox)
@@ -320,6 +286,51 @@ def test_peercred_refuses_getpw_from_other_uid(faq, sandbox, homes):
     assert status == 111 and b"another account" in body, body
     # root may still do everything
     assert getpw_helper("iain-slowlaris").returncode == 0
+
+
+def test_local_refusal_costs_the_same_for_known_and_unknown_names(sandbox, db, homes,
+                                                                  monkeypatch):
+    """Whether a name is a DB account must not show in how long `local` takes to refuse a
+    peer (issue 12): a known name and an unknown one do the same work, the same
+    queries, one getpwnam, one users/cdb look-up, and get the same answer."""
+    from qmailsql import config as configmod, resolve
+    from qmailsql.resolve import Refusal
+    load_faq(db, homes)
+    config = configmod.load(str(sandbox))
+    d = daemon.Daemon(config)
+    worker = daemon.Worker(d, None, "test")
+    worker.setup(config)
+    work = []
+    real_query, real_getpwnam, real_delivers = (worker.directory.query, resolve.pwd.getpwnam,
+                                                d.users_cdb.delivers)
+
+    def query(sql, params=(), write=False):
+        work.append(("query", sql, len(params), write))
+        return real_query(sql, params, write)
+
+    def getpwnam(name):
+        work.append(("getpwnam",))
+        return real_getpwnam(name)
+
+    def delivers(*args):
+        work.append(("users/cdb",))
+        return real_delivers(*args)
+    monkeypatch.setattr(worker.directory, "query", query)
+    monkeypatch.setattr(resolve.pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(d.users_cdb, "delivers", delivers)
+    done = {}
+    try:
+        for name in (b"iain", b"nobody-at-all"):
+            work.clear()
+            with pytest.raises(Refusal) as e:
+                worker.own_account(OTHER_UID, name, b"/home/elsewhere", name, b"", b"")
+            done[name] = (list(work), e.value.code, e.value.message.replace(
+                repr(name.decode()), "NAME"))
+    finally:
+        worker.directory.close()
+        d.ep.close()
+    assert done[b"iain"] == done[b"nobody-at-all"]
+    assert ("getpwnam",) in done[b"iain"][0] and ("users/cdb",) in done[b"iain"][0]
 
 
 HOLD_CLIENT = r"""

@@ -18,8 +18,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import newu
 
-from qmailsql import cdb, doctor, sandbox as sb, sync
+from qmailsql import doctor, sandbox as sb, sync
 from qmailsql.helpers import helper_path
 
 UID, GID = 800, 100
@@ -401,6 +402,31 @@ def test_alias_blank(sandbox, db):
     assert not found(run(sandbox), "alias-blank")
 
 
+def test_alias_rows_shadowed_by_dot_qmail_files(sandbox, db, homes):
+    """Rows and a dot-qmail file stock qmail-local would read instead: the wrapper
+    defers those deliveries (111); the doctor names the file and what to do. Here
+    ~/.qmail-default next to rows for iain-fwd matters only because ~/.qmail-fwd-owner
+    makes the wrapper hand stock qmail-local the address's own extension."""
+    home = make_home(homes / "iain")
+    add_mailbox(db, "iain", home)
+    sql(db, "INSERT INTO alias (username, alias, alias_username, alias_host) VALUES "
+            "('iain', 'fwd', 'elsewhere', 'example.net'), ('iain', '', '.', '/Maildir/')")
+    assert not found(run(sandbox), "alias-shadowed")
+    Path(home, ".qmail-default").write_text("./Maildir/\n")
+    assert not found(run(sandbox), "alias-shadowed")  # rows at fwd: .qmail-default unread
+    Path(home, ".qmail-fwd-owner").write_text("&owner@example.net\n")
+    [f] = found(run(sandbox), "alias-shadowed")
+    assert "iain-fwd" in f.what and home + "/.qmail-default" in f.what
+    assert ".qmail-fwd-owner" in f.what
+    assert "qmailsql alias" in f.fix and "DELETE FROM alias" in f.fix
+    Path(home, ".qmail").write_text("./Other/\n")  # and the plain address's rows
+    fs = found(run(sandbox), "alias-shadowed")
+    assert {f.what.split(" ")[3] for f in fs} == {"iain", "iain-fwd"}, [f.what for f in fs]
+    os.unlink(Path(home, ".qmail"))
+    os.unlink(Path(home, ".qmail-fwd-owner"))
+    assert not found(run(sandbox), "alias-shadowed")
+
+
 def test_alias_misconfigured(sandbox, db):
     sql(db, "INSERT INTO alias (username, alias, alias_username, alias_host) "
             "VALUES ('iain', 'x', '.', '')")
@@ -538,18 +564,6 @@ def users_dir(sandbox):
     shutil.rmtree(d, ignore_errors=True)
 
 
-def newu(entries):
-    """users/cdb as qmail-newu writes it, from (wild, local, fields) entries."""
-    pairs, wild = [], ""
-    for is_wild, local, fields in entries:
-        key = b"!" + local.lower().encode() + (b"" if is_wild else b"\0")
-        if is_wild and local and local[-1] not in wild:
-            wild += local[-1]
-        pairs.append((key, "\0".join(fields).encode()))
-    pairs.append((b"", wild.encode()))
-    return cdb.make(pairs)
-
-
 def test_users_cdb_shadows_db(sandbox, db, homes, users_dir):
     add_mailbox(db, "joe", make_home(homes / "joe"))
     add_mailbox(db, "kim", make_home(homes / "kim"))
@@ -568,6 +582,34 @@ def test_users_cdb_shadows_db(sandbox, db, homes, users_dir):
                                                       ""])]))
     [f] = found(run(sandbox), "users-cdb-shadow")
     assert "and 1 more" in f.what
+
+
+def test_users_cdb_entries_that_bypass_db_accounts(sandbox, db, homes, users_dir):
+    """users/cdb entries whose account is not the DB's although the DB has something for
+    that name (alias rows, or the mailbox with another uid or home): qmail-local then
+    delivers as stock qmail would and the DB's rows are skipped."""
+    kim = make_home(homes / "kim")
+    add_mailbox(db, "kim", kim)
+    sql(db, "INSERT INTO alias (username, alias, alias_username, alias_host) VALUES "
+            "('jdoe', '', 'jd', 'example.net'), ('kim', 'x', '.', '/Maildir/')")
+    entries = [(False, "jdoe", ["jdoe", "801", "101", "/home/x", "", ""]),
+               (True, "boss-", ["kim", str(UID), str(GID), "/elsewhere", "-", ""]),
+               (False, "boss", ["kim", str(UID), str(GID), kim, "", ""]),
+               (False, "other", ["other", "802", "102", "/home/other", "", ""])]
+    (users_dir / "cdb").write_bytes(newu(entries))
+    fs = found(run(sandbox), "users-cdb-bypass")
+    assert len(fs) == 2, [f.what for f in fs]
+    [jdoe] = [f for f in fs if "jdoe" in f.what]
+    [kim_f] = [f for f in fs if "jdoe" not in f.what]
+    assert "=jdoe:jdoe:801:101:/home/x:::" in jdoe.what and "1 alias row" in jdoe.what
+    assert "not a DB account" in jdoe.what
+    assert "+boss-:kim:%d:%d:/elsewhere:-::" % (UID, GID) in kim_f.what
+    assert kim in kim_f.what and "1 alias row" in kim_f.what
+    for f in fs:
+        assert f.severity == "error"
+        assert "qmailsql import assign" in f.fix and "DELETE FROM alias" in f.fix
+    (users_dir / "cdb").write_bytes(newu(entries[2:]))  # the DB's own account, a stranger
+    assert not found(run(sandbox), "users-cdb-bypass")
 
 
 def test_users_assign_text_shadows_db(sandbox, db, homes, users_dir):

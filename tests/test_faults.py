@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import replica_pair
@@ -400,3 +401,41 @@ def test_daemon_killed_and_restarted(cluster, users):
     assert_right_or_111(loop.results)
     assert any(o[0] == 111 for p, n, o in loop.results if p == "down")
     assert run_getpw_helper(replica, users[1]) == ("ok", users[1])
+
+
+# (e) ---------------------------------------------------------------------------------
+
+def run_local_helper(paths, standin, user, home, dash, ext):
+    local = user + dash + ext
+    r = subprocess.run([str(helper_path("qmail-local")), "--", user, home, local, dash, ext,
+                        "example.org", "s@example.net", "./Maildir/"], capture_output=True,
+                       env=dict(helper_env(paths), QMAILSQL_QMAIL_LOCAL=standin),
+                       timeout=HELPER_TIMEOUT)
+    return r.returncode, r.stdout.split(b"\0"), r.stderr.decode("utf-8", "replace")
+
+
+def test_primary_down_daemon_keeps_delivering(cluster, users, homes, tmp_path):
+    """The write_server (primary) stopped, the daemon on the replica: the compiled
+    helpers keep delivering to existing users, plain and with extensions; only what
+    would bounce (an unknown address, or an extension with neither rows nor a file)
+    waits with 111."""
+    from qmailsql import demo
+    primary, replica = cluster
+    standin = demo.write_stand_in(str(tmp_path))
+    sb.stop_db(primary)
+    flush(replica)
+    for name in users[:5]:
+        for local in (name, name + "-ext", name + "-a-b"):
+            assert run_getpw_helper(replica, local) == ("ok", name), local
+        home = str(homes / name)
+        rc, argv, err = run_local_helper(replica, standin, name, home, "", "")
+        assert rc == 0 and argv[4:6] == [b"", b""], err
+        Path(home, ".qmail-ext").write_text("./Maildir/\n")
+        rc, argv, err = run_local_helper(replica, standin, name, home, "-", "ext")
+        assert rc == 0 and argv[4:6] == [b"-", b"ext"], err
+    for local in ("never-seen-before", "nobody"):
+        rc, err = run_getpw_helper(replica, local)
+        assert rc == 111, (local, err)
+    rc, argv, err = run_local_helper(replica, standin, users[0], str(homes / users[0]), "-",
+                                     "nosuch")
+    assert rc == 111 and "qmail-local: " in err, (rc, err)

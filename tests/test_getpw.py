@@ -207,3 +207,63 @@ def test_failed_sandbox_up_leaves_no_server_running(tmp_path, monkeypatch):
     finally:
         sb.stop_db(sb.Paths(root))
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ temporary errors
+
+# qmail's error_temp() (error_temp.c), by name; EPROCLIM does not exist on Linux
+QMAIL_ERROR_TEMP = ("EINTR ENOMEM ETXTBSY EIO ETIMEDOUT EWOULDBLOCK EAGAIN EDEADLK EBUSY "
+                    "ENFILE EMFILE EFBIG ENOSPC ENETDOWN ENETUNREACH ENETRESET ECONNABORTED "
+                    "ECONNRESET ENOBUFS ETOOMANYREFS ECONNREFUSED EHOSTDOWN EHOSTUNREACH "
+                    "EUSERS EDQUOT ESTALE ENOLCK").split()
+
+
+def test_temporary_errnos_are_qmails_error_temp():
+    import errno
+    assert resolve.TEMP_ERRNOS == frozenset(getattr(errno, n) for n in QMAIL_ERROR_TEMP)
+    for name in ("EBUSY", "EDQUOT", "ENOSPC", "ENOLCK", "EDEADLK", "ECONNABORTED"):
+        assert resolve.is_temporary(getattr(errno, name)), name
+    for name in ("ENOENT", "ENOTDIR", "ELOOP", "ENAMETOOLONG", "EREMOTE", "ENOLINK"):
+        assert not resolve.is_temporary(getattr(errno, name)), name
+
+
+@pytest.mark.parametrize("name", QMAIL_ERROR_TEMP)
+def test_every_temporary_stat_error_defers(db, homes, monkeypatch, name):
+    """stat() of a candidate's home failing with any of qmail's temporary errors defers
+    the mail (QLX_NFS, as stock qmail-getpw), never sends it to the alias user."""
+    import errno
+    add_mailbox(db, "iain", homes / "iain")
+    add_mailbox(db, "alias", homes / "alias")
+    real_stat = os.stat
+    code = getattr(errno, name)
+
+    def failing_stat(path, *a, **kw):
+        if os.fspath(path) == str(homes / "iain"):
+            raise OSError(code, os.strerror(code), path)
+        return real_stat(path, *a, **kw)
+    monkeypatch.setattr(resolve.os, "stat", failing_stat)
+    with pytest.raises(Refusal) as e:
+        db.getpw(b"iain-x")
+    assert e.value.code == resolve.EXIT_NFS, e.value.message
+    assert os.strerror(code) in e.value.message
+
+
+@pytest.mark.parametrize("name", ["EBUSY", "EDQUOT"])
+def test_real_stat_error_of_a_home_defers(db, homes, name):
+    """The real errno from the kernel's stat(), injected by strace into `qmailsql getpw`
+    for the home's path only: deferred, not the alias user."""
+    add_mailbox(db, "iain", homes / "iain")
+    add_mailbox(db, "alias", homes / "alias")
+    strace = shutil.which("strace")
+    assert strace, "strace is needed (bash .ci/setup installs it)"
+    calls = "stat,lstat,newfstatat,statx"
+    r = subprocess.run([strace, "-f", "-qq", "-o", "/dev/null", "-P", str(homes / "iain"),
+                        "-e", "trace=" + calls, "-e", "inject=%s:error=%s" % (calls, name),
+                        sys.executable, "-m", "qmailsql", "getpw", "iain-x"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == resolve.EXIT_NFS, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout == b""
+    import errno
+    assert os.strerror(getattr(errno, name)).encode() in r.stderr
+    # and without the fault the same lookup is iain's
+    assert getpw_cli("iain-x").stdout.split(b"\0")[:1] == [b"iain"]

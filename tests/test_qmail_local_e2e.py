@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import as_uid, newu, raw_as
 
 import qmailsql
 from qmailsql import sandbox as sb
@@ -328,3 +329,240 @@ def test_funky_catchall_and_faq_update(sworld):
     got2, r, rec2 = sworld.deliver("virtual.com-joe", "virtual.com")
     assert got2 == got and rec2 == rec
     assert sworld.getpw("virtual.com-sales-eu")[0] == "sales"
+
+
+# ------------------------------------------------------------------ envelope sender
+# (issue 15 item 7) Stock qmail-local sends forwards (and sets NEWSENDER) from
+# LOCAL-owner@HOST when ~/.qmail{dash}{ext}-owner exists, for the address's own dash
+# and ext. A row delivery must keep that, or defer; never silently differ.
+
+def safe(ext):
+    """qmail-local's safeext: ASCII lower case, '.' -> ':'."""
+    return "".join(c.lower() if "A" <= c <= "Z" else c for c in ext).replace(".", ":")
+
+
+def stock_reads(home, dash, ext):
+    """The dot-qmail file stock qmail-local reads for DASH and EXT (its qmesearch
+    order), or None: then it delivers its aliasempty argument."""
+    sx = safe(ext)
+    names = [".qmail" + dash + sx] + [".qmail" + dash + sx[:i] + "default"
+                                      for i in range(len(sx), -1, -1)
+                                      if i == 0 or sx[i - 1] == "-"]
+    for name in names:
+        if os.path.isfile(os.path.join(home, name)):
+            return name
+    return None
+
+
+def stock_newsender(home, dash, ext, local, host, sender=SENDER):
+    """The envelope sender stock qmail-local forwards with, for DASH and EXT."""
+    if sender in ("", "#@[]"):
+        return sender
+    base = os.path.join(home, ".qmail" + dash + safe(ext))
+    if not os.path.exists(base + "-owner"):
+        return sender
+    if os.path.exists(base + "-owner-default"):
+        return local + "-owner-@" + host + "-@[]"
+    return local + "-owner@" + host
+
+
+def assert_stock_semantics(world, local, domain, lines, owner_files, sender=SENDER):
+    """Deliver LOCAL with the rows' LINES; the stand-in's argv must make stock
+    qmail-local deliver exactly LINES with the envelope sender it would use had the
+    lines been in the address's own dot-qmail file."""
+    (user, home, dash, ext), r, rec = deliver_from(world, local, domain, sender)
+    for name in owner_files:
+        assert os.path.exists(os.path.join(home, name))
+    assert r.returncode == 0, r.stderr
+    assert rec is not None, "the stock qmail-local (stand-in) did not run"
+    argv = [a.decode() for a in rec[0]]
+    assert argv[0] == "--" and argv[1:4] == [user, home, local] and argv[6:8] == [domain,
+                                                                                  sender]
+    got_dash, got_ext, aliasempty = argv[4], argv[5], argv[8]
+    assert aliasempty == lines
+    assert stock_reads(home, got_dash, got_ext) is None  # so it delivers LINES
+    want = stock_newsender(home, dash, ext, local, domain, sender)
+    assert stock_newsender(home, got_dash, got_ext, local, domain, sender) == want
+    return want
+
+
+def deliver_from(world, local, domain, sender):
+    user, uid, gid, home, dash, ext = world.getpw(local)
+    world.standin.clear()
+    argv = ["--", user, home, local, dash, ext, domain, sender, ALIASEMPTY]
+    r = subprocess.run([world.helpers["qmail-local"]] + argv, capture_output=True,
+                       env=world.env, timeout=60)
+    return (user, home, dash, ext), r, world.standin.record()
+
+
+def owner_file(home, name, text="&owner@example.net\n"):
+    Path(home, name).write_text(text)
+    os.chmod(Path(home, name), 0o600)
+
+
+def test_row_forward_keeps_the_ext_owner(world):
+    """The issue's case: a forward row for iain-fwd with ~/.qmail-fwd-owner present goes
+    out as iain-fwd-owner@..., as the same forward in ~/.qmail-fwd would."""
+    home = world.mailbox("iain")
+    world.alias("iain", "fwd", "elsewhere", "example.net")
+    owner_file(home, ".qmail-fwd-owner")
+    want = assert_stock_semantics(world, "iain-fwd", "example.org",
+                                  "&elsewhere@example.net\n", [".qmail-fwd-owner"])
+    assert want == "iain-fwd-owner@example.org"
+
+
+def test_row_forward_ignores_the_plain_owner(world):
+    """~/.qmail-owner is iain's own owner file, not iain-fwd's: stock keeps the sender."""
+    home = world.mailbox("iain")
+    world.alias("iain", "fwd", "elsewhere", "example.net")
+    owner_file(home, ".qmail-owner")
+    want = assert_stock_semantics(world, "iain-fwd", "example.org",
+                                  "&elsewhere@example.net\n", [".qmail-owner"])
+    assert want == SENDER
+
+
+def test_row_forward_owner_default_is_verp(world):
+    home = world.mailbox("iain")
+    world.alias("iain", "list-default", "elsewhere", "example.net")
+    owner_file(home, ".qmail-list-Join-owner".lower())
+    owner_file(home, ".qmail-list-join-owner-default")
+    want = assert_stock_semantics(world, "iain-list-Join", "example.org",
+                                  "&elsewhere@example.net\n",
+                                  [".qmail-list-join-owner", ".qmail-list-join-owner-default"])
+    assert want == "iain-list-Join-owner-@example.org-@[]"
+
+
+def test_plain_row_and_bounce_sender_keep_the_plain_argv(world):
+    """The plain address's owner file is .qmail-owner either way, and stock ignores owner
+    files for a bounce (empty sender): dash and ext stay empty."""
+    home = world.mailbox("iain")
+    world.alias("iain", "", "elsewhere", "example.net")
+    world.alias("iain", "fwd", "elsewhere", "example.net")
+    owner_file(home, ".qmail-owner")
+    owner_file(home, ".qmail-fwd-owner")
+    assert assert_stock_semantics(world, "iain", "example.org", "&elsewhere@example.net\n",
+                                  []) == "iain-owner@example.org"
+    assert assert_stock_semantics(world, "iain-fwd", "example.org", "&elsewhere@example.net\n",
+                                  [], sender="") == ""
+
+
+def test_owner_mix_with_a_shadowing_file_defers(world):
+    """Owner files make the wrapper hand stock the address's own extension; then a
+    dot-qmail file on that address's search path (here ~/.qmail-default) would be read
+    instead of the rows: deferred with a message that says what to do."""
+    home = world.mailbox("iain")
+    world.alias("iain", "fwd", "elsewhere", "example.net")
+    owner_file(home, ".qmail-fwd-owner")
+    Path(home, ".qmail-default").write_text("./Maildir/\n")
+    (user, home, dash, ext), r, rec = deliver_from(world, "iain-fwd", "example.org", SENDER)
+    assert r.returncode == 111 and rec is None
+    assert b".qmail-default exists and would override the alias-table rows" in r.stderr
+
+
+# ------------------------------------------------------------------ users/cdb accounts
+# (issue 15 item 1) qmail-lspawn asks users/cdb before qmail-getpw and runs our wrapper
+# as the uid it names, with a user the DB may not know: delivered exactly as the stock
+# qmail-local would (argv and environment unchanged), and no DB rows are given away.
+
+ASSIGN_UID, ASSIGN_GID = 801, 101
+
+
+@pytest.fixture
+def lspawn(world, sandbox, standin):
+    """Runs the wrapper as qmail-lspawn would for a users/cdb entry: as the entry's uid,
+    with the entry's fields; homes in a directory that uid can reach."""
+    paths = sb.Paths(sandbox)
+    for d in (sandbox, paths.run):
+        os.chmod(d, 0o755)
+    os.chmod(os.path.dirname(standin.path), 0o777)  # the stand-in records as that uid
+    users = Path(sandbox, "users")
+    users.mkdir(exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="qsu", dir="/tmp"))
+    os.chmod(base, 0o755)
+
+    class L:
+        @staticmethod
+        def home(name, uid=ASSIGN_UID, gid=ASSIGN_GID):
+            h = base / name
+            h.mkdir()
+            os.chown(h, uid, gid)
+            return str(h)
+
+        @staticmethod
+        def newu(*entries):
+            (users / "cdb").write_bytes(newu(entries))
+
+        @staticmethod
+        def run(user, uid, gid, home, local, dash, ext, domain="example.org"):
+            world.standin.clear()
+            argv = ["--", user, home, local, dash, ext, domain, SENDER, ALIASEMPTY]
+            r = subprocess.run(as_uid(uid, gid) + [world.helpers["qmail-local"]] + argv,
+                               capture_output=True, env=world.env, timeout=60, cwd="/")
+            return argv, r, world.standin.record()
+    yield L
+    shutil.rmtree(users, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
+    flush(world.socket)
+
+
+def assert_stock_unchanged(world, argv, r, rec):
+    assert r.returncode == 0, r.stderr
+    assert rec is not None, "the stock qmail-local (stand-in) did not run"
+    assert rec[0] == [a.encode() for a in argv]
+    assert rec[1] == world.stock_env()
+
+
+def test_users_cdb_account_unknown_to_the_db_is_stock(world, lspawn):
+    """The issue's case: `=jdoe:jdoe:801:101:/home/x:::`, jdoe neither in the DB nor in
+    /etc/passwd."""
+    home = lspawn.home("x")
+    lspawn.newu((False, "jdoe", ["jdoe", str(ASSIGN_UID), str(ASSIGN_GID), home, "", ""]))
+    assert_stock_unchanged(world, *lspawn.run("jdoe", ASSIGN_UID, ASSIGN_GID, home, "jdoe",
+                                              "", ""))
+
+
+def test_users_cdb_wildcard_account_with_an_extension_is_stock(world, lspawn):
+    """`+jdoe-:jdoe:801:101:HOME:-::` for jdoe-Foo.Bar: no rows and no file, which asks
+    local-confirm too; stock still gets its argv unchanged (and bounces as it would)."""
+    home = lspawn.home("x")
+    lspawn.newu((True, "jdoe-", ["jdoe", str(ASSIGN_UID), str(ASSIGN_GID), home, "-", ""]))
+    assert_stock_unchanged(world, *lspawn.run("jdoe", ASSIGN_UID, ASSIGN_GID, home,
+                                              "jdoe-Foo.Bar", "-", "Foo.Bar"))
+
+
+def test_users_cdb_name_with_alias_rows_gets_no_rows(world, lspawn, sandbox):
+    """A name with alias rows but no mailbox: its users/cdb account is not the DB's, so
+    stock runs unchanged; and no unprivileged uid can read those rows by asking."""
+    home = lspawn.home("x")
+    world.alias("jdoe", "", "secret", "example.net")
+    lspawn.newu((False, "jdoe", ["jdoe", str(ASSIGN_UID), str(ASSIGN_GID), home, "", ""]))
+    assert_stock_unchanged(world, *lspawn.run("jdoe", ASSIGN_UID, ASSIGN_GID, home, "jdoe",
+                                              "", ""))
+    for uid, homedir, local in ((ASSIGN_UID, home, "jdoe-x"), (ASSIGN_UID, "/nonexistent",
+                                                                "jdoe"),
+                                (ASSIGN_UID + 1, home, "jdoe")):
+        status, body = raw_as(uid, world.socket, [b"local", b"jdoe", homedir.encode(),
+                                                  local.encode(), b"", b"", b"example.org"])
+        assert status == 111 and b"secret" not in body, (uid, homedir, local, body)
+
+
+def test_users_cdb_entry_for_a_db_user_elsewhere_is_stock(world, lspawn):
+    """users/cdb names DB mailbox iain, but with another home: not the DB's account;
+    stock, with no rows of iain's."""
+    world.mailbox("iain")  # uid 800, its own home
+    world.alias("iain", "", "secret", "example.net")
+    home = lspawn.home("iain-elsewhere", UID, GID)
+    lspawn.newu((False, "boss", ["iain", str(UID), str(GID), home, "", ""]))
+    assert_stock_unchanged(world, *lspawn.run("iain", UID, GID, home, "boss", "", ""))
+
+
+def test_db_account_run_by_users_cdb_keeps_its_rows(world, lspawn):
+    """An entry that names the DB's own account (same uid and home) is the DB's: rows."""
+    home = lspawn.home("iain", UID, GID)
+    world.sql("INSERT INTO mailbox (username, uid, gid, home, password, password_type) "
+              "VALUES (%s,%s,%s,%s,'x','Password')", ("iain", UID, GID, home))
+    world.alias("iain", "", ".", "/Maildir/")
+    lspawn.newu((False, "boss", ["iain", str(UID), str(GID), home, "", ""]))
+    argv, r, rec = lspawn.run("iain", UID, GID, home, "boss", "", "")
+    assert r.returncode == 0, r.stderr
+    assert rec[0][-1] == b"./Maildir/\n"
