@@ -92,9 +92,11 @@ def cmd_migrate(args):
     with session(args) as q:
         changes = schema.migrate(q.directory, args.userlen)
     for line in changes:
-        print("widened " + line)
+        print(line)
     if not changes:
-        print("nothing to do: every username column is at least %d wide" % args.userlen)
+        print("nothing to do: every column is there%s" % (
+            "" if args.userlen is None else
+            " and every username column is at least %d wide" % args.userlen))
     return 0
 
 
@@ -143,7 +145,9 @@ def cmd_passwd(args):
                                                    args.scheme)
         except auth.NoSuchMailbox as e:
             return die(1, "passwd: %s; nothing changed" % e)
-    print("password of %s set (%s, %s)" % (name, kind, scheme))
+        print("password of %s set (%s, %s)" % (name, kind, scheme))
+        from qmailsql import admin
+        admin.flush_caches(q.config)  # Dovecot's auth cache must not keep the old one
     return 0
 
 
@@ -170,7 +174,8 @@ def cmd_flush(args):
 
 # (built helper, name in QMAIL/bin, replaces a stock qmail program)
 INSTALLED = (("qmail-getpw", "qmail-getpw", True), ("qmail-local", "qmail-local", True),
-             ("checkpassword", "qmailsql-checkpassword", False))
+             ("checkpassword", "qmailsql-checkpassword", False),
+             ("dovecot-auth.lua", "qmailsql-dovecot-auth.lua", False))  # see dovecot.py
 
 
 def _is_ours(data, new):
@@ -310,8 +315,11 @@ def build_parser():
                    help="width of the username columns (default 32)")
     s.set_defaults(func=cmd_initdb)
 
-    s = sub.add_parser("migrate", help="widen username columns of existing tables")
-    s.add_argument("--userlen", type=int, required=True, help="new width, e.g. 128")
+    s = sub.add_parser("migrate", help="add new columns, widen username columns",
+                       description="Bring existing tables up to this version: add the "
+                       "columns they lack (mailbox.deny_services), and with --userlen widen "
+                       "the username columns (never narrows). Safe to run again.")
+    s.add_argument("--userlen", type=int, help="new width of the username columns, e.g. 128")
     s.set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("sandbox", help="throw-away qmail home + private MariaDB in DIR",
@@ -329,7 +337,8 @@ def build_parser():
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("helper", help="print the path of a built helper")
-    s.add_argument("name", choices=["qmail-getpw", "qmail-local", "checkpassword"])
+    s.add_argument("name", choices=["qmail-getpw", "qmail-local", "checkpassword",
+                                    "dovecot-auth.lua"])
     s.set_defaults(func=cmd_helper)
 
     s = sub.add_parser("passwd", help="set a mailbox password",
@@ -388,6 +397,9 @@ def build_parser():
 
     from qmailsql import importers  # import assign|vpopmail
     importers.add_commands(sub)
+
+    from qmailsql import dovecot  # dovecot-config
+    dovecot.add_command(sub)
     return p
 
 

@@ -1,4 +1,5 @@
-"""The tables (SPEC section 3): `qmailsql initdb` creates them, `migrate` widens them.
+"""The tables (SPEC section 3): `qmailsql initdb` creates them, `migrate` widens them
+and adds the columns later versions brought.
 
 Column names are the original patch's, so existing dumps load unchanged.
 DDL cannot take parameters; the only thing formatted into it is USERLEN, an int.
@@ -14,6 +15,7 @@ TABLES = {
   password_type ENUM('Password','Crypt-Password','MySQL-Password') NOT NULL
     DEFAULT 'Crypt-Password',
   suspended ENUM('N','Y') NOT NULL DEFAULT 'N',
+  deny_services SET('pop3','imap','smtp') NOT NULL DEFAULT '',
   PRIMARY KEY (username)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
     "alias": """CREATE TABLE IF NOT EXISTS alias (
@@ -39,6 +41,13 @@ TABLES = {
   PRIMARY KEY (host)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
 }
+
+# columns added after the first release: `migrate` adds them to existing tables
+# (the old daemon names its columns, so adding one never disturbs it)
+ADDED_COLUMNS = [
+    ("mailbox", "deny_services", "SET('pop3','imap','smtp') NOT NULL DEFAULT '' "
+                                 "AFTER suspended"),  # qmailsql/services.py
+]
 
 # columns that hold user names, widened by --userlen
 USERNAME_COLUMNS = {
@@ -75,11 +84,21 @@ def column_widths(directory):
     return {(t, c): w for t, c, w in rows}
 
 
-def migrate(directory, userlen):
-    """Widen the username columns to USERLEN (never narrows). Returns the changes."""
-    userlen = check_userlen(userlen)
+def migrate(directory, userlen=None):
+    """Add the ADDED_COLUMNS a table lacks, then widen the username columns to USERLEN
+    (never narrows; None: leave the widths). Returns the changes."""
     widths = column_widths(directory)
     changes = []
+    for table, column, ddl in ADDED_COLUMNS:
+        if not any(t == table for t, _ in widths):
+            raise ValueError("table %s does not exist: run `qmailsql initdb` first" % table)
+        if (table, column) not in widths:
+            directory.query("ALTER TABLE `%s` ADD COLUMN `%s` %s" % (table, column, ddl),
+                            write=True)
+            changes.append("added %s.%s" % (table, column))
+    if userlen is None:
+        return changes
+    userlen = check_userlen(userlen)
     for table, columns in USERNAME_COLUMNS.items():
         for column in columns:
             width = widths.get((table, column))
@@ -90,5 +109,5 @@ def migrate(directory, userlen):
                 default = "" if (table, column) == ("mailbox", "username") else " DEFAULT ''"
                 directory.query("ALTER TABLE `%s` MODIFY `%s` VARCHAR(%d) NOT NULL%s"
                                 % (table, column, userlen, default), write=True)
-                changes.append("%s.%s: %d -> %d" % (table, column, width, userlen))
+                changes.append("widened %s.%s: %d -> %d" % (table, column, width, userlen))
     return changes

@@ -6,6 +6,8 @@
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -111,3 +113,39 @@ def homes(tmp_path):
     d.mkdir()
     os.chmod(tmp_path, 0o755)
     return d
+
+
+def as_uid(uid):
+    """The command prefix that runs a program as UID (and gid UID, no groups)."""
+    return ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups"]
+
+
+RAW_CLIENT = r"""
+import socket, sys
+path, payload = sys.argv[1], sys.argv[2].encode("latin-1").replace(b"|", b"\0")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(path)
+s.sendall(b"%d:%s," % (len(payload), payload))
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+    if data.endswith(b","):
+        break
+sys.stdout.buffer.write(data)
+"""
+
+
+def raw_as(uid, path, fields_):
+    """A request sent to the daemon at PATH by a process running as UID: (status, body)."""
+    from qmailsql.hotpath import decode_frame
+    payload = "|".join(f.decode("latin-1") for f in fields_) + "|"
+    r = subprocess.run(as_uid(uid) + [sys.executable, "-I", "-c", RAW_CLIENT, str(path),
+                                      payload], capture_output=True, cwd="/")
+    assert r.returncode == 0, r.stderr
+    payload, _ = decode_frame(r.stdout)
+    status, _, body = payload.partition(b"\0")
+    return int(status), body

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import environ
+from conftest import as_uid, environ, raw_as
 
 import qmailsql
 from qmailsql import cli, daemon, demo
@@ -252,40 +252,6 @@ def test_daemon_stopped_means_111(faq, sandbox, tmp_path):
 
 
 # ---------------------------------------------------------------- who may ask
-
-def as_uid(uid):
-    return ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups"]
-
-
-RAW_CLIENT = r"""
-import socket, sys
-path, payload = sys.argv[1], sys.argv[2].encode("latin-1").replace(b"|", b"\0")
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(10)
-s.connect(path)
-s.sendall(b"%d:%s," % (len(payload), payload))
-data = b""
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    data += chunk
-    if data.endswith(b","):
-        break
-sys.stdout.buffer.write(data)
-"""
-
-
-def raw_as(uid, path, fields_):
-    """A request sent by a process running as UID: (status, body)."""
-    payload = "|".join(f.decode("latin-1") for f in fields_) + "|"
-    r = subprocess.run(as_uid(uid) + [sys.executable, "-I", "-c", RAW_CLIENT, str(path),
-                                      payload], capture_output=True, cwd="/")
-    assert r.returncode == 0, r.stderr
-    payload, _ = decode_frame(r.stdout)
-    status, _, body = payload.partition(b"\0")
-    return int(status), body
-
 
 def test_peercred_refuses_getpw_from_other_uid(faq, sandbox, homes):
     os.chmod(sandbox, 0o755)  # let the other uid reach the socket at all

@@ -42,7 +42,7 @@ def test_migrate_widens_and_never_narrows(sandbox):
     with qmailsql.connect(str(sandbox)) as q:
         assert set(widths(q).values()) == {32}
         changes = schema.migrate(q.directory, 128)
-        assert "mailbox.username: 32 -> 128" in changes and len(changes) == 5
+        assert "widened mailbox.username: 32 -> 128" in changes and len(changes) == 5
         assert set(widths(q).values()) == {128}
         assert schema.migrate(q.directory, 64) == []
         assert set(widths(q).values()) == {128}
@@ -60,3 +60,24 @@ def test_migrate_widens_and_never_narrows(sandbox):
 def test_userlen_bounds(db, n):
     with pytest.raises(ValueError, match="between 2 and 255"):
         schema.initdb(db.directory, n)
+
+
+def test_migrate_adds_the_service_bars_column_to_an_old_table(db, sandbox):
+    """A mailbox table from before per-service bars: `migrate` (no --userlen needed)
+    adds deny_services, rows keep their values and are barred from nothing."""
+    d = db.directory
+    d.query("INSERT INTO mailbox (username, uid, gid, home) VALUES ('old', 1, 1, '/h')",
+            write=True)
+    d.query("ALTER TABLE mailbox DROP COLUMN deny_services", write=True)
+    try:
+        r = subprocess.run([sys.executable, "-m", "qmailsql", "--qmail-dir", str(sandbox),
+                            "migrate"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "added mailbox.deny_services" in r.stdout
+        rows = d.query("SELECT username, deny_services FROM mailbox", write=True)
+        assert [(u, v) for u, v in rows] == [("old", "")]
+        assert schema.migrate(d) == []  # idempotent
+    finally:
+        if ("mailbox", "deny_services") not in schema.column_widths(d):
+            d.query("ALTER TABLE mailbox ADD COLUMN deny_services %s" % schema.ADDED_COLUMNS[0][2],
+                    write=True)
