@@ -371,7 +371,8 @@ def build_parser():
                        description="Copy the built helpers into QMAIL/bin: qmail-getpw and "
                        "qmail-local replace the stock programs, which are kept as NAME.orig "
                        "(an existing .orig is never overwritten); checkpassword goes in as "
-                       "bin/qmailsql-checkpassword. Modes 0755, owner root, group qmail. "
+                       "bin/qmailsql-checkpassword, Dovecot's Lua passdb/userdb as "
+                       "bin/qmailsql-dovecot-auth.lua. Modes 0755, owner root, group qmail. "
                        "--undo puts the .orig files back.")
     s.add_argument("--qmail-dir", metavar="DIR", dest="qmail_dir", default=argparse.SUPPRESS,
                    help="the qmail home (default: $QMAILSQL_QMAIL_DIR or conf-qmail)")

@@ -185,6 +185,52 @@ def test_iterate_answer_is_bounded_in_bytes():
     assert names[-1].startswith(b"u%03d" % (len(names) - 1))
 
 
+# ---------------------------------------------------------------- the configuration
+
+def qmailsql_cli(*args):
+    return subprocess.run([sys.executable, "-m", "qmailsql"] + list(args),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_dovecot_config_command(tmp_path):
+    script = str(dovecot.script_path(str(tmp_path)))
+    assert os.path.exists(script)
+    r = qmailsql_cli("helper", "dovecot-auth.lua")
+    assert r.returncode == 0 and r.stdout.strip() == script
+    r = qmailsql_cli("dovecot-config", "--help")
+    assert r.returncode == 0 and "!include" in r.stdout and "--auth-cache" in r.stdout
+    r = qmailsql_cli("--qmail-dir", str(tmp_path), "dovecot-config", "--dovecot", "2.3",
+                     "--socket", "/run/qs.sock")
+    assert r.returncode == 0, r.stderr
+    assert "args = file=%s blocking=yes cache_key=%%u%%s" % script in r.stdout
+    assert "import_environment = $import_environment QMAILSQL_SOCKET=/run/qs.sock" in r.stdout
+    assert "auth_cache_size = 0" in r.stdout
+    # Dovecot 2.4's syntax: named filters, the socket in lua_settings
+    r = qmailsql_cli("--qmail-dir", str(tmp_path), "dovecot-config", "--dovecot", "2.4",
+                     "--socket", "/run/qs.sock", "--auth-cache", "10M")
+    assert r.returncode == 0, r.stderr
+    for line in ("passdb lua {", "userdb prefetch {", "userdb lua {", "lua_file = " + script,
+                 "socket = /run/qs.sock", "user = $SET:default_internal_user",
+                 "auth_cache_size = 10M"):
+        assert line in r.stdout, line
+    assert "import_environment" not in r.stdout and "driver =" not in r.stdout
+    r = qmailsql_cli("--qmail-dir", str(tmp_path), "dovecot-config", "--socket",
+                     "/run/my socket")
+    assert r.returncode == 100 and "space" in r.stderr and r.stdout == ""
+
+
+def test_dovecot_config_syntax_is_what_dovecot_reads(tmp_path):
+    """doveconf parses the 2.3 fragment as it is (the installed Dovecot is 2.3)."""
+    text, body = dovecot_body_for(tmp_path, "/run/qs.sock")
+    conf = tmp_path / "dovecot.conf"
+    conf.write_text("protocols = imap\nbase_dir = %s\n%s" % (tmp_path / "run", body))
+    r = subprocess.run(["doveconf", "-c", str(conf), "-n"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "driver = lua" in r.stdout and "driver = prefetch" in r.stdout
+    assert "QMAILSQL_SOCKET=/run/qs.sock" in r.stdout
+
+
 # ---------------------------------------------------------------- a real Dovecot
 
 STAND_IN = """#!/bin/sh
@@ -194,21 +240,20 @@ cat > "$f" && mv "$f" "$3/Maildir/new/"
 """
 
 
-def dovecot_body(root, top, *options):
-    """`qmailsql dovecot-config` for ROOT's sandbox, saved in TOP; the `!include`."""
-    paths = sb.Paths(root)
-    r = subprocess.run([sys.executable, "-m", "qmailsql", "--qmail-dir", str(root),
-                        "dovecot-config", "--socket", str(paths.daemon_socket)] + list(options),
-                       capture_output=True, text=True, timeout=60)
+def dovecot_body_for(root, socket_path, *options, top=None):
+    """`qmailsql dovecot-config` for ROOT, saved in TOP (default ROOT): (its text, the
+    `!include` line for a dovecot.conf)."""
+    r = qmailsql_cli("--qmail-dir", str(root), "dovecot-config", "--socket",
+                     str(socket_path), *options)
     assert r.returncode == 0, r.stderr
-    conf = os.path.join(top, "qmailsql.conf")
+    conf = os.path.join(str(top or root), "qmailsql.conf")
     with open(conf, "w") as f:
         f.write(r.stdout)
     return r.stdout, "!include %s\n" % conf
 
 
 def start_dovecot(root, top, *options):
-    text, body = dovecot_body(root, top, *options)
+    text, body = dovecot_body_for(root, sb.Paths(root).daemon_socket, *options, top=top)
     try:
         server = dovecot.Private(top, body, {"imap": sb.free_port(), "pop3": sb.free_port()})
     except dovecot.DovecotMissing as e:
