@@ -14,6 +14,9 @@ rows, and measures medians in milliseconds:
   oneshot_ms         the libmariadb one-shot program for the same local
   daemon_rps         cached getpw requests per second, concurrent clients each on
                      one connection sending requests in sequence
+  dovecot_userdb_cold_ms / _warm_ms   (where Dovecot is installed, as root) a userdb
+                     lookup through a private Dovecot's auth-userdb socket, qmailsqld's
+                     cache flushed / hit (bench/dovecot_login.py has the logins)
 
 Prints a table, then one last line of JSON. The sandbox is torn down at the end.
 """
@@ -28,7 +31,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
+try:  # the installed package (with its compiled parts), else the checkout's
+    import qmailsql  # noqa: F401
+except ImportError:
     sys.path.insert(0, str(ROOT))
 
 from qmailsql import config as configmod  # noqa: E402
@@ -286,6 +291,11 @@ def measure(args, work, root):
     result = {key: (round(statistics.median(v), 4) if v else None)
               for key, v in samples.items()}
     result["daemon_rps"] = round(rps(work, sock, args.clients, args.seconds))
+    import dovecot_login  # here: it imports this module
+    found, why = dovecot_login.userdb_only(paths, "iain", args.runs)
+    result.update(found)
+    if why:
+        notes["dovecot_userdb_cold_ms"] = why
     return result, notes, {k: len(v) for k, v in samples.items()}
 
 
@@ -309,6 +319,12 @@ def report(result, notes, counts, args):
             print("%-18s %10s %6s  not measured: %s" % ("", "", "", notes[key]))
     print("%-18s %10d %6s  cached getpw/s, %d clients x %gs (target >= 15000)"
           % ("daemon_rps", result["daemon_rps"], "", args.clients, args.seconds))
+    for key in ("dovecot_userdb_cold_ms", "dovecot_userdb_warm_ms"):
+        if key in result:
+            print("%-18s %10.3f %6s  Dovecot userdb lookup, qmailsqld cache %s"
+                  % (key, result[key], "", "flushed" if "cold" in key else "hit"))
+        elif key in notes:
+            print("%-18s %10s %6s  not measured: %s" % (key, "n/a", "", notes[key]))
     print("ratios: getpw/exec_floor = %s (target <= 1.3), oneshot/getpw = %s (target >= 6)"
           % (result["getpw_over_exec_floor"], result["oneshot_over_getpw"]))
     print(json.dumps(result))

@@ -145,9 +145,9 @@ def cmd_passwd(args):
                                                    args.scheme)
         except auth.NoSuchMailbox as e:
             return die(1, "passwd: %s; nothing changed" % e)
-        print("password of %s set (%s, %s)" % (name, kind, scheme))
-        from qmailsql import admin
-        admin.flush_caches(q.config)  # Dovecot's auth cache must not keep the old one
+    print("password of %s set (%s, %s)" % (name, kind, scheme))
+    from qmailsql import dovecot  # qmailsqld caches no password; Dovecot's cache may
+    dovecot.flush_auth_cache(lambda m: sys.stderr.write("qmailsql: warning: %s\n" % m))
     return 0
 
 

@@ -376,6 +376,25 @@ service {protocol}-login {{
 """
 
 
+# the old way in, kept for comparison (tests/test_pop3_e2e.py, bench/dovecot_login.py):
+# Dovecot's checkpassword passdb running qmailsql-checkpassword, which changes uid
+# before Dovecot's checkpassword-reply runs, so auth must be root, with INSECURE_SETUID
+CHECKPASSWORD_RECIPE = """\
+mail_location = maildir:~/Maildir
+import_environment = TZ INSECURE_SETUID=1 QMAILSQL_SOCKET={socket}
+service auth {{
+  user = root
+}}
+passdb {{
+  driver = checkpassword
+  args = {checkpassword}
+}}
+userdb {{
+  driver = prefetch
+}}
+"""
+
+
 class DovecotMissing(Exception):
     pass
 

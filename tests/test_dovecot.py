@@ -5,6 +5,7 @@ auth processes running as Dovecot's unprivileged user, logins through imaplib an
 poplib.
 """
 import imaplib
+import json
 import os
 import poplib
 import pwd
@@ -353,6 +354,7 @@ def world():
             q.directory.query("INSERT INTO virtual (username, ext, virtual_username, "
                               "virtual_host) VALUES ('alice', '', 'al', 'example.com')",
                               write=True)
+        deliver(w, "alice")
         w.server = start_dovecot(root, top)
         yield w
     finally:
@@ -389,23 +391,28 @@ def test_imap_login_every_scheme(world, scheme):
     assert world.imap(name, SCHEMES[scheme]) == "ok"
 
 
-def test_virtual_login_sees_what_the_wrapper_delivered(world):
-    """mail to al@example.com, delivered through qmailsql's compiled qmail-local wrapper
-    (run as qmail-lspawn runs it: as the mailbox's uid), is in INBOX for the IMAP
-    login al@example.com."""
+def deliver(world, user):
+    """MESSAGE to USER through qmailsql's compiled qmail-local wrapper, run as
+    qmail-lspawn runs it (as the mailbox's uid), the stock qmail-local a stand-in."""
     from qmailsql.helpers import helper_path
     stand_in = os.path.join(world.top, "qmail-local.stand-in")
     with open(stand_in, "w") as f:
         f.write(STAND_IN)
     os.chmod(stand_in, 0o755)
-    home = world.homes["alice"]
-    r = subprocess.run([str(helper_path("qmail-local")), "--", "alice", home, "alice", "",
-                        "", "example.com", "sender@example.org", "./Maildir/"],
+    home = world.homes[user]
+    r = subprocess.run([str(helper_path("qmail-local")), "--", user, home, user, "", "",
+                        "example.com", "sender@example.org", "./Maildir/"],
                        input=MESSAGE, capture_output=True, timeout=60, user=UID, group=GID,
                        extra_groups=[], cwd=home,
                        env={"PATH": "/usr/bin:/bin", "QMAILSQL_SOCKET": world.env[
                            "QMAILSQL_SOCKET"], "QMAILSQL_QMAIL_LOCAL": stand_in})
     assert r.returncode == 0, r.stderr
+    assert len(os.listdir(os.path.join(home, "Maildir", "new"))) == 1
+
+
+def test_virtual_login_sees_what_the_wrapper_delivered(world):
+    """mail to al@example.com, delivered by the wrapper (the world's set-up), is in
+    INBOX for the IMAP login al@example.com."""
     m = IMAP(world.server.ports["imap"], world.source)
     try:
         m.login("al@example.com", "alice pw")
@@ -447,7 +454,7 @@ def test_failed_login_limiter_applies_through_dovecot(world):
 
 
 def test_pop3_through_dovecot(world):
-    assert world.pop3("alice", "alice pw") == "ok 1"  # the message delivered above
+    assert world.pop3("alice", "alice pw") == "ok 1"  # the message the wrapper delivered
     assert world.pop3("al@example.com", "alice pw") == "ok 1"
     assert "[AUTH] Authentication failed." in world.pop3("alice", "wrong")
     r = world.qmailsql("mailbox", "set", "alice", "--deny", "pop3")
@@ -563,3 +570,21 @@ def test_daemon_stopped_is_a_temporary_failure(world):
     finally:
         sb.start_daemon(world.paths)
     assert world.imap("alice", "alice pw") == "ok"
+
+
+def test_login_bench_runs_and_reports_every_key():
+    """bench/dovecot_login.py, briefly: it must keep working (its figures are the
+    README's); its JSON line has every measure, each a positive number."""
+    if os.geteuid() != 0:
+        pytest.skip("the bench starts Dovecot: run the tests as root")
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "bench", "dovecot_login.py")
+    r = subprocess.run([sys.executable, bench, "--logins", "4", "--warmup", "1",
+                        "--userdb", "4"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("static_login_ms", "lua_uncached_login_ms", "lua_cached_login_ms",
+                "checkpassword_login_ms", "checkpassword_exec_ms", "verify_ms",
+                "dovecot_userdb_cold_ms", "dovecot_userdb_warm_ms"):
+        assert result[key] > 0, key
+    assert result["logins"] == 4

@@ -39,25 +39,6 @@ MESSAGE = (b"From: sender@example.org\r\nTo: alice@example.com\r\n"
            b"Subject: qmailsql pop3 test\r\n\r\nHello from the maildir.\r\n")
 REPLY = "/usr/lib/dovecot/checkpassword-reply"
 
-# the old recipe: checkpassword behind Dovecot needs its auth process as root
-CHECKPASSWORD_BODY = """\
-first_valid_uid = {uid}
-last_valid_uid = {uid}
-mail_location = maildir:~/Maildir
-import_environment = TZ INSECURE_SETUID=1 QMAILSQL_SOCKET={socket}
-service auth {{
-  user = root
-}}
-passdb {{
-  driver = checkpassword
-  args = {checkpassword}
-}}
-userdb {{
-  driver = prefetch
-}}
-"""
-
-
 @pytest.fixture
 def pop3_world(own_sandbox):
     """A private sandbox (its daemon gets stopped here), a mailbox with one message,
@@ -88,7 +69,7 @@ def pop3_world(own_sandbox):
         q.directory.query("INSERT INTO mailbox (username, uid, gid, home, password, "
                           "password_type) VALUES (%s,%s,%s,%s,%s,%s)",
                           ("alice", UID, GID, home, stored, ptype), write=True)
-    body = CHECKPASSWORD_BODY.format(uid=UID, socket=paths.daemon_socket, checkpassword=cp)
+    body = dovecot.CHECKPASSWORD_RECIPE.format(socket=paths.daemon_socket, checkpassword=cp)
     server = dovecot.Private(top, body, {"pop3": sb.free_port()})
     try:
         server.start()
