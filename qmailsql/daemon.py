@@ -362,7 +362,7 @@ class Worker:
         elif command == b"auth":
             self.auth(task)
         elif command in dovecot.COMMANDS:
-            self.dovecot(task)
+            self.dovecot_request(task)
 
     def getpw(self, task):
         local = task.args[0]
@@ -423,7 +423,7 @@ class Worker:
         status, _, body = payload.partition(b"\0")
         task.status, task.body = int(status), body
 
-    def dovecot(self, task):
+    def dovecot_request(self, task):
         args = task.args
         if task.command == b"passdb":
             task.args = (args[0], b"") + tuple(args[2:])  # the password goes no further

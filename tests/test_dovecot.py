@@ -115,6 +115,17 @@ def test_daemon_admits_dovecots_user_for_its_commands_only(db, sandbox, tops):
     assert "sha512 pw" not in log  # never the password
 
 
+def test_dovecot_uids():
+    from qmailsql import daemon
+    from qmailsql.hotpath import ConfigError
+    assert daemon.dovecot_uids({}) == {dovecot_uid()}  # Dovecot's own user, by default
+    assert daemon.dovecot_uids({"QMAILSQL_DOVECOT_UIDS": "4321, root"}) == {
+        dovecot_uid(), 4321, 0}
+    with pytest.raises(ConfigError, match="QMAILSQL_DOVECOT_UIDS.*'no-such-user-qs'"):
+        daemon.dovecot_uids({"QMAILSQL_DOVECOT_UIDS": "no-such-user-qs"})
+    assert dovecot_uid() not in daemon.client_uids({})  # it is not a client uid
+
+
 def test_passdb_refusals_and_service_bars(db, sandbox, tops):
     sock = sb.Paths(sandbox).daemon_socket
     home = make_home(tops, "alice") if os.geteuid() == 0 else tops
