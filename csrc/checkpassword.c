@@ -23,6 +23,20 @@ static char *field(char *body, size_t len, size_t *pos)
   return s;
 }
 
+/* the service the login is for, for the mailbox's service bars (qmailsql/services.py):
+ * $QMAILSQL_SERVICE; else smtp when $SMTPAUTH is set (qmail-smtpd AUTH patches offer
+ * AUTH only then); else pop3 when the program to run is qmail-pop3d (qmail-popup);
+ * else none, and qmailsqld refuses a mailbox barred from anything */
+static const char *service(const char *prog)
+{
+  const char *s = getenv("QMAILSQL_SERVICE");
+  const char *base = strrchr(prog, '/');
+  if (s && *s) return s;
+  if (getenv("SMTPAUTH")) return "smtp";
+  base = base ? base + 1 : prog;
+  return strcmp(base, "qmail-pop3d") ? "" : "pop3";
+}
+
 static int number(const char *s, unsigned long *out)
 {
   unsigned long v = 0;
@@ -72,6 +86,7 @@ int main(int argc, char **argv)
   qs_arg(user);
   qs_arg(pass);
   qs_arg(ip ? ip : "");
+  qs_arg(service(argv[1]));
   qs_wipe(up, sizeof up);
   status = qs_call(&body, &len);  /* dies 111 on trouble */
   qs_wipe_request();

@@ -3,6 +3,8 @@
     qmailsql mailbox add NAME --uid N --gid N --home DIR [--password-type SCHEME]
                                  [--password-stdin] [--suspended]
     qmailsql mailbox del NAME | list
+    qmailsql mailbox set NAME [--deny LIST] [--allow LIST] [--suspend|--unsuspend]
+                                 LIST: pop3,imap,smtp or all (qmailsql/services.py)
     qmailsql alias add USER LINE [--ext EXT]     LINE as in a dot-qmail file:
                                                  ./Maildir/  /home/u/Mailbox  '|prog'
                                                  &addr  or  addr@host (a forward)
@@ -16,7 +18,7 @@
 Every write goes to the write server, refuses rows that would misdeliver or defer mail
 (blank alias rows, magic-forward loops, unusable hosts), then asks the daemon to drop
 its cache (a `flush` frame; an unreachable daemon is a warning: its cache expires by
-itself after cache_ttl seconds).
+itself after cache_ttl seconds) and Dovecot to drop its auth cache, if it keeps one.
 """
 import argparse
 import sys
@@ -47,6 +49,15 @@ def flush_daemon(config, warn=None):
              "cache_ttl=%ds; run `qmailsql flush` when it is back"
              % (path, getattr(e, "strerror", None) or e, config.cache_ttl))
         return False
+
+
+def flush_caches(config, warn=None):
+    """After a change: qmailsqld's cache, and Dovecot's auth cache when this host's
+    Dovecot keeps one (qmailsql/dovecot.py), so no old answer outlives the change."""
+    from qmailsql import dovecot
+    warn = warn or (lambda m: sys.stderr.write("qmailsql: warning: %s\n" % m))
+    flush_daemon(config, warn)
+    dovecot.flush_auth_cache(warn)
 
 
 # ------------------------------------------------------------------- checks
@@ -128,9 +139,26 @@ def del_mailbox(directory, name):
     return int(n[0][0])
 
 
+def set_mailbox(directory, name, deny=(), allow=(), suspended=None):
+    """Change a mailbox's service bars (DENY, ALLOW: sets of qmailsql.services.SERVICES)
+    and, unless SUSPENDED is None, its suspension. Returns (deny_services, suspended)
+    as stored; AdminError if there is no such mailbox."""
+    from qmailsql import services
+    rows = directory.query("SELECT username, deny_services, suspended FROM mailbox "
+                           "WHERE username=%s", (name,), write=True)
+    row = next((r for r in rows if r[0] == name), rows[0] if rows else None)
+    if row is None:
+        raise AdminError("no mailbox %r (see `qmailsql mailbox list`)" % name)
+    denied = (services.stored(row[1]) | set(deny)) - set(allow)
+    flag = row[2] if suspended is None else ("Y" if suspended else "N")
+    directory.query("UPDATE mailbox SET deny_services=%s, suspended=%s WHERE username=%s",
+                    (services.column_value(denied), flag, row[0]), write=True)
+    return services.column_value(denied), flag
+
+
 def list_mailboxes(directory):
-    return directory.query("SELECT username, uid, gid, home, password_type, suspended "
-                           "FROM mailbox ORDER BY username", write=True)
+    return directory.query("SELECT username, uid, gid, home, password_type, suspended, "
+                           "deny_services FROM mailbox ORDER BY username", write=True)
 
 
 # ------------------------------------------------------------------- alias
@@ -249,7 +277,7 @@ def _print_rows(rows, header):
 
 def _done(q, what, hosts_changed=False):
     print(what)
-    flush_daemon(q.config)
+    flush_caches(q.config)
     if hosts_changed:
         print("hosts changed: run `qmailsql sync` so qmail's control files follow")
     return 0
@@ -278,10 +306,25 @@ def cmd_mailbox(args):
                 if not n:
                     return _fail("no mailbox %r" % args.name)
                 return _done(q, "mailbox %s deleted" % args.name)
+            if args.action == "set":
+                from qmailsql import services
+                deny = services.parse(args.deny) if args.deny else set()
+                allow = services.parse(args.allow) if args.allow else set()
+                if deny & allow:
+                    return _fail("--deny and --allow both name %s" % ",".join(sorted(
+                        deny & allow)))
+                if not (deny or allow or args.suspended is not None):
+                    return _fail("nothing to change: give --deny, --allow, --suspend or "
+                                 "--unsuspend")
+                denied, flag = set_mailbox(q.directory, args.name, deny, allow,
+                                           args.suspended)
+                return _done(q, "mailbox %s: barred from %s; suspended %s" % (
+                    args.name, denied or "nothing", flag))
         except (AdminError, ValueError) as e:
             return _fail(e)
-        _print_rows(list_mailboxes(q.directory),
-                    ("username", "uid", "gid", "home", "password_type", "suspended"))
+        _print_rows(list_mailboxes(q.directory), ("username", "uid", "gid", "home",
+                                                  "password_type", "suspended",
+                                                  "deny_services"))
         return 0
 
 
@@ -377,6 +420,18 @@ def add_commands(sub):
     qdir(p)
     p = a.add_parser("del", help="delete a mailbox")
     p.add_argument("name")
+    qdir(p)
+    p = a.add_parser("set", help="bar or allow services (pop3, imap, smtp), suspend",
+                     description="Change a mailbox's access: --deny bars the listed "
+                     "services (pop3, imap, smtp = SMTP AUTH, or all), --allow lifts bars; "
+                     "a login for a service nobody named is refused while any bar is set. "
+                     "Takes effect at once: qmailsqld's and Dovecot's caches are flushed.")
+    p.add_argument("name")
+    p.add_argument("--deny", metavar="LIST", help="e.g. pop3,imap")
+    p.add_argument("--allow", metavar="LIST", help="e.g. imap, or all")
+    p.add_argument("--suspend", dest="suspended", action="store_const", const=True,
+                   default=None, help="refuse every login (mail is still delivered)")
+    p.add_argument("--unsuspend", dest="suspended", action="store_const", const=False)
     qdir(p)
     qdir(a.add_parser("list", help="list mailboxes"))
     s.set_defaults(func=cmd_mailbox)

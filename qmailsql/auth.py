@@ -27,8 +27,9 @@ What it does, in order:
    parameterised query fetches the mailbox row; usernames are compared lower-cased
    in Python, because the column's collation folds case and pads spaces.
 3. Every refusal costs about what a wrong password costs: a row that can verify is
-   verified (even when it is suspended or uid 0, and the answer is thrown away);
-   unknown logins and unusable rows spend the time in ``passwords.dummy_verify``.
+   verified (even when it is suspended, uid 0 or barred from the login's service, and
+   the answer is thrown away); unknown logins and unusable rows spend the time in
+   ``passwords.dummy_verify``. The service bars are qmailsql.services'.
 4. Opt-in rehash (``rehash yes`` in control/sqlserver): after a successful login
    with a weak stored hash, the row gets ``hash_password(default_scheme, password)``
    through the write server, guarded so that a concurrent change is not overwritten.
@@ -42,11 +43,11 @@ import threading
 import time
 from collections import deque
 
-from qmailsql import passwords
+from qmailsql import passwords, services
 from qmailsql.resolve import EXIT_TEMP, Refusal, pick_row, shown
 
-__all__ = ["LoginRefused", "NoSuchMailbox", "Limiter", "LIMITER", "authenticate", "response",
-           "set_password", "MAX_LOGIN", "MAX_PASSWORD"]
+__all__ = ["LoginRefused", "NoSuchMailbox", "Limiter", "LIMITER", "authenticate", "attempt",
+           "response", "login_names", "set_password", "MAX_LOGIN", "MAX_PASSWORD"]
 
 EXIT_REFUSED = 1
 
@@ -246,8 +247,8 @@ def _shape_problem(password_type, stored):
 
 # ---------------------------------------------------------------- lookups
 
-_MAILBOX_SQL = ("SELECT username, uid, gid, home, password, password_type, suspended "
-                "FROM mailbox WHERE username IN (%s)")
+_MAILBOX_SQL = ("SELECT username, uid, gid, home, password, password_type, suspended, "
+                "deny_services FROM mailbox WHERE username IN (%s)")
 
 
 def _virtual_names(directory, config, local, host, note):
@@ -276,9 +277,9 @@ def _virtual_names(directory, config, local, host, note):
     return names
 
 
-def _lookup(directory, config, login):
-    """(mailbox row or None, notes). Raises for DB trouble."""
-    note = []
+def login_names(directory, config, login, note):
+    """Mailbox names LOGIN (lower-cased) may mean, best first: `user`, or for
+    `local@host` the mailbox its virtual row delivers to. Raises for DB trouble."""
     names = []
     if "@" in login:
         local, _, host = login.rpartition("@")
@@ -288,6 +289,13 @@ def _lookup(directory, config, login):
                 note.append("via virtual: %s" % " or ".join(names))
     if login not in names:
         names.append(login)  # a plain login, or a mailbox literally named user@host
+    return names
+
+
+def _lookup(directory, config, login):
+    """(mailbox row or None, notes). Raises for DB trouble."""
+    note = []
+    names = login_names(directory, config, login, note)
     rows = directory.query(_MAILBOX_SQL % ",".join(["%s"] * len(names)), names)
     for name in names:
         row = pick_row(rows, name)
@@ -298,8 +306,10 @@ def _lookup(directory, config, login):
 
 # ---------------------------------------------------------------- authenticate
 
-def authenticate(directory, config, login, password, remoteip="", log=None, limiter=None):
-    """(user, uid, gid, home, shell) for a correct LOGIN and PASSWORD.
+def authenticate(directory, config, login, password, remoteip="", log=None, limiter=None,
+                 service=""):
+    """(user, uid, gid, home, shell) for a correct LOGIN and PASSWORD, for SERVICE
+    (pop3, imap, smtp, ...; see qmailsql.services for the bars).
 
     Raises LoginRefused (status 1) for a bad login, resolve.Refusal(111, reason) for
     trouble (DB down, misconfigured row). LOGIN, PASSWORD and REMOTEIP may be bytes
@@ -347,7 +357,7 @@ def authenticate(directory, config, login, password, remoteip="", log=None, limi
     if row is None:
         refuse("unknown login %s%s" % (_show(name), via))
 
-    username, uid, gid, home, stored, password_type, suspended = row
+    username, uid, gid, home, stored, password_type, suspended, denied = row
     who = "%s%s" % (_show(username), via)
     if stored is None or stored == "" or stored == b"":
         refuse("empty stored password for %s: nobody can log in" % who)
@@ -359,6 +369,11 @@ def authenticate(directory, config, login, password, remoteip="", log=None, limi
         refuse("account %s suspended" % who)
     if uid is not None and str(uid).strip() == "0":
         refuse("%s has uid 0, which may never log in" % who)
+    denied = services.stored(denied)
+    if services.barred(denied, service):
+        refuse("%s is barred from %s (deny_services=%s)" % (
+            who, services.canonical(service) or "logins for an unnamed service "
+            "(%r)" % _show(service or ""), services.column_value(denied)))
     if not ok:
         problem = _shape_problem(password_type, stored)
         if problem is not None:
@@ -420,36 +435,56 @@ def _line(text, limit=400):
     return (text[:limit] + "...") if len(text) > limit else text
 
 
-def response(directory, config, login, password, remoteip="", log=None, limiter=None):
-    """The complete response payload for the `auth` command (see the module doc).
-    Never raises; logs one line per attempt (never the password)."""
+def attempt(directory, config, login, password, remoteip="", log=None, limiter=None,
+            service=""):
+    """One login, as the daemon answers it: (0, (user, uid, gid, home, shell)), or
+    (1, reason) refused, or (111 or another code, reason) trouble. Never raises; logs
+    one line per attempt (never the password)."""
     log = log or getattr(directory, "log", None) or (lambda msg: None)
     ip = _ip(remoteip)
     where = (" from %s" % ip) if ip else ""
+    bar = services.canonical(service)
+    if bar:
+        where = " (%s)%s" % (bar, where)
     try:
         shown_login = _show(login)
     except Exception:
         shown_login = "?"
     try:
         user, uid, gid, home, shell = authenticate(directory, config, login, password,
-                                                   remoteip, log=log, limiter=limiter)
-        fields = [os.fsencode(user), b"%d" % uid, b"%d" % gid, os.fsencode(home),
-                  os.fsencode(shell)]
-        if any(b"\0" in f for f in fields):
+                                                   remoteip, log=log, limiter=limiter,
+                                                   service=service)
+        if any("\0" in f for f in (user, home, shell)):
             raise Refusal(EXIT_TEMP, "mailbox row for %s contains NUL" % shown_login)
     except LoginRefused as r:
         log("auth refused %s%s: %s" % (shown_login, where, r.reason))
-        return b"1\0" + _line(r.reason).encode("utf-8", "replace")
+        return EXIT_REFUSED, _line(r.reason)
     except Refusal as r:
         code = r.code if isinstance(r.code, int) and 0 < r.code < 256 and r.code != 1 \
             else EXIT_TEMP
-        log("auth trouble %s%s: %s" % (shown_login, where, r.message))
-        return b"%d\0" % code + _line(r.message).encode("utf-8", "replace")
+        message = r.message
+        if "Unknown column" in message:  # the daemon is newer than the tables
+            message += "; run `qmailsql migrate`"
+        log("auth trouble %s%s: %s" % (shown_login, where, message))
+        return code, _line(message)
     except Exception as e:  # a bug must never become a login
         log("auth trouble %s%s: internal error: %s: %s" % (shown_login, where,
                                                            type(e).__name__, e))
-        return b"111\0internal error in qmailsqld (see its log)"
+        return EXIT_TEMP, "internal error in qmailsqld (see its log)"
     log("auth ok %s%s: user %s uid %d" % (shown_login, where, _show(user), uid))
+    return 0, (user, uid, gid, home, shell)
+
+
+def response(directory, config, login, password, remoteip="", log=None, limiter=None,
+             service=""):
+    """The complete response payload for the `auth` command (see the module doc)."""
+    status, result = attempt(directory, config, login, password, remoteip, log, limiter,
+                             service)
+    if status:
+        return b"%d\0" % status + result.encode("utf-8", "replace")
+    user, uid, gid, home, shell = result
+    fields = [os.fsencode(user), b"%d" % uid, b"%d" % gid, os.fsencode(home),
+              os.fsencode(shell)]
     return b"0\0" + b"".join(f + b"\0" for f in fields)
 
 

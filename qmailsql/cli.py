@@ -95,8 +95,8 @@ def cmd_migrate(args):
     for line in changes:
         print(line)
     if not changes:
-        print("nothing to do: every username column is at least %d wide and every lookup "
-              "index is there" % userlen)
+        print("nothing to do: every column and lookup index is there and every username "
+              "column is at least %d wide" % userlen)
     return 0
 
 
@@ -146,6 +146,8 @@ def cmd_passwd(args):
         except auth.NoSuchMailbox as e:
             return die(1, "passwd: %s; nothing changed" % e)
     print("password of %s set (%s, %s)" % (name, kind, scheme))
+    from qmailsql import dovecot  # qmailsqld caches no password; Dovecot's cache may
+    dovecot.flush_auth_cache(lambda m: sys.stderr.write("qmailsql: warning: %s\n" % m))
     return 0
 
 
@@ -172,7 +174,8 @@ def cmd_flush(args):
 
 # (built helper, name in QMAIL/bin, replaces a stock qmail program)
 INSTALLED = (("qmail-getpw", "qmail-getpw", True), ("qmail-local", "qmail-local", True),
-             ("checkpassword", "qmailsql-checkpassword", False))
+             ("checkpassword", "qmailsql-checkpassword", False),
+             ("dovecot-auth.lua", "qmailsql-dovecot-auth.lua", False))  # see dovecot.py
 
 
 def _is_ours(data, new):
@@ -312,11 +315,13 @@ def build_parser():
                    help="width of the username columns (default 32)")
     s.set_defaults(func=cmd_initdb)
 
-    s = sub.add_parser("migrate", help="widen username columns, add missing lookup indexes",
-                       description="Bring existing tables (say, the original patch's) up to "
-                       "what qmailsql needs: widen the username columns to --userlen (never "
-                       "narrower) and add the indexes the lookups use, so that a domain "
-                       "with many users costs no more than a small one. Safe to run again.")
+    s = sub.add_parser("migrate", help="add new columns and lookup indexes, widen username "
+                       "columns", description="Bring existing tables (say, the original "
+                       "patch's, or an older qmailsql's) up to what this version needs: add "
+                       "the columns they lack (mailbox.deny_services), widen the username "
+                       "columns to --userlen (never narrower) and add the indexes the lookups "
+                       "use, so that a domain with many users costs no more than a small one. "
+                       "Safe to run again.")
     s.add_argument("--userlen", type=int, help="width of the username columns (default: "
                    "userlen in control/sqlserver, 32)")
     s.set_defaults(func=cmd_migrate)
@@ -336,7 +341,8 @@ def build_parser():
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("helper", help="print the path of a built helper")
-    s.add_argument("name", choices=["qmail-getpw", "qmail-local", "checkpassword"])
+    s.add_argument("name", choices=["qmail-getpw", "qmail-local", "checkpassword",
+                                    "dovecot-auth.lua"])
     s.set_defaults(func=cmd_helper)
 
     s = sub.add_parser("passwd", help="set a mailbox password",
@@ -369,7 +375,8 @@ def build_parser():
                        description="Copy the built helpers into QMAIL/bin: qmail-getpw and "
                        "qmail-local replace the stock programs, which are kept as NAME.orig "
                        "(an existing .orig is never overwritten); checkpassword goes in as "
-                       "bin/qmailsql-checkpassword. Modes 0755, owner root, group qmail. "
+                       "bin/qmailsql-checkpassword, Dovecot's Lua passdb/userdb as "
+                       "bin/qmailsql-dovecot-auth.lua. Modes 0755, owner root, group qmail. "
                        "--undo puts the .orig files back.")
     s.add_argument("--qmail-dir", metavar="DIR", dest="qmail_dir", default=argparse.SUPPRESS,
                    help="the qmail home (default: $QMAILSQL_QMAIL_DIR or conf-qmail)")
@@ -395,6 +402,9 @@ def build_parser():
 
     from qmailsql import importers  # import assign|vpopmail
     importers.add_commands(sub)
+
+    from qmailsql import dovecot  # dovecot-config
+    dovecot.add_command(sub)
     return p
 
 

@@ -12,7 +12,9 @@ Who may ask (SO_PEERCRED): `getpw`, `auth` and `flush` only uid 0, the daemon's 
 uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local` (qmail-local runs
 as the mailbox's uid) also that account's own uid, for its own home, and the uid
 users/cdb names for the delivery asked about (it is answered "no rows": the account
-is not the DB's); `ping` anyone.
+is not the DB's); Dovecot's `passdb`, `userdb` and `iterate` (qmailsql/dovecot.py) also Dovecot's own user
+(`dovecot`) and the uids in $QMAILSQL_DOVECOT_UIDS, which may ask nothing else
+(no getpw, no flush); `ping` anyone.
 
 Hostile local clients (the socket is 0666) can cost a temporary failure, never a
 stall: a uid not in that list may hold at most $QMAILSQL_MAX_CONN_PER_UID (128)
@@ -40,7 +42,8 @@ import struct
 import threading
 import time
 
-from qmailsql import aliases, auth as authmod, config as configmod, db, importers, resolve
+from qmailsql import (aliases, auth as authmod, config as configmod, db, dovecot, importers,
+                      resolve)
 from qmailsql.hotpath import (IMPLEMENTATION, ConfigError, ResponseCache, cache_times,
                               decode_frame, encode_response, split_fields)
 from qmailsql.resolve import EXIT_TEMP, Refusal, shown
@@ -63,7 +66,14 @@ REFUSAL_LOG_EVERY = 10.0      # "too many connections" logged once per uid this 
 
 # commands a peer not in the client uid list may send
 OPEN_COMMANDS = frozenset([b"local", b"local-confirm", b"ping"])
-NARGS = {b"getpw": 1, b"local": 6, b"local-confirm": 6, b"auth": 3, b"ping": 0, b"flush": 0}
+# and Dovecot's auth user (dovecot_uids())
+DOVECOT_PEER_COMMANDS = OPEN_COMMANDS | dovecot.COMMANDS
+# request fields each command takes (auth: a 4th, the service, is optional, so a
+# checkpassword built before service bars keeps working)
+NARGS = {b"getpw": (1,), b"local": (6,), b"local-confirm": (6,), b"auth": (3, 4),
+         b"ping": (0,), b"flush": (0,),
+         b"passdb": (4,), b"userdb": (1,), b"iterate": (1,)}
+AUTH_POOL = frozenset([b"auth", b"passdb"])  # password hashes: the auth workers' queue
 
 PONG = encode_response(0, b"pong")
 FLUSHED = encode_response(0, b"")
@@ -91,15 +101,16 @@ class StartError(Exception):
     """The daemon cannot start; the message says why (exit 111)."""
 
 
-def client_uids(environ=None):
-    """Uids that may ask getpw, auth and flush."""
-    environ = os.environ if environ is None else environ
-    uids = {0, os.getuid(), os.geteuid()}
-    try:
-        uids.add(pwd.getpwnam("qmailp").pw_uid)
-    except KeyError:
-        pass
-    for part in environ.get("QMAILSQL_CLIENT_UIDS", "").split(","):
+def _uids(environ, variable, users):
+    """The uids of the system USERS that exist, and of the uids or user names listed,
+    comma-separated, in VARIABLE."""
+    uids = set()
+    for user in users:
+        try:
+            uids.add(pwd.getpwnam(user).pw_uid)
+        except KeyError:
+            pass
+    for part in environ.get(variable, "").split(","):
         part = part.strip()
         if not part:
             continue
@@ -109,9 +120,22 @@ def client_uids(environ=None):
         try:
             uids.add(pwd.getpwnam(part).pw_uid)
         except KeyError:
-            raise ConfigError("QMAILSQL_CLIENT_UIDS", 0, "%r is neither a uid nor a user name"
-                              % part)
-    return frozenset(uids)
+            raise ConfigError(variable, 0, "%r is neither a uid nor a user name" % part)
+    return uids
+
+
+def client_uids(environ=None):
+    """Uids that may ask getpw, auth and flush."""
+    environ = os.environ if environ is None else environ
+    return frozenset({0, os.getuid(), os.geteuid()} |
+                     _uids(environ, "QMAILSQL_CLIENT_UIDS", ["qmailp"]))
+
+
+def dovecot_uids(environ=None):
+    """Uids that may ask Dovecot's commands (and nothing more): Dovecot's own
+    unprivileged user, whose auth-worker processes run qmailsql's Lua script."""
+    environ = os.environ if environ is None else environ
+    return frozenset(_uids(environ, "QMAILSQL_DOVECOT_UIDS", ["dovecot"]))
 
 
 def _env_int(name, default, low=1):
@@ -214,15 +238,17 @@ class Conn:
     # buf: the start of a request not complete yet (a bytearray: appended to, not
     # copied; b"" when there is none); need: its whole size once the header is in
     # (0 = not known yet); started: when its first byte came, for FRAME_TIMEOUT
-    __slots__ = ("sock", "fd", "uid", "pid", "privileged", "buf", "need", "started", "out",
-                 "busy", "closed", "close_after", "draining", "events", "last")
+    __slots__ = ("sock", "fd", "uid", "pid", "privileged", "commands", "buf", "need",
+                 "started", "out", "busy", "closed", "close_after", "draining", "events",
+                 "last")
 
-    def __init__(self, sock, uid, pid, privileged):
+    def __init__(self, sock, uid, pid, privileged, commands=OPEN_COMMANDS):
         self.sock = sock
         self.fd = sock.fileno()
         self.uid = uid
         self.pid = pid
         self.privileged = privileged
+        self.commands = commands  # what it may ask when not privileged
         self.buf = b""
         self.need = 0
         self.started = 0.0
@@ -340,6 +366,8 @@ class Worker:
             self.local(task, confirm=True)
         elif command == b"auth":
             self.auth(task)
+        elif command in dovecot.COMMANDS:
+            self.dovecot_request(task)
 
     def getpw(self, task):
         local = task.args[0]
@@ -417,10 +445,20 @@ class Worker:
         return acct is not None and acct.uid == uid and os.fsencode(acct.home) == homedir
 
     def auth(self, task):
-        login, password, remoteip = task.args
+        login, password, remoteip = task.args[:3]
+        service = task.args[3] if len(task.args) > 3 else b""
         task.args = (login, b"", remoteip)  # the password goes no further than this
         payload = authmod.response(self.directory, self.config, login, password, remoteip,
-                                   log=log)  # the whole answer, logged there
+                                   log=log, service=service)  # the whole answer, logged there
+        status, _, body = payload.partition(b"\0")
+        task.status, task.body = int(status), body
+
+    def dovecot_request(self, task):
+        args = task.args
+        if task.command == b"passdb":
+            task.args = (args[0], b"") + tuple(args[2:])  # the password goes no further
+        payload = dovecot.answer(task.command, args, self.resolver, self.directory,
+                                 self.config, log)
         status, _, body = payload.partition(b"\0")
         task.status, task.body = int(status), body
 
@@ -440,6 +478,7 @@ class Daemon:
         self.debug = debug
         self.pidfile = pidfile
         self.allowed = client_uids()
+        self.dovecot_uids = dovecot_uids()
         self.health = db.ServerHealth()
         # qmail-lspawn reads users/cdb relative to the qmail home
         self.users_cdb = importers.UsersCdb(os.path.join(config.qmail_dir, "users", "cdb"),
@@ -590,7 +629,8 @@ class Daemon:
                 self.refuse(sock, uid, pid, n)
                 return
             self.per_uid[uid] = n + 1
-        conn = Conn(sock, uid, pid, privileged)
+        commands = DOVECOT_PEER_COMMANDS if uid in self.dovecot_uids else OPEN_COMMANDS
+        conn = Conn(sock, uid, pid, privileged, commands)
         conn.last = time.monotonic()
         self.conns[conn.fd] = conn
         self.read(conn)  # the request is usually there already
@@ -695,18 +735,19 @@ class Daemon:
             log("unknown command %s from uid %d" % (shown(command), conn.uid))
             self.send(conn, encode_response(100, b"unknown command " + _bytes(shown(command))))
             return
-        if not conn.privileged and command not in OPEN_COMMANDS:
+        if not conn.privileged and command not in conn.commands:
             cmd = command.decode("ascii")
-            log("refused uid %d for %s (pid %d; allow it with QMAILSQL_CLIENT_UIDS)" % (
-                conn.uid, cmd, conn.pid))
+            log("refused uid %d for %s (pid %d; allow it with %s)" % (
+                conn.uid, cmd, conn.pid, "QMAILSQL_DOVECOT_UIDS" if command in
+                dovecot.COMMANDS else "QMAILSQL_CLIENT_UIDS"))
             self.send(conn, encode_response(EXIT_TEMP, b"qmailsqld refuses %s requests from "
                                             b"uid %d" % (command, conn.uid)))
             return
-        if len(args) != nargs:
+        if len(args) not in nargs:
             log("%s request from uid %d with %d fields instead of %d" % (
-                command.decode("ascii"), conn.uid, len(args), nargs))
+                command.decode("ascii"), conn.uid, len(args), nargs[-1]))
             self.send(conn, encode_response(EXIT_TEMP, b"malformed %s request: %d fields, "
-                                            b"expected %d" % (command, len(args), nargs)))
+                                            b"expected %d" % (command, len(args), nargs[-1])))
             return
         if command == b"ping":
             self.send(conn, PONG)
@@ -718,7 +759,12 @@ class Daemon:
             return
         stale = None
         key = payload
-        if command == b"local" and not conn.privileged:
+        if command == b"userdb" and not conn.privileged:  # Dovecot's user: its answers are
+            frame = cache.get(payload, time.monotonic())  # the same as anyone's
+            if frame is not None:
+                self.send(conn, frame)
+                return
+        elif command == b"local" and not conn.privileged:
             # a worker checks that USER is this peer's own account; what is cached
             # here was checked for this very uid
             key = b"uid=%d\0" % conn.uid + payload
@@ -742,15 +788,15 @@ class Daemon:
         task.queued = time.monotonic()
         conn.busy = True
         self.busy += 1
-        if command == b"auth":
+        if command in AUTH_POOL:
             self.auth_tasks.put(task)
         else:
             self.db_tasks.put(task)
 
     def debug_log(self, conn, payload, frame, how):
         fields = payload.split(b"\0")
-        if fields[0] == b"auth":
-            what = "auth %s" % shown(fields[1] if len(fields) > 1 else b"")  # never the password
+        if fields[0] in AUTH_POOL:  # never the password
+            what = "%s %s" % (fields[0].decode(), shown(fields[1] if len(fields) > 1 else b""))
         else:
             what = " ".join([fields[0].decode("ascii", "replace")] +
                             [shown(f) for f in fields[1:-1]])

@@ -63,7 +63,8 @@ from qmailsql.resolve import ALIAS_USER, Refusal
 from qmailsql.virtual import FORWARD_USER
 
 TABLE_COLUMNS = OrderedDict([
-    ("mailbox", ["username", "uid", "gid", "home", "password", "password_type", "suspended"]),
+    ("mailbox", ["username", "uid", "gid", "home", "password", "password_type", "suspended",
+                 "deny_services"]),
     ("alias", ["id", "username", "alias", "alias_username", "alias_host"]),
     ("virtual", ["id", "username", "ext", "virtual_username", "virtual_host"]),
     ("rcpthosts", ["host"]),
@@ -652,8 +653,14 @@ class Doctor:
                 self.add("schema-missing-table", "error", "table %s does not exist in database %r"
                          % (table, self.config.db), "qmailsql initdb --userlen %d" % userlen)
                 continue
+            added = {c for t, c, _ in schema.ADDED_COLUMNS if t == table}
             for col in cols:
-                if col not in columns[table]:
+                if col in added and col not in columns[table]:
+                    self.add("schema-missing-column", "error",
+                             "table %s has no column %s (tables older than this qmailsql): "
+                             "logins fail with a temporary error" % (table, col),
+                             "qmailsql migrate")
+                elif col not in columns[table]:
                     self.add("schema-missing-column", "error",
                              "table %s has no column %s (an old qmail-mysql layout?): queries "
                              "on it fail and mail is deferred" % (table, col),

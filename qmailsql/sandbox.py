@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from qmailsql import config as configmod
-from qmailsql.helpers import LIBEXEC, NAMES
+from qmailsql.helpers import LIBEXEC, NAMES, SCRIPTS
 
 MARKER = ".qmailsql-sandbox"
 DB_NAME = "qmail"
@@ -283,6 +283,8 @@ def install_helpers(paths):
         src = LIBEXEC / name
         if src.exists():
             shutil.copy2(src, paths.bin / name)
+    from qmailsql import dovecot  # where `qmailsql dovecot-config` looks for it
+    shutil.copy2(SCRIPTS[dovecot.SCRIPT], paths.bin / dovecot.INSTALLED_SCRIPT)
 
 
 def package_parent():

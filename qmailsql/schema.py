@@ -1,4 +1,5 @@
-"""The tables (SPEC section 3): `qmailsql initdb` creates them, `migrate` widens them.
+"""The tables (SPEC section 3): `qmailsql initdb` creates them, `migrate` widens them
+and adds the columns later versions brought.
 
 Column names are the original patch's, so existing dumps load unchanged.
 DDL cannot take parameters; the only thing formatted into it is USERLEN, an int.
@@ -14,6 +15,7 @@ TABLES = {
   password_type ENUM('Password','Crypt-Password','MySQL-Password') NOT NULL
     DEFAULT 'Crypt-Password',
   suspended ENUM('N','Y') NOT NULL DEFAULT 'N',
+  deny_services SET('pop3','imap','smtp') NOT NULL DEFAULT '',
   PRIMARY KEY (username)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
     "alias": """CREATE TABLE IF NOT EXISTS alias (
@@ -47,6 +49,12 @@ LOOKUP_INDEXES = {
     "alias": ("user_alias", ["username", "alias"]),
     "virtual": ("host_user", ["virtual_host", "virtual_username"]),
 }
+# columns added after the first release: `migrate` adds them to existing tables
+# (the old daemon names its columns, so adding one never disturbs it)
+ADDED_COLUMNS = [
+    ("mailbox", "deny_services", "SET('pop3','imap','smtp') NOT NULL DEFAULT '' "
+                                 "AFTER suspended"),  # qmailsql/services.py
+]
 
 # columns that hold user names, widened by --userlen
 USERNAME_COLUMNS = {
@@ -110,12 +118,22 @@ def add_indexes(directory):
     return changes
 
 
-def migrate(directory, userlen):
-    """Widen the username columns to USERLEN (never narrows) and add the indexes the
-    lookups need. Returns the changes."""
-    userlen = check_userlen(userlen)
+def migrate(directory, userlen=None):
+    """Add the ADDED_COLUMNS a table lacks, widen the username columns to USERLEN
+    (never narrows; None: leave the widths) and add the indexes the lookups need.
+    Returns the changes."""
     widths = column_widths(directory)
     changes = []
+    for table, column, ddl in ADDED_COLUMNS:
+        if not any(t == table for t, _ in widths):
+            raise ValueError("table %s does not exist: run `qmailsql initdb` first" % table)
+        if (table, column) not in widths:
+            directory.query("ALTER TABLE `%s` ADD COLUMN `%s` %s" % (table, column, ddl),
+                            write=True)
+            changes.append("added %s.%s" % (table, column))
+    if userlen is None:
+        return changes + add_indexes(directory)
+    userlen = check_userlen(userlen)
     for table, columns in USERNAME_COLUMNS.items():
         for column in columns:
             width = widths.get((table, column))

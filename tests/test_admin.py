@@ -147,13 +147,40 @@ def test_mailbox_commands(db, peer):
         assert r.returncode == 100, (bad, r.stderr)
     r = qs("mailbox", "list", env=env)
     assert r.stdout.decode().splitlines()[1:] == [
-        "bob\t801\t100\t/h/bob\tCrypt-Password\tN", "iain\t800\t100\t/home/mail/iain\t"
-        "Password\tN"]
+        "bob\t801\t100\t/h/bob\tCrypt-Password\tN\t", "iain\t800\t100\t/home/mail/iain\t"
+        "Password\tN\t"]
     r = qs("mailbox", "del", "iain", env=env)
     assert r.returncode == 0
     r = qs("mailbox", "del", "iain", env=env)
     assert r.returncode == 100
     assert len(peer.got) == 3
+
+
+def test_mailbox_set_bars_services_and_suspends(db, peer):
+    env = env_with(peer.path)
+    r = qs("mailbox", "add", "iain", "--uid", "800", "--gid", "100", "--home", "/h/iain",
+           env=env)
+    assert r.returncode == 0, r.stderr
+
+    def state():
+        return db.directory.query("SELECT deny_services, suspended FROM mailbox WHERE "
+                                  "username='iain'", write=True)[0]
+    r = qs("mailbox", "set", "iain", "--deny", "pop3,IMAP", env=env)
+    assert r.returncode == 0, r.stderr
+    assert b"barred from pop3,imap" in r.stdout and state() == ("pop3,imap", "N")
+    r = qs("mailbox", "set", "iain", "--allow", "imap", "--deny", "smtp", "--suspend", env=env)
+    assert r.returncode == 0, r.stderr
+    assert state() == ("pop3,smtp", "Y")
+    r = qs("mailbox", "set", "iain", "--allow", "all", "--unsuspend", env=env)
+    assert r.returncode == 0 and state() == ("", "N")
+    assert peer.got == [b"6:flush\0,"] * 4  # every change dropped the daemon's cache
+    for bad, why in ((["--deny", "ftp"], b"unknown service 'ftp'"), ([], b"nothing to change"),
+                     (["--deny", "pop3", "--allow", "pop3"], b"both name pop3")):
+        r = qs("mailbox", "set", "iain", *bad, env=env)
+        assert r.returncode == 100 and why in r.stderr, (bad, r.stderr)
+    r = qs("mailbox", "set", "nobody", "--deny", "pop3", env=env)
+    assert r.returncode == 100 and b"no mailbox 'nobody'" in r.stderr
+    assert state() == ("", "N") and len(peer.got) == 4
 
 
 def test_alias_commands(db, peer):

@@ -44,11 +44,11 @@ def logs():
 
 
 def add_mailbox(q, name, password, ptype="Password", uid=UID, gid=GID, home=None,
-                suspended="N"):
+                suspended="N", deny=""):
     q.directory.query("INSERT INTO mailbox (username, uid, gid, home, password, password_type,"
-                      " suspended) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                      " suspended, deny_services) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
                       (name, uid, gid, home or "/home/mail/" + name, password, ptype,
-                       suspended), write=True)
+                       suspended, deny), write=True)
 
 
 def add_virtual(q, username, vuser, vhost, ext=""):
@@ -62,9 +62,11 @@ def row(q, name):
     return rows[0]
 
 
-def login(q, who, password, limiter, ip="", logs=None, config=None, directory=None):
+def login(q, who, password, limiter, ip="", logs=None, config=None, directory=None,
+          service=""):
     return auth.authenticate(directory or q.directory, config or q.config, who, password, ip,
-                             log=(logs.append if logs is not None else None), limiter=limiter)
+                             log=(logs.append if logs is not None else None), limiter=limiter,
+                             service=service)
 
 
 def refused(q, who, password, limiter, **kw):
@@ -141,6 +143,34 @@ def test_suspended_empty_uid0_unknown(db, limiter):
     assert "not valid UTF-8" in refused(db, b"\xff\xfe", b"pw", limiter)
 
 
+def test_service_bars(db, limiter):
+    """A mailbox barred from pop3 logs in for imap and smtp, not pop3; Dovecot's
+    `submission` is SMTP AUTH; an unnamed or unknown service is refused for a mailbox
+    barred from anything, and allowed for one barred from nothing."""
+    add_mailbox(db, "nopop", "pw", deny="pop3")
+    add_mailbox(db, "nosmtp", "pw", deny="smtp")
+    add_mailbox(db, "free", "pw")
+    assert login(db, b"nopop", b"pw", limiter, service="imap")[0] == "nopop"
+    assert login(db, b"nopop", b"pw", limiter, service="SMTP")[0] == "nopop"
+    assert "barred from pop3" in refused(db, b"nopop", b"pw", limiter, service="pop3")
+    assert "barred from smtp" in refused(db, b"nosmtp", b"pw", limiter, service="submission")
+    for service in ("", "sieve"):
+        assert "unnamed service" in refused(db, b"nopop", b"pw", limiter, service=service)
+        assert login(db, b"free", b"pw", limiter, service=service)[0] == "free"
+    # the bar is checked after the password, like suspension: a wrong password is
+    # refused the same way (status 1) and counts for the limiter
+    assert refused(db, b"nopop", b"bad", limiter, service="pop3")
+    assert limiter.blocked("nopop") is None and len(limiter._records) >= 1
+
+
+def test_service_bars_through_virtual_login(db, limiter):
+    add_mailbox(db, "alice", "pw", deny="imap,pop3")
+    add_virtual(db, "alice", "al", "example.com")
+    assert login(db, b"al@example.com", b"pw", limiter, service="smtp")[0] == "alice"
+    assert "barred from imap" in refused(db, b"al@example.com", b"pw", limiter,
+                                         service="imap")
+
+
 def test_every_refusal_spends_one_verification(db, limiter, monkeypatch):
     """The constant-time property, structurally: each refusal pays for one hash of real
     cost: the row's own when it holds one, else the dummy (also after a cheap scheme's
@@ -159,7 +189,9 @@ def test_every_refusal_spends_one_verification(db, limiter, monkeypatch):
     add_mailbox(db, "empty", "")
     add_mailbox(db, "zero", "pw", uid=0)
     add_mailbox(db, "strong", _crypt_hash(b"$6$"), "Crypt-Password")
+    add_mailbox(db, "nopop", "pw", deny="pop3")
     cases = [(b"alice", ["verify", "dummy"]), (b"sus", ["verify", "dummy"]),
+             (b"nopop", ["verify", "dummy"]),
              (b"zero", ["verify", "dummy"]), (b"strong", ["verify"]),
              (b"empty", ["dummy"]), (b"nobody", ["dummy"]), (b"x@nowhere.test", ["dummy"]),
              (b"\xff", ["dummy"]), (b"", ["dummy"])]
@@ -266,6 +298,11 @@ def test_response_payloads(db, logs):
     assert logs == ["auth ok 'alice' from 192.0.2.7: user 'alice' uid 5000",
                     "auth refused 'alice' from 192.0.2.7: wrong password for 'alice'"]
     assert not any("pw2" in line for line in logs)
+    logs.clear()
+    ok = auth.response(db.directory, db.config, b"alice", b"pw", b"", log=logs.append,
+                       limiter=lim, service=b"imap")
+    assert ok.startswith(b"0\x00alice\x00") and logs == ["auth ok 'alice' (imap): user 'alice' "
+                                                         "uid 5000"]
 
 
 def test_response_never_raises(db, logs):
@@ -632,11 +669,12 @@ REPORT = ['sh', '-c', 'printf "%s|" "$(id -u)" "$(id -g)" "$(id -G)" "$(pwd)" "$
           '"$HOME" "$SHELL"']
 
 
-def run_checkpassword(sock, data, prog=REPORT, ip="192.0.2.44"):
+def run_checkpassword(sock, data, prog=REPORT, ip="192.0.2.44", **extra_env):
     r, w = os.pipe()
     os.write(w, data)
     os.close(w)
     env = {"PATH": "/usr/bin:/bin", "QMAILSQL_SOCKET": str(sock), "TCPREMOTEIP": ip}
+    env.update(extra_env)
 
     def fd3():
         os.dup2(r, 3)
@@ -660,6 +698,21 @@ def test_checkpassword_end_to_end(db, sandbox, mailhome):
     assert r.stdout == b""
     r = run_checkpassword(sock, b"nobody\x00" + PW + b"\x00\x00")
     assert r.returncode == 1 and r.stdout == b""
+
+
+def test_checkpassword_honours_service_bars(db, sandbox, mailhome):
+    require_daemon(sandbox)
+    sock = sb.Paths(sandbox).daemon_socket
+    add_mailbox(db, "alice", "pw", home=mailhome, deny="pop3")
+    data = b"alice\x00pw\x00\x00"
+    assert run_checkpassword(sock, data, QMAILSQL_SERVICE="pop3").returncode == 1
+    assert run_checkpassword(sock, data).returncode == 1  # service unknown, a bar is set
+    r = run_checkpassword(sock, data, SMTPAUTH="")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split("|")[4] == "alice"
+    log = (sb.Paths(sandbox).daemon_log).read_text()
+    assert "auth refused 'alice' (pop3) from 192.0.2.44: 'alice' is barred from pop3" in log
+    assert "auth ok 'alice' (smtp) from 192.0.2.44" in log
 
 
 def test_checkpassword_virtual_login(db, sandbox, mailhome):

@@ -754,7 +754,7 @@ def test_cp_512_bytes_is_fine(progs, peer, fd3):
     assert len(data) == 512
     r = run(progs, "checkpassword", ["true"], env_for(p.path), fd3=fd3(data))
     assert r.returncode == 1
-    assert p.received == [b"auth\x00alice\x00" + b"x" * 498 + b"\x00\x00"]
+    assert p.received == [b"auth\x00alice\x00" + b"x" * 498 + b"\x00\x00\x00"]
 
 
 @pytest.mark.parametrize("data", [b"", b"alice", b"alice\x00", b"alice\x00s3cret"])
@@ -771,7 +771,7 @@ def test_cp_without_timestamp_is_accepted(progs, peer, fd3):
     r = run(progs, "checkpassword", ["true"], env_for(p.path, TCPREMOTEIP="192.0.2.9"),
             fd3=fd3(b"bob@example.com\x00pw\x00"))
     assert r.returncode == 1
-    assert p.received == [b"auth\x00bob@example.com\x00pw\x00192.0.2.9\x00"]
+    assert p.received == [b"auth\x00bob@example.com\x00pw\x00192.0.2.9\x00\x00"]
 
 
 def test_cp_bad_login(progs, peer, fd3):
@@ -779,7 +779,23 @@ def test_cp_bad_login(progs, peer, fd3):
     r = run(progs, "checkpassword", ["true"], env_for(p.path), fd3=fd3(AUTH_INPUT))
     assert r.returncode == 1
     assert r.stderr == b""
-    assert p.received == [b"auth\x00alice\x00s3cret\x00\x00"]
+    assert p.received == [b"auth\x00alice\x00s3cret\x00\x00\x00"]
+
+
+@pytest.mark.parametrize("prog,extra,service", [
+    ("true", {}, b""),
+    ("/var/qmail/bin/qmail-pop3d", {}, b"pop3"),       # behind qmail-popup
+    ("qmail-pop3d", {}, b"pop3"),
+    ("/bin/true", {"SMTPAUTH": ""}, b"smtp"),          # qmail-smtpd AUTH patches
+    ("qmail-pop3d", {"QMAILSQL_SERVICE": "imap"}, b"imap"),  # said outright: it wins
+    ("qmail-pop3d-not", {}, b""),
+])
+def test_cp_tells_its_service(progs, peer, fd3, prog, extra, service):
+    p = peer(b"1\x00")
+    r = run(progs, "checkpassword", [prog, "Maildir"], env_for(p.path, **extra),
+            fd3=fd3(AUTH_INPUT))
+    assert r.returncode == 1
+    assert p.received == [b"auth\x00alice\x00s3cret\x00\x00" + service + b"\x00"]
 
 
 def test_cp_bad_login_with_reason(progs, peer, fd3):
@@ -870,7 +886,7 @@ def test_cp_success_drops_to_user(progs, peer, fd3, userhome, shell, want):
         "PWD=%s" % home,
         "ARGS=one two",
     ]
-    assert p.received == [b"auth\x00alice\x00s3cret\x00192.0.2.7\x00"]
+    assert p.received == [b"auth\x00alice\x00s3cret\x00192.0.2.7\x00\x00"]
 
 
 @needs_root

@@ -908,7 +908,8 @@ def test_install_and_undo(tmp_path):
     assert r.returncode == 0, r.stderr
     bin_ = qdir / "bin"
     for name, built in (("qmail-getpw", "qmail-getpw"), ("qmail-local", "qmail-local"),
-                        ("qmailsql-checkpassword", "checkpassword")):
+                        ("qmailsql-checkpassword", "checkpassword"),
+                        ("qmailsql-dovecot-auth.lua", "dovecot-auth.lua")):
         assert (bin_ / name).read_bytes() == helper_path(built).read_bytes()
         assert (bin_ / name).stat().st_mode & 0o777 == 0o755
     assert (bin_ / "qmail-getpw.orig").read_bytes() == b"stock getpw"
@@ -916,6 +917,11 @@ def test_install_and_undo(tmp_path):
     assert not (bin_ / "checkpassword.orig").exists()
     assert (qdir / "qmailsql").is_dir()
     assert "qmail-getpw.orig" in r.stdout
+    # Dovecot is pointed at the installed script, readable by its unprivileged user
+    r = subprocess.run([sys.executable, "-m", "qmailsql", "--qmail-dir", str(qdir),
+                        "dovecot-config"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "file=%s " % (bin_ / "qmailsql-dovecot-auth.lua") in r.stdout
 
     # again: our helpers are refreshed, the .orig files are never overwritten
     r = run()
@@ -934,6 +940,7 @@ def test_install_and_undo(tmp_path):
     assert (bin_ / "qmail-getpw").read_bytes() == b"stock getpw"
     assert (bin_ / "qmail-local").read_bytes() == b"stock local"
     assert not (bin_ / "qmailsql-checkpassword").exists()
+    assert not (bin_ / "qmailsql-dovecot-auth.lua").exists()
     assert not (bin_ / "qmail-getpw.orig").exists()
     assert (bin_ / "qmail-send").read_bytes() == b"untouched"
 

@@ -256,6 +256,18 @@ def test_schema_missing_table(sandbox, db):
     assert not found(run(sandbox), "schema-missing-table")
 
 
+def test_schema_missing_service_bars_column(sandbox, db):
+    sql(db, "ALTER TABLE mailbox DROP COLUMN deny_services")
+    try:
+        [f] = found(run(sandbox), "schema-missing-column")
+        assert "mailbox has no column deny_services" in f.what
+        assert f.fix == "qmailsql migrate"
+    finally:
+        sql(db, "ALTER TABLE mailbox ADD COLUMN deny_services SET('pop3','imap','smtp') "
+                "NOT NULL DEFAULT '' AFTER suspended")
+    assert not found(run(sandbox), "schema-missing-column")
+
+
 # ------------------------------------------------------------------ mailbox rows and homes
 
 def test_home_missing(sandbox, db, homes):

@@ -50,7 +50,8 @@ def getpw_case():
 request = st.one_of(
     getpw_case(),
     st.tuples(st.sampled_from([b"getpw\0", b"local\0", b"auth\0", b"ping\0", b"flush\0",
-                               b"getpw", b"", b"local", b"getpwx\0"])
+                               b"getpw", b"", b"local", b"getpwx\0", b"userdb\0",
+                               b"passdb\0", b"iterate\0", b"userdb"])
               .flatmap(lambda head: st.binary(max_size=12).map(lambda t: head + t)),
               st.binary(max_size=40)),
 )
@@ -83,6 +84,13 @@ def test_cache_times_policy():
         assert ct(b"auth\0u\0pw\0\0", 0, b"u\0" b"1\0" b"1\0" b"/h\0\0", 300, 10, 3600) \
             == (0, 0)
         assert ct(b"ping\0", 0, b"pong", 300, 10, 3600) == (0, 0)
+        # Dovecot: a userdb answer like a delivery's; never a password's, never a miss
+        fields = b"uid=800\0gid=100\0home=/h\0mail=maildir:~/Maildir\0"
+        assert ct(b"userdb\0iain\0", 0, fields, 300, 10, 3600) == (300, 0)
+        assert ct(b"userdb\0nobody\0", 1, b"no such user", 300, 10, 3600) == (0, 0)
+        assert ct(b"userdb\0iain\0", 111, b"db down", 300, 10, 3600) == (0, 0)
+        assert ct(b"passdb\0iain\0pw\0imap\0\0", 0, b"user=iain\0", 300, 10, 3600) == (0, 0)
+        assert ct(b"iterate\0\0", 0, b"iain\0", 300, 10, 3600) == (0, 0)
 
 
 # ---------------------------------------------------------------- the cache

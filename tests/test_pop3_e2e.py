@@ -1,6 +1,7 @@
 """A real POP3 login: Dovecot's checkpassword passdb runs the compiled checkpassword,
-which asks qmailsqld, which asks MariaDB (SPEC section 6: "It must work ... as
-Dovecot's checkpassword passdb").
+which asks qmailsqld, which asks MariaDB. This is the old way in, kept working for
+sites that have it; the README's recipe is Dovecot's Lua passdb (tests/test_dovecot.py),
+which needs neither a root auth process nor INSECURE_SETUID.
 
 Dovecot (Debian: dovecot-core, dovecot-pop3d; 2.3) runs as a child of the test with
 its own dovecot.conf, base_dir, state_dir and log in a temporary directory and a
@@ -23,12 +24,12 @@ and `import_environment = ... INSECURE_SETUID=1 QMAILSQL_SOCKET=...`.
 import os
 import poplib
 import shutil
-import socket
 import tempfile
 
 import pytest
 
 import qmailsql
+from qmailsql import dovecot
 from qmailsql import sandbox as sb
 from qmailsql.helpers import helper_path
 
@@ -38,81 +39,13 @@ MESSAGE = (b"From: sender@example.org\r\nTo: alice@example.com\r\n"
            b"Subject: qmailsql pop3 test\r\n\r\nHello from the maildir.\r\n")
 REPLY = "/usr/lib/dovecot/checkpassword-reply"
 
-
-def require_dovecot():
-    sb.dovecot_binary()
-    assert os.access(REPLY, os.X_OK), (
-        "Dovecot's %s is missing: apt-get install dovecot-core dovecot-pop3d "
-        "(bash .ci/setup does)" % REPLY)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def listening(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def tail(path, n=4000):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")[-n:]
-    except OSError as e:
-        return "(no log: %s)" % e
-
-
-CONF = """\
-# written by tests/test_pop3_e2e.py
-base_dir = {top}/run
-state_dir = {top}/state
-instance_name = qmailsql-test-{port}
-log_path = {top}/dovecot.log
-info_log_path = {top}/dovecot.log
-protocols = pop3
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-auth_failure_delay = 0
-auth_verbose = yes
-first_valid_uid = {uid}
-last_valid_uid = {uid}
-mail_location = maildir:~/Maildir
-import_environment = TZ INSECURE_SETUID=1 QMAILSQL_SOCKET={socket}
-
-service pop3-login {{
-  inet_listener pop3 {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-}}
-service auth {{
-  user = root
-}}
-passdb {{
-  driver = checkpassword
-  args = {checkpassword}
-}}
-userdb {{
-  driver = prefetch
-}}
-"""
-
-
 @pytest.fixture
 def pop3_world(own_sandbox):
     """A private sandbox (its daemon gets stopped here), a mailbox with one message,
     and a Dovecot POP3 server using our checkpassword."""
-    require_dovecot()
+    assert os.access(REPLY, os.X_OK), ("Dovecot's %s is missing: apt-get install "
+                                       "dovecot-core dovecot-pop3d (bash .ci/setup does)"
+                                       % REPLY)
     root, _ = own_sandbox
     paths = sb.Paths(root)
     if os.geteuid() != 0:
@@ -136,16 +69,13 @@ def pop3_world(own_sandbox):
         q.directory.query("INSERT INTO mailbox (username, uid, gid, home, password, "
                           "password_type) VALUES (%s,%s,%s,%s,%s,%s)",
                           ("alice", UID, GID, home, stored, ptype), write=True)
-    port = free_port()
-    conf = os.path.join(top, "dovecot.conf")
-    with open(conf, "w") as f:
-        f.write(CONF.format(top=top, port=port, uid=UID, socket=paths.daemon_socket,
-                            checkpassword=cp))
-    log = os.path.join(top, "dovecot.log")
+    body = dovecot.CHECKPASSWORD_RECIPE.format(socket=paths.daemon_socket, checkpassword=cp)
+    server = dovecot.Private(top, body, {"pop3": sb.free_port()})
     try:
-        with sb.dovecot(conf, lambda: listening(port)):
-            yield {"port": port, "paths": paths, "log": log, "home": home}
+        server.start()
+        yield {"port": server.ports["pop3"], "paths": paths, "server": server, "home": home}
     finally:
+        server.stop()
         shutil.rmtree(top, ignore_errors=True)
 
 
@@ -191,5 +121,5 @@ def test_pop3_login_retr_refusal_and_trouble(pop3_world):
         assert "[UNAVAIL]" in temp or "[SYS/TEMP]" in temp or "Temporary" in temp, temp
     finally:
         p.close()
-    log = tail(world["log"], 20000)
+    log = world["server"].log()
     assert "exited with status 111" in log, log

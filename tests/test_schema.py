@@ -110,3 +110,22 @@ def test_migrate_adds_the_lookup_indexes_an_old_table_lacks(sandbox):
                         q.directory.query("ALTER TABLE `%s` DROP INDEX `%s`" % (table, name),
                                           write=True)
                 q.directory.query("ALTER TABLE `%s` ADD %s" % (table, stock_key), write=True)
+def test_migrate_adds_the_service_bars_column_to_an_old_table(db, sandbox):
+    """A mailbox table from before per-service bars: `migrate` (no --userlen needed)
+    adds deny_services, rows keep their values and are barred from nothing."""
+    d = db.directory
+    d.query("INSERT INTO mailbox (username, uid, gid, home) VALUES ('old', 1, 1, '/h')",
+            write=True)
+    d.query("ALTER TABLE mailbox DROP COLUMN deny_services", write=True)
+    try:
+        r = subprocess.run([sys.executable, "-m", "qmailsql", "--qmail-dir", str(sandbox),
+                            "migrate"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "added mailbox.deny_services" in r.stdout
+        rows = d.query("SELECT username, deny_services FROM mailbox", write=True)
+        assert [(u, v) for u, v in rows] == [("old", "")]
+        assert schema.migrate(d) == []  # idempotent
+    finally:
+        if ("mailbox", "deny_services") not in schema.column_widths(d):
+            d.query("ALTER TABLE mailbox ADD COLUMN deny_services %s" % schema.ADDED_COLUMNS[0][2],
+                    write=True)
