@@ -1,6 +1,7 @@
 /* qmail-local wrapper: ask qmailsqld for the alias-table lines of this delivery.
  * No rows: exec the stock qmail-local unchanged. Rows: exec it with dash and ext
  * empty and the lines as aliasempty, so stock qmail-local delivers them.
+ * qmail-getpw's deferral answer (a home under /dev/null): print its reason, exit 111.
  * Any doubt: exit 111 and the message stays queued. */
 #include <errno.h>
 #include <stdlib.h>
@@ -63,6 +64,14 @@ int main(int argc, char **argv)
   }
   if (argc - a != 8 || a > MAXOPTS) run(argv);
   op = argv + a; /* user homedir local dash ext domain sender aliasempty */
+
+  /* qmail-getpw's deferral answer (qsclient.h): its reason goes to qmail-send's log */
+  if (!strncmp(op[1], QS_DEFER_HOME, sizeof QS_DEFER_HOME - 1)) {
+    const char *reason = op[1] + sizeof QS_DEFER_HOME - 1;
+    qs_writeall(2, reason, strlen(reason));
+    qs_writeall(2, "\n", 1);
+    _exit(111);
+  }
 
   qs_begin("local");
   for (i = 0; i < 6; i++) qs_arg(op[i]);

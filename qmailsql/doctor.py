@@ -356,16 +356,18 @@ class Doctor:
     def check_daemon(self):
         path = configmod.socket_path(self.qmail_dir)
         start = "start it: `qmailsql daemon` (supervised: svc -u /service/qmailsqld)"
+        logged = ("; qmail-send logs each one as `deferral: qmail-getpw: cannot reach "
+                  "qmailsqld at %s: ...`" % path)
         if not os.path.exists(path):
             self.add("daemon-not-running", "error", "qmailsqld is not running: no socket %s; "
-                     "every delivery and POP3 login is deferred" % path, start)
+                     "every delivery and POP3 login is deferred%s" % (path, logged), start)
             return
         try:
             self.daemon_cred = _peer_cred(path, PING_TIMEOUT)
         except OSError as e:
             self.add("daemon-not-running", "error", "qmailsqld is not running: connect to "
-                     "%s: %s" % (path, e.strerror or e), start + " (a stale socket is "
-                     "replaced)")
+                     "%s: %s%s" % (path, e.strerror or e, logged), start + " (a stale socket "
+                     "is replaced)")
             return
         try:
             status, body = client.call(path, [b"ping"], timeout=PING_TIMEOUT)
@@ -545,7 +547,9 @@ class Doctor:
                    if server.socket else "mysql -h %s -P %d -u %s -p %s"
                    % (q(server.host), server.port, q(cfg.login), q(cfg.db)))
             self.add("db-unreachable", "error", "%s is unreachable: %s (code %s); mail waits "
-                     "(exit 111) while no server answers" % (where, text, code or "?"),
+                     "(exit 111) while no server answers, and qmail-send logs `deferral: "
+                     "qmail-getpw: DB lookup ... failed: no DB server answered (...)`"
+                     % (where, text, code or "?"),
                      "start MariaDB there or correct the `%s` line in %s; test with: %s"
                      % (role, self.sqlserver_path, how))
 

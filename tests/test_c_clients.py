@@ -33,11 +33,12 @@ def qmail_dir():
     return (ROOT / "conf-qmail").read_text().split("\n")[0].strip()
 
 
-def build(name, out):
+def build(name, out, defines=()):
+    """Compile csrc/NAME.c as setup.py does (DEFINES: extra -D flags, e.g. a short timeout)."""
     srcs = [ROOT / "csrc" / (name + ".c"), ROOT / "csrc" / "qsclient.c"]
     cmd = ["cc", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
-           '-DQMAIL_DIR="%s"' % qmail_dir(), "-I", str(ROOT / "csrc"),
-           "-o", str(out)] + [str(s) for s in srcs] + ["-static"]
+           '-DQMAIL_DIR="%s"' % qmail_dir(), "-I", str(ROOT / "csrc")] + list(defines) + [
+        "-o", str(out)] + [str(s) for s in srcs] + ["-static"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stderr == "", "warnings from %s:\n%s" % (" ".join(cmd), r.stderr)
