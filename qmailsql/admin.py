@@ -18,7 +18,6 @@ Every write goes to the write server, refuses rows that would misdeliver or defe
 its cache (a `flush` frame; an unreachable daemon is a warning: its cache expires by
 itself after cache_ttl seconds).
 """
-import argparse
 import sys
 
 from qmailsql import virtual
@@ -237,8 +236,8 @@ def list_rcpthosts(directory):
 # ------------------------------------------------------------------- commands
 
 def _session(args):
-    import qmailsql
-    return qmailsql.connect(args.qmail_dir)
+    from qmailsql.cli import session
+    return session(args)
 
 
 def _print_rows(rows, header):
@@ -355,9 +354,7 @@ def add_commands(sub):
     """Add mailbox, alias, virtual, rcpthost and sync to the `qmailsql` subparsers."""
     from qmailsql import sync
 
-    def qdir(p):  # --qmail-dir after the subcommand too; SUPPRESS keeps the global one
-        p.add_argument("--qmail-dir", metavar="DIR", default=argparse.SUPPRESS,
-                       help="qmail home (default: $QMAILSQL_QMAIL_DIR or conf-qmail)")
+    from qmailsql.cli import admin_options as qdir
 
     s = sub.add_parser("mailbox", help="add, delete or list mailbox rows")
     a = s.add_subparsers(dest="action", metavar="ACTION")

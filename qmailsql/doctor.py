@@ -526,22 +526,25 @@ class Doctor:
         code = args[0] if args and isinstance(args[0], int) else 0
         text = args[1] if len(args) > 1 else str(err)
         where = "%s %s" % (role, server)
-        host = "localhost" if server.socket else server.host
+        # `qmailsql grant` makes the login as control/sqlserver says, on the write_server
+        grant = "qmailsql --qmail-dir %s grant" % q(self.qmail_dir)
+        if not server.socket:
+            grant += "  (with --host THIS-MAIL-HOST as %s sees it)" % server
         if code == ER_ACCESS_DENIED:
             self.add("db-login-refused", "error", "%s refuses login %r: %s" % (where, cfg.login,
                                                                                text),
-                     "fix login/password in %s, or on the server: CREATE USER %s@%s "
-                     "IDENTIFIED BY '...'; GRANT SELECT ON `%s`.* TO %s@%s;"
-                     % (self.sqlserver_path, sql_str(cfg.login), sql_str(host), cfg.db,
-                        sql_str(cfg.login), sql_str(host)))
+                     "%s  (as the DB administrator: creates the login with %s's password "
+                     "and exactly SELECT on %s.* plus UPDATE (password, password_type) on "
+                     "%s.mailbox)" % (grant, self.sqlserver_path, cfg.db, cfg.db))
         elif code == ER_DBACCESS_DENIED:
             self.add("db-login-refused", "error", "%s: login %r may not use database %r: %s"
                      % (where, cfg.login, cfg.db, text),
-                     "on the server: GRANT SELECT ON `%s`.* TO %s@%s;"
-                     % (cfg.db, sql_str(cfg.login), sql_str(host)))
+                     "%s  (grants SELECT ON `%s`.* and UPDATE (password, password_type) on "
+                     "`%s`.mailbox)" % (grant, cfg.db, cfg.db))
         elif code == ER_BAD_DB:
             self.add("db-unreachable", "error", "%s has no database %r: %s" % (where, cfg.db, text),
-                     "CREATE DATABASE `%s` CHARACTER SET utf8mb4; then qmailsql initdb" % cfg.db)
+                     "qmailsql --qmail-dir %s initdb && %s  (as the DB administrator)"
+                     % (q(self.qmail_dir), grant))
         else:
             how = ("mysql -S %s -u %s -p %s" % (q(server.socket), q(cfg.login), q(cfg.db))
                    if server.socket else "mysql -h %s -P %d -u %s -p %s"
