@@ -27,12 +27,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from qmailsql import config as configmod
+from qmailsql import demo, sandbox
 
-from qmailsql import config as configmod  # noqa: E402
-from qmailsql import demo, sandbox  # noqa: E402
+# the C sources beside this script; qmailsql itself is the installed package (python
+# puts this directory, not the source tree, on sys.path)
+HERE = Path(__file__).resolve().parent
 
 LOCAL = "iain-slowlaris"
 
@@ -172,14 +172,14 @@ def cc(out, sources, extra=(), static=False):
 def build(work):
     (work / "timer.c").write_text(TIMER_C)
     (work / "load.c").write_text(LOAD_C)
-    cc(work / "exec_floor", [ROOT / "bench" / "exec_floor.c"], static=True)
+    cc(work / "exec_floor", [HERE / "exec_floor.c"], static=True)
     cc(work / "timer", [work / "timer.c"])
     cc(work / "load", [work / "load.c"])
     flags = subprocess.run(["mariadb_config", "--cflags", "--libs"], capture_output=True,
                            text=True)
     if flags.returncode:
         raise SystemExit("bench: mariadb_config not found (apt-get install libmariadb-dev)")
-    cc(work / "oneshot", [ROOT / "bench" / "oneshot.c"], flags.stdout.split())
+    cc(work / "oneshot", [HERE / "oneshot.c"], flags.stdout.split())
 
 
 def timed(work, argv, runs, env, fd3=None):

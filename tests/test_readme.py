@@ -4,10 +4,14 @@
   stands in for the host's freshly installed one (root gets in through unix_socket),
   a temporary qmail home standing in for /var/qmail, and a copy of this installed
   package standing in for /opt/qmailsql.
+* "Tests and benchmarks": every `.venv/bin/...` command, briefly (fewer runs, one
+  second), from a neutral cwd, with the installed package and no PYTHONPATH.
 """
+import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -194,3 +198,60 @@ def test_install_section_runs_as_written():
             sb.stop_db(sb.Paths(work / "db"))
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+# ----------------------------------------------------------------- tests and benchmarks
+
+# each README command, and what makes it brief; a command missing here fails the test
+BRIEF = {
+    ".venv/bin/pytest bench --benchmark-enable": [
+        "--benchmark-min-rounds=1", "--benchmark-max-time=0.001", "--benchmark-warmup=off",
+        "-q", "-p", "no:cacheprovider"],
+    ".venv/bin/python bench/latency.py": ["--runs", "5", "--warmup", "1", "--seconds", "1"],
+    ".venv/bin/python bench/soak.py --seconds 60": ["--seconds", "1"],
+    ".venv/bin/python bench/doctor_scale.py": ["2000"],
+}
+# run elsewhere: the suite itself (by .ci/run), whose run this is
+ELSEWHERE = {".venv/bin/pytest tests"}
+JSON_KEYS = {
+    "bench/latency.py": {"exec_floor_ms", "getpw_ms", "local_ms", "checkpassword_ms",
+                         "oneshot_ms", "daemon_rps"},
+    "bench/soak.py": {"runs", "errors"},
+    "bench/doctor_scale.py": {"rows", "doctor_s", "rows_per_s"},
+}
+
+
+def readme_commands():
+    text = section("Tests and benchmarks")
+    return sorted(set(re.findall(r"`(\.venv/bin/[^`]+)`", text)))
+
+
+def test_every_readme_command_is_covered():
+    found = set(readme_commands())
+    assert found, "no .venv/bin commands found in the README's Tests and benchmarks"
+    assert found <= set(BRIEF) | ELSEWHERE, "add a brief form to BRIEF for: %s" % (
+        found - set(BRIEF) - ELSEWHERE)
+
+
+@pytest.mark.parametrize("command", sorted(BRIEF))
+def test_readme_command_runs_from_a_neutral_cwd(command, tmp_path):
+    if command not in readme_commands():
+        pytest.skip("no longer in the README")
+    argv = []
+    for word in shlex.split(command):
+        if word.startswith(".venv/bin/"):
+            word = str(VENV_BIN / word[len(".venv/bin/"):])
+        elif (CHECKOUT / word).exists():
+            word = str(CHECKOUT / word)
+        argv.append(word)
+    r = subprocess.run(argv + BRIEF[command], cwd=str(tmp_path), env=clean_env(),
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, "%s\n%s\n%s" % (" ".join(argv), r.stdout[-3000:],
+                                              r.stderr[-3000:])
+    script = next((s for s in JSON_KEYS if s in command), None)
+    if script:
+        last = json.loads(r.stdout.strip().split("\n")[-1])
+        assert JSON_KEYS[script] <= set(last), last
+        print(command, "->", r.stdout.strip().split("\n")[-1])
+    else:
+        assert " passed" in r.stdout, r.stdout[-2000:]
