@@ -158,7 +158,9 @@ def start_db(paths, port=None, extra_args=(), server_id=None, log_bin=False, rea
         r = subprocess.run([_which("mariadb-install-db", "mysql_install_db"), "--no-defaults",
                             "--datadir=%s" % paths.datadir, "--tmpdir=%s" % tmpdir,
                             "--auth-root-authentication-method=normal",
-                            "--skip-test-db"] + as_root, capture_output=True, text=True,
+                            # --force: no host-name look-up first (a host with no /etc/hosts
+                            # entry for its name, or none for localhost, is refused without)
+                            "--skip-test-db", "--force"] + as_root, capture_output=True, text=True,
                            timeout=300)
         if r.returncode:
             raise SandboxError("mariadb-install-db failed:\n" + r.stdout[-2000:] + r.stderr[-2000:])

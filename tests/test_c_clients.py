@@ -810,7 +810,7 @@ def test_cp_program_missing(progs, peer, fd3, userhome):
 
 
 @needs_root
-def test_cp_privilege_drop_failure_is_111(progs, peer, fd3, userhome, tmp_path):
+def test_cp_privilege_drop_failure_is_111(progs, peer, fd3, userhome, tmp_path, everyone_dir):
     # run checkpassword as uid 1234; the answer asks for uid 4321: setgroups must fail
     home, _ = userhome
     marker = tmp_path / "ran"
@@ -823,7 +823,8 @@ def test_cp_privilege_drop_failure_is_111(progs, peer, fd3, userhome, tmp_path):
         os.setgroups([])
         os.setgid(2345)
         os.setuid(1234)
-    r = subprocess.run([progs["checkpassword"], "sh", "-c", "touch %s" % marker],
+    exe = shutil.copy2(progs["checkpassword"], everyone_dir)  # uid 1234 can run this copy
+    r = subprocess.run([exe, "sh", "-c", "touch %s" % marker],
                        env=env_for(p.path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        preexec_fn=drop, close_fds=False, timeout=30)
     assert r.returncode == 111

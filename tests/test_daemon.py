@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import environ
+from conftest import environ, python_for_everyone
 
 import qmailsql
 from qmailsql import cli, daemon, demo
@@ -31,8 +31,9 @@ FAQ_LOCALS = ["iain", "iain-sanity", "iain-slowlaris", "IAIN-Slowlaris", "iain-s
 
 # ---------------------------------------------------------------- helpers
 
-def getpw_helper(local, env=None, pre=(), **kw):
-    return subprocess.run(list(pre) + [str(helper_path("qmail-getpw")), local],
+def getpw_helper(local, env=None, pre=(), exe=None, **kw):
+    """The compiled qmail-getpw (EXE: another copy of it, e.g. one another uid can reach)."""
+    return subprocess.run(list(pre) + [str(exe or helper_path("qmail-getpw")), local],
                           capture_output=True, env=env or os.environ, **kw)
 
 
@@ -279,8 +280,8 @@ sys.stdout.buffer.write(data)
 def raw_as(uid, path, fields_):
     """A request sent by a process running as UID: (status, body)."""
     payload = "|".join(f.decode("latin-1") for f in fields_) + "|"
-    r = subprocess.run(as_uid(uid) + [sys.executable, "-I", "-c", RAW_CLIENT, str(path),
-                                      payload], capture_output=True, cwd="/")
+    r = subprocess.run(as_uid(uid) + [python_for_everyone(), "-I", "-c", RAW_CLIENT,
+                                      str(path), payload], capture_output=True, cwd="/")
     assert r.returncode == 0, r.stderr
     payload, _ = decode_frame(r.stdout)
     status, _, body = payload.partition(b"\0")
@@ -291,7 +292,8 @@ def test_peercred_refuses_getpw_from_other_uid(faq, sandbox, homes):
     os.chmod(sandbox, 0o755)  # let the other uid reach the socket at all
     paths = sb.Paths(sandbox)
     os.chmod(paths.run, 0o755)
-    r = getpw_helper("iain-slowlaris", pre=as_uid(OTHER_UID))
+    # the sandbox's copy: the package's own may sit where other uids cannot go (/root)
+    r = getpw_helper("iain-slowlaris", pre=as_uid(OTHER_UID), exe=paths.bin / "qmail-getpw")
     assert r.returncode == 111, r
     assert r.stdout == b""
     assert b"uid %d" % OTHER_UID in r.stderr and r.stderr.startswith(b"qmail-getpw: ")
@@ -383,8 +385,8 @@ def test_connection_cap_per_unprivileged_uid(faq, sandbox):
     logged = log_text(sandbox).count("refused a connection from uid %d" % OTHER_UID)
     cap = daemon.MAX_CONN_PER_UID
     extra = 10
-    proc = subprocess.Popen(as_uid(OTHER_UID) + [sys.executable, "-I", "-c", HOLD_CLIENT,
-                                                 str(sock), str(cap), str(extra)],
+    proc = subprocess.Popen(as_uid(OTHER_UID) + [python_for_everyone(), "-I", "-c",
+                                                 HOLD_CLIENT, str(sock), str(cap), str(extra)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd="/")
     try:

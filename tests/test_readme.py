@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 import qmailsql
+from conftest import python_for_everyone
 from qmailsql import sandbox as sb
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -53,18 +54,6 @@ def clean_env(**extra):
 # ----------------------------------------------------------------- install section
 
 INSTALL_FIRST_LINE = "bash .ci/setup /opt/qmailsql"
-
-
-def python_for_everyone():
-    """This interpreter's version, at a path that other users can run (this one, or the
-    system's): what `bash .ci/setup DIR` on Debian builds DIR's virtualenv from."""
-    version = "%d.%d" % sys.version_info[:2]
-    for python in (os.path.realpath(sys.executable), "/usr/bin/python" + version,
-                   "/usr/local/bin/python" + version):
-        if os.path.exists(python) and subprocess.run(
-                ["setuidgid", "nobody", python, "-c", "pass"], capture_output=True).returncode == 0:
-            return python
-    pytest.skip("no python%s here that other users can run" % version)
 
 
 def deployment(dest):
@@ -255,3 +244,24 @@ def test_readme_command_runs_from_a_neutral_cwd(command, tmp_path):
         print(command, "->", r.stdout.strip().split("\n")[-1])
     else:
         assert " passed" in r.stdout, r.stdout[-2000:]
+
+
+# ----------------------------------------------------------------- quick start, packaging
+
+def test_quick_start_is_two_command_lines():
+    """SPEC 9: the first code block of `## Quick start` holds exactly two commands."""
+    block = shell_blocks(section("Quick start"))[0]
+    assert [l for l in block.split("\n") if l.strip()] == [
+        "bash .ci/setup && .venv/bin/qmailsql demo", "bash .ci/setup && .venv/bin/pytest tests"]
+
+
+def test_pyproject_builds_without_deprecated_metadata():
+    """project.license as an SPDX string, with a setuptools that reads it (>= 77): the
+    table form stops building after 2027-02-18, and an unpinned setuptools would take
+    that release."""
+    tomllib = pytest.importorskip("tomllib")  # python 3.11+
+    meta = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())
+    assert isinstance(meta["project"]["license"], str)
+    [setuptools] = [r for r in meta["build-system"]["requires"] if r.startswith("setuptools")]
+    bound = re.fullmatch(r"setuptools>=(\d+)(\.\d+)*", setuptools.replace(" ", ""))
+    assert bound and int(bound.group(1)) >= 77, setuptools
