@@ -111,7 +111,10 @@ def connect_args(config, server):
     if config.db:  # none: a connection that selects no database (CREATE DATABASE)
         args["db"] = config.db
     if config.ssl and not server.socket:
-        args["ssl"] = {k: config.ssl[k] for k in ("ca", "cert", "key") if config.ssl.get(k)}
+        # the client certificate is the daemon's identity, not the administrator's (whose
+        # ssl-cert/ssl-key belong in the option file): the admin checks the server only
+        mine = ("ca",) if config.admin else ("ca", "cert", "key")
+        args["ssl"] = {k: config.ssl[k] for k in mine if config.ssl.get(k)}
         verify = config.ssl.get("verify", bool(config.ssl.get("ca")))
         # mysqlclient maps ssl_mode onto MariaDB's MYSQL_OPT_SSL_ENFORCE and
         # MYSQL_OPT_SSL_VERIFY_SERVER_CERT (which checks chain and host name)

@@ -462,7 +462,9 @@ class Doctor:
                     self.add("helper-overwritten", "error", "%s is not qmailsql's helper (a qmail "
                              "reinstall or upgrade put the stock program back): users come "
                              "from %s" % (path, "/etc/passwd only" if name == "qmail-getpw"
-                                          else "dot-qmail files only, alias rows are ignored"),
+                                          else "dot-qmail files only, alias rows are ignored, "
+                                          "and qmail-getpw's deferrals are logged as `Unable "
+                                          "to switch to /dev/null/qmailsql-deferral/REASON`"),
                              full_install)
             elif not st.st_mode & 0o111:
                 self.add("helper-missing", "error", "%s is not executable (%s)"

@@ -169,3 +169,20 @@ def test_initdb_creates_the_database(qhome, admin_env, sandbox):
     write_sqlserver(qhome, sandbox, database="bad`name")
     r = qmailsql_cmd("--qmail-dir", str(qhome), "initdb", env=with_file)
     assert r.returncode == 100 and "database name" in r.stderr, r.stderr
+
+
+def test_admin_connect_args_carry_no_daemon_identity(tmp_path):
+    """Neither the daemon's password nor its TLS client certificate goes into the
+    administrator's connection; the server's CA check stays."""
+    cfg = configmod.from_mapping({"server": ["db.example:3307"], "login": "qmailsql",
+                                  "password": "daemon-secret", "ssl_ca": "/ca",
+                                  "ssl_cert": "/daemon.pem", "ssl_key": "/daemon.key"})
+    cnf = tmp_path / "admin.cnf"
+    cnf.write_text("[client]\nuser=dba\n")
+    admin = configmod.as_admin(cfg, str(cnf))
+    args = dbmod.connect_args(admin, admin.servers[0])
+    assert "user" not in args and "passwd" not in args
+    assert (args["read_default_file"], args["read_default_group"]) == (str(cnf), "qmailsql")
+    assert args["ssl"] == {"ca": "/ca"} and args["ssl_mode"] == "VERIFY_IDENTITY"
+    assert "daemon-secret" not in repr(args)
+    assert dbmod.connect_args(cfg, cfg.servers[0])["ssl"]["cert"] == "/daemon.pem"
