@@ -82,10 +82,11 @@ class BuildExt(build_ext):
 
 class Sdist(sdist):
     """The sdist carries what the build needs besides the package: csrc/ and conf-qmail
-    (and tests/ and bench/, so a release can be checked as it is)."""
+    (and tests/, bench/ and .ci/, so a release can be set up and checked as it is, the
+    README's Quick start included)."""
 
     def make_release_tree(self, base_dir, files):
-        extra = ["conf-qmail", "README.md"]
+        extra = ["conf-qmail", "README.md", ".ci/setup", ".ci/run"]
         for folder in ("csrc", "tests", "bench"):
             extra += sorted(str(p.relative_to(HERE)) for p in (HERE / folder).iterdir()
                             if p.is_file() and p.suffix in (".c", ".h", ".md", ".py"))

@@ -7,14 +7,9 @@ Each function times one successful verification; the crypt ones use the
 library's default cost for their prefix (gensalt count 0).
 """
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from qmailsql import _crypt  # noqa: E402
-from qmailsql.passwords import (  # noqa: E402
+from qmailsql import _crypt
+from qmailsql.passwords import (
     dummy_verify, mysql41_password, mysql_old_password, verify,
 )
 

@@ -82,7 +82,7 @@ class Setup:
         os.chmod(self.message, 0o644)
 
         cfg = configmod.load(str(root))
-        conn = db.connect(cfg, cfg.write_server)
+        conn = db.connect(configmod.as_admin(cfg), cfg.write_server)  # the sandbox's administrator
         try:
             benchlib.insert_rows(conn, "mailbox", ("username", "uid", "gid", "home", "password",
                                                    "password_type"),

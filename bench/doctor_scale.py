@@ -11,6 +11,7 @@ the elapsed time and rows/s, then tears the sandbox down.
 The last line is JSON: {"rows": N, "load_s": ..., "doctor_s": ..., "rows_per_s": ...,
 "findings": {...}}.
 """
+import argparse
 import json
 import os
 import shutil
@@ -53,14 +54,17 @@ def load(cfg, homes, rows):
         conn.close()
 
 
-def main():
-    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 1000000
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("rows", nargs="?", type=int, default=1000000,
+                    help="mailbox rows to load (default 1,000,000)")
+    rows = ap.parse_args(argv).rows
     root = tempfile.mkdtemp(prefix="qsb-", dir="/tmp")
     try:
         print("sandbox %s ..." % root)
         env = sandbox.up(root)
         os.environ.update(env)
-        cfg = configmod.load(root)
+        cfg = configmod.as_admin(configmod.load(root))  # the sandbox's administrator
         homes = benchlib.make_homes(root, HOMES, BASE_UID)
         # a stand-in for the stock qmail-local the wrapper runs (no qmail here)
         orig = os.path.join(root, "bin", "qmail-local.orig")

@@ -335,7 +335,7 @@ def start_dovecot(work, paths, cfg):
 
 def load_cold_users(cfg, count, uid, gid, home):
     names = [b"cold%06d" % i for i in range(count)]
-    conn = db.connect(cfg, cfg.write_server)
+    conn = db.connect(configmod.as_admin(cfg), cfg.write_server)  # the sandbox's administrator
     try:
         benchlib.insert_rows(conn, "mailbox", ("username", "uid", "gid", "home", "password",
                                                "password_type"),

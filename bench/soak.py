@@ -27,15 +27,10 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import qmailsql  # noqa: E402
-from qmailsql import admin, config as configmod, demo, sandbox  # noqa: E402
-from qmailsql.client import flush  # noqa: E402
+import qmailsql
+from qmailsql import admin, config as configmod, demo, sandbox
+from qmailsql.client import flush
 
 UID, GID = 800, 100
 

@@ -34,7 +34,7 @@ def load(root, rows):
     if os.geteuid() == 0:
         os.chown(home, UID, GID)
     uid, gid = (UID, GID) if os.geteuid() == 0 else (os.getuid(), os.getgid())
-    conn = db.connect(cfg, cfg.write_server)
+    conn = db.connect(configmod.as_admin(cfg), cfg.write_server)  # the sandbox's administrator
     try:
         cur = conn.cursor()
         for name, h in (("vuser", home), ("alias", home)):

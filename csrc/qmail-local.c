@@ -2,6 +2,7 @@
  * No rows: exec the stock qmail-local unchanged. Rows: exec it with dash empty and
  * the lines as aliasempty, so stock qmail-local delivers them; ext is empty too,
  * unless an owner file makes the address's own extension matter (see below).
+ * qmail-getpw's deferral answer (a home under /dev/null): print its reason, exit 111.
  * Any doubt: exit 111 and the message stays queued. */
 #include <errno.h>
 #include <stdlib.h>
@@ -125,6 +126,14 @@ int main(int argc, char **argv)
   }
   if (argc - a != 8 || a > MAXOPTS) run(argv);
   op = argv + a; /* user homedir local dash ext domain sender aliasempty */
+
+  /* qmail-getpw's deferral answer (qsclient.h): its reason goes to qmail-send's log */
+  if (!strncmp(op[1], QS_DEFER_HOME, sizeof QS_DEFER_HOME - 1)) {
+    const char *reason = op[1] + sizeof QS_DEFER_HOME - 1;
+    qs_writeall(2, reason, strlen(reason));
+    qs_writeall(2, "\n", 1);
+    _exit(111);
+  }
 
   own = cat(op[3], safe(op[4])); /* .qmail + this: the address's own dot-qmail name */
 

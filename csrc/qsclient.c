@@ -47,30 +47,69 @@ static void msg_add(const char *s, size_t n)
   msglen += n;
 }
 
-static void vwarn(const char *s, va_list ap)
+int qs_defer_fd = -1;
+
+/* msg = "qs_prog: " + strings + "\n" */
+static void vformat(const char *s, va_list ap)
 {
   msglen = 0;
   msg_add(qs_prog, strlen(qs_prog));
   msg_add(": ", 2);
   for (; s; s = va_arg(ap, const char *)) msg_add(s, strlen(s));
   msg[msglen++] = '\n';
-  qs_writeall(2, msg, msglen);
+}
+
+static char *field(char *p, const char *s, size_t n)
+{
+  memcpy(p, s, n);
+  p[n] = 0;
+  return p + n + 1;
+}
+
+static char *number(char *p, unsigned long u)
+{
+  char digits[24];
+  size_t n = sizeof digits;
+  do digits[--n] = (char)('0' + u % 10); while (u /= 10);
+  return field(p, digits + n, sizeof digits - n);
+}
+
+/* the deferral answer (qsclient.h) carrying msg; never returns */
+static void defer_answer(void)
+{
+  static char out[sizeof QS_DEFER_USER + 2 * 24 + sizeof QS_DEFER_HOME + sizeof msg + 2];
+  char *p = out, *reason;
+
+  p = field(p, QS_DEFER_USER, sizeof QS_DEFER_USER - 1);
+  p = number(p, (unsigned long)getuid());
+  p = number(p, (unsigned long)getgid());
+  memcpy(p, QS_DEFER_HOME, sizeof QS_DEFER_HOME - 1);
+  reason = p += sizeof QS_DEFER_HOME - 1;
+  p = field(p, msg, msglen - 1); /* the home: prefix + msg without its newline */
+  for (; reason < p - 1; reason++)
+    if ((unsigned char)*reason < 32) *reason = '?';
+  p = field(p, "", 0);
+  p = field(p, "", 0);
+  _exit(qs_writeall(qs_defer_fd, out, (size_t)(p - out)) ? 111 : 0);
 }
 
 void qs_warn(const char *s, ...)
 {
   va_list ap;
   va_start(ap, s);
-  vwarn(s, ap);
+  vformat(s, ap);
   va_end(ap);
+  qs_writeall(2, msg, msglen);
 }
 
 void qs_die(int code, const char *s, ...)
 {
   va_list ap;
   va_start(ap, s);
-  vwarn(s, ap);
+  vformat(s, ap);
   va_end(ap);
+  if (qs_defer_fd != -1 && (code == 111 || code == 115)) defer_answer();
+  qs_writeall(2, msg, msglen);
   _exit(code);
 }
 
@@ -153,7 +192,7 @@ static void trouble(const char *what, const char *detail)
 
 static void timed_out(void)
 {
-  trouble("timed out after 60 s talking to", 0);
+  trouble("timed out after " QS_STRING(QS_TIMEOUT_S) " s talking to", 0);
 }
 
 /* wait for events on fd until the deadline; dies on timeout */
@@ -216,7 +255,7 @@ int qs_call(char **body, size_t *bodylen)
   size_t framelen, got, want, hdrlen, len, i;
   int fd, status;
 
-  deadline = now_ms() + QS_TIMEOUT_MS;
+  deadline = now_ms() + QS_TIMEOUT_S * 1000LL;
   if (reqoverflow)
     qs_die(111, "request longer than 65536 bytes; refusing to send it", (char *)0);
 

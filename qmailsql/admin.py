@@ -20,7 +20,6 @@ Every write goes to the write server, refuses rows that would misdeliver or defe
 its cache (a `flush` frame; an unreachable daemon is a warning: its cache expires by
 itself after cache_ttl seconds) and Dovecot to drop its auth cache, if it keeps one.
 """
-import argparse
 import sys
 
 from qmailsql import virtual
@@ -265,8 +264,8 @@ def list_rcpthosts(directory):
 # ------------------------------------------------------------------- commands
 
 def _session(args):
-    import qmailsql
-    return qmailsql.connect(args.qmail_dir)
+    from qmailsql.cli import session
+    return session(args)
 
 
 def _print_rows(rows, header):
@@ -398,9 +397,7 @@ def add_commands(sub):
     """Add mailbox, alias, virtual, rcpthost and sync to the `qmailsql` subparsers."""
     from qmailsql import sync
 
-    def qdir(p):  # --qmail-dir after the subcommand too; SUPPRESS keeps the global one
-        p.add_argument("--qmail-dir", metavar="DIR", default=argparse.SUPPRESS,
-                       help="qmail home (default: $QMAILSQL_QMAIL_DIR or conf-qmail)")
+    from qmailsql.cli import admin_options as qdir
 
     s = sub.add_parser("mailbox", help="add, delete or list mailbox rows")
     a = s.add_subparsers(dest="action", metavar="ACTION")

@@ -4,6 +4,7 @@ import os
 import sys
 
 from qmailsql import __version__
+from qmailsql.config import DEFAULTS_FILE_ENV
 from qmailsql.hotpath import ConfigError
 
 DESCRIPTION = """\
@@ -17,7 +18,8 @@ QMAIL/control/sqlserver and holds the DB connections.
 EPILOG = """\
 examples:
   qmailsql sandbox up /tmp/qs        private MariaDB + qmail home; prints exports
-  qmailsql initdb --userlen 64       create the tables (idempotent)
+  qmailsql initdb --userlen 64       create the database and the tables (idempotent)
+  qmailsql grant                     the daemon's DB login, with exactly its two grants
   qmailsql getpw --explain iain-foo  which user gets iain-foo, and why
   qmailsql demo                      the FAQ's examples, end to end
 
@@ -31,9 +33,12 @@ def die(code, message):
     return code
 
 
-def session(args):
+def session(args, admin=True):
+    """A Session for a command: the administrator's login (--defaults-file, else
+    $QMAILSQL_DEFAULTS_FILE, else ~/.my.cnf) or, ADMIN false, control/sqlserver's."""
     import qmailsql
-    return qmailsql.connect(args.qmail_dir)
+    return qmailsql.connect(getattr(args, "qmail_dir", None), admin=admin,
+                            defaults_file=getattr(args, "defaults_file", None))
 
 
 def cmd_getpw(args):
@@ -41,7 +46,7 @@ def cmd_getpw(args):
     local = os.fsencode(args.local)
     explain = [] if args.explain else None
     try:
-        with session(args) as q:
+        with session(args, admin=False) as q:
             delivery = q.getpw(local, explain)
     except Refusal as r:
         for line in explain or ():
@@ -64,7 +69,7 @@ def explain_local(args, delivery, local):
     from qmailsql import aliases
     from qmailsql.resolve import Refusal
     try:
-        with session(args) as q:
+        with session(args, admin=False) as q:
             lines = aliases.delivery_lines(q.directory, q.config, delivery.user, delivery.home,
                                            local, delivery.dash, delivery.ext, b"")
     except Refusal as r:
@@ -81,9 +86,30 @@ def explain_local(args, delivery, local):
 
 def cmd_initdb(args):
     from qmailsql import schema
+    schema.check_userlen(args.userlen)
     with session(args) as q:
+        if schema.create_database(q.config):
+            print("created database %s" % q.config.db)
         made = schema.initdb(q.directory, args.userlen)
     print("created: %s" % (", ".join(made) if made else "nothing (all tables exist)"))
+    return 0
+
+
+def cmd_grant(args):
+    """control/sqlserver's login, with exactly the daemon's grants (SPEC 2)."""
+    from qmailsql import config as configmod, schema
+    daemon = configmod.load(getattr(args, "qmail_dir", None))
+    if not daemon.password:
+        return die(100, "grant: %s gives login %r no password (or password_file); add one "
+                   "there first: the login gets exactly that password, so the daemon's "
+                   "copy and the server's cannot differ" % (daemon.path, daemon.login))
+    with session(args) as q:
+        shown = schema.grant_daemon(q.directory, daemon.db, daemon.login, daemon.password,
+                                    args.host or ["localhost"])
+    for host, lines in shown.items():
+        print("%s@%s (password from %s) now has exactly:" % (daemon.login, host, daemon.path))
+        for line in lines:
+            print("  " + line)
     return 0
 
 
@@ -281,6 +307,21 @@ def cmd_doctor(args):
     return doctor.cmd_doctor(args)
 
 
+ADMIN_LOGIN = ("It logs in as the administrator, never with control/sqlserver's login: "
+               "the user and password of --defaults-file FILE, else $%s, else "
+               "[client] or [qmailsql] in ~/.my.cnf or /etc/mysql/my.cnf, else the OS user "
+               "over the unix socket (root on Debian)." % DEFAULTS_FILE_ENV)
+
+
+def admin_options(p):
+    """--qmail-dir and --defaults-file after the subcommand too (SUPPRESS keeps the
+    global ones when not given there)."""
+    p.add_argument("--qmail-dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help="qmail home (default: $QMAILSQL_QMAIL_DIR or conf-qmail)")
+    p.add_argument("--defaults-file", metavar="FILE", default=argparse.SUPPRESS,
+                   help="MariaDB option file with the administrator's login")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with qmail's exit code for a usage error (100, not 2)."""
 
@@ -298,22 +339,43 @@ def build_parser():
     p.add_argument("--qmail-dir", metavar="DIR",
                    help="qmail home holding control/sqlserver (default: $QMAILSQL_QMAIL_DIR "
                         "or conf-qmail)")
+    p.add_argument("--defaults-file", metavar="FILE",
+                   help="MariaDB option file with the administrator's login, for initdb, "
+                        "grant, migrate and the admin commands (default: $%s, else "
+                        "~/.my.cnf and MariaDB's own files)" % DEFAULTS_FILE_ENV)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     s = sub.add_parser("getpw", help="resolve a local part like qmail-getpw (direct to the DB)",
                        description="Print qmail-getpw's six NUL-terminated fields for LOCAL, "
-                       "asking the DB directly (no daemon). Exit codes as qmail-getpw: 0, "
-                       "111 DB trouble, 116 no alias user.")
+                       "asking the DB directly (no daemon) with control/sqlserver's login, "
+                       "as the daemon does. Exit codes as qmail-getpw: 0, 111 DB trouble, "
+                       "116 no alias user.")
     s.add_argument("local", metavar="LOCAL")
     s.add_argument("--explain", action="store_true",
                    help="print every candidate tried and why it was taken or rejected")
     s.set_defaults(func=cmd_getpw)
 
-    s = sub.add_parser("initdb", help="create the tables (idempotent)")
+    s = sub.add_parser("initdb", help="create the database and the tables (idempotent)",
+                       description="Create control/sqlserver's database (utf8mb4) if it is "
+                       "missing, then every missing table. " + ADMIN_LOGIN)
     s.add_argument("--userlen", type=int, default=32,
                    help="width of the username columns (default 32)")
+    admin_options(s)
     s.set_defaults(func=cmd_initdb)
+
+    s = sub.add_parser("grant", help="create the daemon's DB login with exactly its grants",
+                       description="Create (or correct) control/sqlserver's login on the "
+                       "write_server, with control/sqlserver's password (or password_file) "
+                       "and exactly these grants, whatever it had before: SELECT on DB.* and "
+                       "UPDATE (password, password_type) on DB.mailbox. Run it after initdb. "
+                       + ADMIN_LOGIN)
+    s.add_argument("--host", action="append", metavar="HOST",
+                   help="the host the daemon connects from, as the server sees it "
+                        "(repeatable; default localhost, which is a unix socket or TCP "
+                        "from this machine)")
+    admin_options(s)
+    s.set_defaults(func=cmd_grant)
 
     s = sub.add_parser("migrate", help="add new columns and lookup indexes, widen username "
                        "columns", description="Bring existing tables (say, the original "
@@ -321,9 +383,10 @@ def build_parser():
                        "the columns they lack (mailbox.deny_services), widen the username "
                        "columns to --userlen (never narrower) and add the indexes the lookups "
                        "use, so that a domain with many users costs no more than a small one. "
-                       "Safe to run again.")
+                       "Safe to run again. " + ADMIN_LOGIN)
     s.add_argument("--userlen", type=int, help="width of the username columns (default: "
                    "userlen in control/sqlserver, 32)")
+    admin_options(s)
     s.set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("sandbox", help="throw-away qmail home + private MariaDB in DIR",
@@ -353,6 +416,7 @@ def build_parser():
     s.add_argument("--scheme", metavar="S",
                    help="sha512-crypt, sha256-crypt, bcrypt, yescrypt, md5-crypt, mysql41 "
                         "or plain (default: default_scheme in control/sqlserver)")
+    admin_options(s)
     s.set_defaults(func=cmd_passwd)
 
     s = sub.add_parser("daemon", help="run qmailsqld in the foreground (logs on stderr)",

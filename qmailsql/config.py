@@ -1,4 +1,5 @@
-"""Where qmail lives, and what control/sqlserver says (SPEC section 2)."""
+"""Where qmail lives, what control/sqlserver says, and who the administrator is (SPEC 2)."""
+import dataclasses
 import os
 import stat
 from dataclasses import dataclass, field
@@ -8,6 +9,8 @@ from qmailsql.hotpath import ConfigError, parse_sqlserver
 
 DEFAULT_QMAIL_DIR = "/var/qmail"
 FIX_PERMS = "chgrp qmailsql {path}; chmod 640 {path}"
+DEFAULTS_FILE_ENV = "QMAILSQL_DEFAULTS_FILE"
+ADMIN_GROUP = "qmailsql"  # option-file group read besides [client] for the admin login
 
 
 def compiled_qmail_dir():
@@ -99,6 +102,9 @@ class Config:
     rehash: bool = False
     default_scheme: str = "sha512-crypt"
     path: str = ""
+    # the administrator's login (as_admin): a MariaDB option file instead of login/password
+    admin: bool = False
+    defaults_file: str = None
 
     @property
     def socket_path(self):
@@ -217,3 +223,48 @@ def load(qmail_home=None, path=None):
             raise ConfigError(repr(pw_path), 0, "password_file must be a readable path "
                               "holding a UTF-8 password on its first line")
     return from_mapping(values, qmail_home, str(path))
+
+
+def admin_defaults_file(qmail_home, override=None):
+    """The MariaDB option file holding the administrator's login: OVERRIDE
+    (--defaults-file), else $QMAILSQL_DEFAULTS_FILE, else a sandbox's own
+    (DIR/mysql/root.cnf), else None: then libmariadb reads MariaDB's usual files
+    (/etc/my.cnf, /etc/mysql/my.cnf, ~/.my.cnf; groups [client] and [qmailsql]) and,
+    given no user there, logs in as the OS user (Debian's root: unix_socket, no
+    password)."""
+    path = override or os.environ.get(DEFAULTS_FILE_ENV)
+    if not path:
+        from qmailsql.sandbox import admin_option_file
+        path = admin_option_file(qmail_home)
+    if path:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:  # libmariadb would silently ignore it
+            raise ConfigError(path, 0, "the administrator's option file cannot be read: %s; "
+                              "give --defaults-file FILE (or $%s), or neither to use "
+                              "~/.my.cnf" % (e.strerror, DEFAULTS_FILE_ENV))
+    return path or None
+
+
+def as_admin(cfg, defaults_file=None):
+    """CFG with the administrator's login instead of the daemon's (SPEC 2): the same
+    servers, write_server, db and TLS, but user and password from a MariaDB option
+    file (admin_defaults_file), never from control/sqlserver."""
+    return dataclasses.replace(cfg, admin=True, login="", password="",
+                               defaults_file=admin_defaults_file(cfg.qmail_dir, defaults_file))
+
+
+def describe_admin(cfg):
+    """Where CFG's administrator login comes from, for messages."""
+    if cfg.defaults_file:
+        return ("the administrator's login comes from %s (user= and password= under "
+                "[client] or [%s])" % (cfg.defaults_file, ADMIN_GROUP))
+    import pwd
+    try:
+        me = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        me = str(os.getuid())
+    return ("the administrator's login comes from MariaDB's option files ([client] or [%s] "
+            "in ~/.my.cnf or /etc/mysql/my.cnf), else OS user %s over the unix socket; give "
+            "--defaults-file FILE or $%s" % (ADMIN_GROUP, me, DEFAULTS_FILE_ENV))

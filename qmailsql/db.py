@@ -34,6 +34,8 @@ import time
 
 import MySQLdb
 
+from qmailsql.config import ADMIN_GROUP, describe_admin
+
 COOL_DOWN = 30.0  # seconds a server that failed is skipped while others remain
 
 # Client-side errors (CR_*, 2000-2999) mean the connection or the server is gone:
@@ -99,13 +101,26 @@ def connect_args(config, server):
     certificate names the host connected to (subjectAltName). `ssl_verify no` without
     ssl_ca encrypts without checking who answers. ssl_cert/ssl_key: the client
     certificate, for accounts created REQUIRE X509.
+
+    The daemon logs in with control/sqlserver's login and password; an admin config
+    (config.as_admin) with the user and password of a MariaDB option file instead.
     """
-    args = dict(server.connect_args(), user=config.login, passwd=config.password,
-                db=config.db, connect_timeout=config.connect_timeout,
+    if config.admin:  # the administrator's login: a MariaDB option file (SPEC 2)
+        login = {"read_default_group": ADMIN_GROUP}
+        if config.defaults_file:
+            login["read_default_file"] = config.defaults_file
+    else:
+        login = {"user": config.login, "passwd": config.password}
+    args = dict(server.connect_args(), connect_timeout=config.connect_timeout,
                 read_timeout=config.read_timeout, write_timeout=config.read_timeout,
-                charset="utf8mb4", use_unicode=True, autocommit=True)
+                charset="utf8mb4", use_unicode=True, autocommit=True, **login)
+    if config.db:  # none: a connection that selects no database (CREATE DATABASE)
+        args["db"] = config.db
     if config.ssl and not server.socket:
-        args["ssl"] = {k: config.ssl[k] for k in ("ca", "cert", "key") if config.ssl.get(k)}
+        # the client certificate is the daemon's identity, not the administrator's (whose
+        # ssl-cert/ssl-key belong in the option file): the admin checks the server only
+        mine = ("ca",) if config.admin else ("ca", "cert", "key")
+        args["ssl"] = {k: config.ssl[k] for k in mine if config.ssl.get(k)}
         verify = config.ssl.get("verify", bool(config.ssl.get("ca")))
         # mysqlclient maps ssl_mode onto MariaDB's MYSQL_OPT_SSL_ENFORCE and
         # MYSQL_OPT_SSL_VERIFY_SERVER_CERT (which checks chain and host name)
@@ -183,7 +198,10 @@ class Directory:
                 continue
             self.health.ok(server)
             return _Link(conn, server)
-        raise DirectoryUnavailable("no DB server answered (" + "; ".join(problems) + ")")
+        why = "no DB server answered (" + "; ".join(problems) + ")"
+        if self.config.admin:
+            why += "; " + describe_admin(self.config)
+        raise DirectoryUnavailable(why)
 
     def _link(self, write):
         wserver = self.config.write_server

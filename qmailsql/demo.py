@@ -1,5 +1,6 @@
 """`qmailsql demo`: the FAQ's example tables in a sandbox, run through the real helpers."""
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -81,68 +82,76 @@ def show_argv(data):
 
 
 def run(out=print):
-    import qmailsql
     root = tempfile.mkdtemp(prefix="qsdemo-", dir="/tmp")
+    try:
+        return _run(root, out)
+    finally:  # on every way out, a failed `sandbox up` included: nothing left behind
+        try:
+            sandbox.down(root)
+        except sandbox.SandboxError:  # up() failed before it made ROOT a sandbox
+            pass
+        shutil.rmtree(root, ignore_errors=True)
+        out("\nsandbox down, %s removed" % root)
+
+
+def _run(root, out):
+    import qmailsql
     paths = sandbox.Paths(root)
     out("sandbox: %s (private MariaDB on %s, qmailsqld on %s)"
         % (root, paths.db_socket, paths.daemon_socket))
     env = dict(os.environ, **sandbox.up(root))
-    try:
-        uid = FAQ_UID if os.geteuid() == 0 else os.getuid()
-        gid = FAQ_GID if os.geteuid() == 0 else os.getgid()
-        homes = os.path.join(root, "home", "mail")
-        os.makedirs(homes, exist_ok=True)
-        for d in (root, os.path.dirname(homes), homes):
-            os.chmod(d, 0o711)  # the FAQ's POP3 pitfall: every level searchable by the uid
-        with qmailsql.connect(root) as q:
-            load_faq(q.directory, homes, uid, gid)
-            load_virtual_catchall(q.directory, homes, uid, gid)
-        out("loaded the FAQ's tables (uid %d):" % uid)
-        out("  mailbox: iain, iain-sanity, virtual, alias")
-        out("  alias:   iain slowlaris . /Maildir/      virtual @ . /Maildir/")
-        out("  virtual: virtual @ '' virtual.com   (the catch-all)")
+    uid = FAQ_UID if os.geteuid() == 0 else os.getuid()
+    gid = FAQ_GID if os.geteuid() == 0 else os.getgid()
+    homes = os.path.join(root, "home", "mail")
+    os.makedirs(homes, exist_ok=True)
+    for d in (root, os.path.dirname(homes), homes):
+        os.chmod(d, 0o711)  # the FAQ's POP3 pitfall: every level searchable by the uid
+    with qmailsql.connect(root) as q:
+        load_faq(q.directory, homes, uid, gid)
+        load_virtual_catchall(q.directory, homes, uid, gid)
+    out("loaded the FAQ's tables (uid %d):" % uid)
+    out("  mailbox: iain, iain-sanity, virtual, alias")
+    out("  alias:   iain slowlaris . /Maildir/      virtual @ . /Maildir/")
+    out("  virtual: virtual @ '' virtual.com   (the catch-all)")
 
-        out("\nqmail-getpw (compiled, asks qmailsqld): where does mail go?")
-        for local in ("iain", "iain-sanity", "iain-slowlaris", "virtual.com-anyone",
-                      "nobody-here"):
-            r = subprocess.run([str(paths.bin / "qmail-getpw"), local], capture_output=True,
-                               env=env)
-            answer = show(r.stdout) if r.returncode == 0 else r.stderr.decode().strip()
-            out("  %-20s exit %-3d %s" % (local, r.returncode, answer))
+    out("\nqmail-getpw (compiled, asks qmailsqld): where does mail go?")
+    for local in ("iain", "iain-sanity", "iain-slowlaris", "virtual.com-anyone",
+                  "nobody-here"):
+        r = subprocess.run([str(paths.bin / "qmail-getpw"), local], capture_output=True,
+                           env=env)
+        answer = show(r.stdout) if r.returncode == 0 else r.stderr.decode().strip()
+        out("  %-20s exit %-3d %s" % (local, r.returncode, answer))
 
-        out("\nqmail-local (compiled wrapper): alias-table rows become dot-qmail lines")
-        local_env = dict(env, QMAILSQL_QMAIL_LOCAL=write_stand_in(root))
-        for user, local, ext in (("iain", "iain-slowlaris", "slowlaris"),
-                                 ("iain", "iain", ""), ("virtual", "virtual-@", "@")):
-            home = os.path.join(homes, user)
-            argv = [str(paths.bin / "qmail-local"), "--", user, home, local,
-                    "-" if ext else "", ext, "example.org", "sender@example.net", "./Maildir/"]
-            r = subprocess.run(argv, capture_output=True, env=local_env)
-            if r.returncode:
-                out("  %s@example.org -> exit %d" % (local, r.returncode))
-                out("      " + r.stderr.decode("utf-8", "replace").strip())
-                continue
-            unchanged = r.stdout.split(b"\0")[:-1] == [os.fsencode(a) for a in argv[1:]]
-            out("  %s@example.org -> exit 0 (%s)" % (local, "no rows: argv unchanged" if unchanged
-                                                     else "rows: lines passed as aliasempty"))
-            out(show_argv(r.stdout))
+    out("\nqmail-local (compiled wrapper): alias-table rows become dot-qmail lines")
+    local_env = dict(env, QMAILSQL_QMAIL_LOCAL=write_stand_in(root))
+    for user, local, ext in (("iain", "iain-slowlaris", "slowlaris"),
+                             ("iain", "iain", ""), ("virtual", "virtual-@", "@")):
+        home = os.path.join(homes, user)
+        argv = [str(paths.bin / "qmail-local"), "--", user, home, local,
+                "-" if ext else "", ext, "example.org", "sender@example.net", "./Maildir/"]
+        r = subprocess.run(argv, capture_output=True, env=local_env)
+        if r.returncode:
+            out("  %s@example.org -> exit %d" % (local, r.returncode))
+            out("      " + r.stderr.decode("utf-8", "replace").strip())
+            continue
+        unchanged = r.stdout.split(b"\0")[:-1] == [os.fsencode(a) for a in argv[1:]]
+        out("  %s@example.org -> exit 0 (%s)" % (local, "no rows: argv unchanged" if unchanged
+                                                 else "rows: lines passed as aliasempty"))
+        out(show_argv(r.stdout))
 
-        out("\ncheckpassword (compiled): POP3 login as iain")
-        for password in (b"secret", b"wrong"):
-            rfd, wfd = os.pipe()
-            os.write(wfd, b"iain\0" + password + b"\0\0")
-            os.close(wfd)
-            r = subprocess.run([str(paths.bin / "checkpassword"), "/bin/sh", "-c",
-                                'echo "      logged in: USER=$USER uid=$(id -u) '
-                                'HOME=$HOME cwd=$(pwd)"'],
-                               capture_output=True, env=env, pass_fds=(rfd,),
-                               preexec_fn=lambda: os.dup2(rfd, 3))
-            os.close(rfd)
-            out("  password %-8r exit %d%s" % (password.decode(), r.returncode,
-                                                " (refused)" if r.returncode == 1 else ""))
-            if r.stdout or r.returncode not in (0, 1):
-                out((r.stdout or r.stderr).decode().rstrip())
-        return 0
-    finally:
-        sandbox.down(root)
-        out("\nsandbox down, %s removed" % root)
+    out("\ncheckpassword (compiled): POP3 login as iain")
+    for password in (b"secret", b"wrong"):
+        rfd, wfd = os.pipe()
+        os.write(wfd, b"iain\0" + password + b"\0\0")
+        os.close(wfd)
+        r = subprocess.run([str(paths.bin / "checkpassword"), "/bin/sh", "-c",
+                            'echo "      logged in: USER=$USER uid=$(id -u) '
+                            'HOME=$HOME cwd=$(pwd)"'],
+                           capture_output=True, env=env, pass_fds=(rfd,),
+                           preexec_fn=lambda: os.dup2(rfd, 3))
+        os.close(rfd)
+        out("  password %-8r exit %d%s" % (password.decode(), r.returncode,
+                                            " (refused)" if r.returncode == 1 else ""))
+        if r.stdout or r.returncode not in (0, 1):
+            out((r.stdout or r.stderr).decode().rstrip())
+    return 0

@@ -35,6 +35,9 @@ checks, by the name they report under:
   helper-qmail-dir      helpers built (conf-qmail) for another qmail home
   daemon-not-running / daemon-not-answering
   alias-user-missing
+  doctor-no-access      a path the doctor itself (run as this uid) may not examine: the
+                        checks needing it were skipped; every probe ends in a finding,
+                        never in a traceback
 
 Speed: each table is read ONCE, streamed with a server-side cursor (SSCursor) on a
 connection of its own; every path is stat()ed once (a bounded cache), and the
@@ -239,17 +242,33 @@ class Doctor:
     def run(self):
         started = time.monotonic()
         try:
-            self.check_sqlserver()
-            self.check_daemon()
-            self.check_sqlserver_for_daemon()
-            self.check_helpers()
-            if self.config is not None and self.check_servers():
-                self.check_database()
+            for check in (self.check_sqlserver, self.check_daemon,
+                          self.check_sqlserver_for_daemon, self.check_helpers):
+                self.guarded(check)
+            if self.config is not None and self.guarded(self.check_servers):
+                self.guarded(self.check_database)
         finally:
             self.progress.done()
             self.close()
             self.report.elapsed = time.monotonic() - started
         return self.report
+
+    def guarded(self, check):
+        """CHECK(); a file-system error that it did not expect is a finding, not a crash."""
+        try:
+            return check()
+        except OSError as e:
+            self.no_access(e.filename or "a file", e, check.__name__.replace("_", " "))
+            return None
+
+    def no_access(self, path, err, skipped):
+        """The doctor (this uid) may not examine PATH: say so, and what went unchecked."""
+        uid = os.getuid()
+        self.add("doctor-no-access", "warning" if uid else "error",
+                 "doctor (uid %d, %s) cannot examine %s: %s; not checked: %s"
+                 % (uid, _user(uid), path, getattr(err, "strerror", None) or err, skipped),
+                 "run qmailsql doctor as root" if uid else "check the file system holding %s"
+                 % path)
 
     def close(self):
         for conn in (self.stream_conn,):
@@ -343,7 +362,8 @@ class Doctor:
         for d in _parents(path):
             try:
                 dst = os.stat(d)
-            except OSError:
+            except OSError as e:
+                self.no_access(d, e, "whether qmailsqld's user can reach %s" % path)
                 return
             if not can(dst, uid, gids, 1):
                 self.add("sqlserver-unreadable", "error",
@@ -365,16 +385,26 @@ class Doctor:
     def check_daemon(self):
         path = configmod.socket_path(self.qmail_dir)
         start = "start it: `qmailsql daemon` (supervised: svc -u /service/qmailsqld)"
-        if not os.path.exists(path):
+        logged = ("; qmail-send logs each one as `deferral: qmail-getpw: cannot reach "
+                  "qmailsqld at %s: ...`" % path)
+        try:
+            os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
             self.add("daemon-not-running", "error", "qmailsqld is not running: no socket %s; "
-                     "every delivery and POP3 login is deferred" % path, start)
+                     "every delivery and POP3 login is deferred%s" % (path, logged), start)
+            return
+        except OSError as e:
+            self.no_access(path, e, "the daemon")
             return
         try:
             self.daemon_cred = _peer_cred(path, PING_TIMEOUT)
+        except PermissionError as e:
+            self.no_access(path, e, "the daemon")
+            return
         except OSError as e:
             self.add("daemon-not-running", "error", "qmailsqld is not running: connect to "
-                     "%s: %s" % (path, e.strerror or e), start + " (a stale socket is "
-                     "replaced)")
+                     "%s: %s%s" % (path, e.strerror or e, logged), start + " (a stale socket "
+                     "is replaced)")
             return
         try:
             status, body = client.call(path, [b"ping"], timeout=PING_TIMEOUT)
@@ -403,6 +433,9 @@ class Doctor:
                 self.add("helper-missing", "error", str(e),
                          "pip install . (from the qmailsql source tree), then " + install)
                 continue
+            except OSError as e:
+                self.no_access(e.filename, e, "whether bin/%s is this build's" % name)
+                continue
             path = os.path.join(bindir, name)
             try:
                 with open(path, "rb") as f:
@@ -410,6 +443,9 @@ class Doctor:
                     st = os.fstat(f.fileno())
             except FileNotFoundError:
                 data = st = None
+            except PermissionError as e:
+                self.no_access(path, e, "the installed %s" % name)
+                continue
             except OSError as e:
                 self.add("helper-missing", "error", "%s cannot be read: %s" % (path, e.strerror),
                          install)
@@ -435,7 +471,9 @@ class Doctor:
                     self.add("helper-overwritten", "error", "%s is not qmailsql's helper (a qmail "
                              "reinstall or upgrade put the stock program back): users come "
                              "from %s" % (path, "/etc/passwd only" if name == "qmail-getpw"
-                                          else "dot-qmail files only, alias rows are ignored"),
+                                          else "dot-qmail files only, alias rows are ignored, "
+                                          "and qmail-getpw's deferrals are logged as `Unable "
+                                          "to switch to /dev/null/qmailsql-deferral/REASON`"),
                              full_install)
             elif not st.st_mode & 0o111:
                 self.add("helper-missing", "error", "%s is not executable (%s)"
@@ -453,6 +491,9 @@ class Doctor:
                     self.add("qmail-local-orig", "error", "%s is missing: the qmail-local "
                              "wrapper has no stock qmail-local to run, every delivery is "
                              "deferred" % orig, fix)
+                    continue
+                except PermissionError as e:
+                    self.no_access(orig, e, "the stock qmail-local")
                     continue
                 except OSError as e:
                     self.add("qmail-local-orig", "error", "%s cannot be read: %s"
@@ -472,12 +513,18 @@ class Doctor:
             built = helper_path("checkpassword").read_bytes()
         except HelperMissing:
             return
+        except OSError as e:
+            self.no_access(e.filename, e, "whether the installed checkpassword is this build's")
+            return
         for target in ("qmailsql-checkpassword", "checkpassword"):
             path = os.path.join(bindir, target)
             try:
                 with open(path, "rb") as f:
                     data = f.read()
-            except OSError:
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as e:
+                self.no_access(path, e, "the installed checkpassword")
                 continue
             if data != built and DAEMON_MARKER in data:
                 self.add("helper-outdated", "warning", "%s is an older qmailsql checkpassword, "
@@ -533,28 +580,33 @@ class Doctor:
         code = args[0] if args and isinstance(args[0], int) else 0
         text = args[1] if len(args) > 1 else str(err)
         where = "%s %s" % (role, server)
-        host = "localhost" if server.socket else server.host
+        # `qmailsql grant` makes the login as control/sqlserver says, on the write_server
+        grant = "qmailsql --qmail-dir %s grant" % q(self.qmail_dir)
+        if not server.socket:
+            grant += "  (with --host THIS-MAIL-HOST as %s sees it)" % server
         if code == ER_ACCESS_DENIED:
             self.add("db-login-refused", "error", "%s refuses login %r: %s" % (where, cfg.login,
                                                                                text),
-                     "fix login/password in %s, or on the server: CREATE USER %s@%s "
-                     "IDENTIFIED BY '...'; GRANT SELECT ON `%s`.* TO %s@%s;"
-                     % (self.sqlserver_path, sql_str(cfg.login), sql_str(host), cfg.db,
-                        sql_str(cfg.login), sql_str(host)))
+                     "%s  (as the DB administrator: creates the login with %s's password "
+                     "and exactly SELECT on %s.* plus UPDATE (password, password_type) on "
+                     "%s.mailbox)" % (grant, self.sqlserver_path, cfg.db, cfg.db))
         elif code == ER_DBACCESS_DENIED:
             self.add("db-login-refused", "error", "%s: login %r may not use database %r: %s"
                      % (where, cfg.login, cfg.db, text),
-                     "on the server: GRANT SELECT ON `%s`.* TO %s@%s;"
-                     % (cfg.db, sql_str(cfg.login), sql_str(host)))
+                     "%s  (grants SELECT ON `%s`.* and UPDATE (password, password_type) on "
+                     "`%s`.mailbox)" % (grant, cfg.db, cfg.db))
         elif code == ER_BAD_DB:
             self.add("db-unreachable", "error", "%s has no database %r: %s" % (where, cfg.db, text),
-                     "CREATE DATABASE `%s` CHARACTER SET utf8mb4; then qmailsql initdb" % cfg.db)
+                     "qmailsql --qmail-dir %s initdb && %s  (as the DB administrator)"
+                     % (q(self.qmail_dir), grant))
         else:
             how = ("mysql -S %s -u %s -p %s" % (q(server.socket), q(cfg.login), q(cfg.db))
                    if server.socket else "mysql -h %s -P %d -u %s -p %s"
                    % (q(server.host), server.port, q(cfg.login), q(cfg.db)))
             self.add("db-unreachable", "error", "%s is unreachable: %s (code %s); mail waits "
-                     "(exit 111) while no server answers" % (where, text, code or "?"),
+                     "(exit 111) while no server answers, and qmail-send logs `deferral: "
+                     "qmail-getpw: DB lookup ... failed: no DB server answered (...)`"
+                     % (where, text, code or "?"),
                      "start MariaDB there or correct the `%s` line in %s; test with: %s"
                      % (role, self.sqlserver_path, how))
 
@@ -1114,8 +1166,10 @@ class Doctor:
         assign_path = os.path.join(self.qmail_dir, "users", "assign")
         try:
             tables.append(UsersTable.from_cdb(cdb.Reader.open(cdb_path).items(), "users/cdb"))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
+        except PermissionError as e:
+            self.no_access(cdb_path, e, "users/cdb entries that shadow DB mailboxes")
         except Exception as e:  # a corrupt cdb: qmail-lspawn defers everything
             self.add("users-cdb-shadow", "error", "%s cannot be read (%s): qmail-lspawn defers "
                      "every delivery (\"Trouble reading users/cdb\")" % (cdb_path, e),
@@ -1124,8 +1178,10 @@ class Doctor:
             with open(assign_path, "rb") as f:
                 entries, _ = parse_assign(f.read())
             tables.append(UsersTable(entries, "users/assign"))
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
+        except OSError as e:
+            self.no_access(assign_path, e, "users/assign entries that shadow DB mailboxes")
         if not tables:
             return None
         return _Shadows(tables)
@@ -1192,6 +1248,10 @@ class Doctor:
     def check_control_files(self):
         try:
             plan = sync.plan(self.qmail_dir, self.directory)
+        except OSError as e:
+            self.no_access(e.filename or os.path.join(self.qmail_dir, "control"), e,
+                           "whether the control files follow the DB")
+            return
         except Exception as e:
             self.add("control-stale", "error", "cannot compute what `qmailsql sync` would "
                      "write: %s" % e, "fix the rows named, then qmailsql sync")
@@ -1231,7 +1291,10 @@ class Doctor:
         try:
             with open(path, "rb") as f:
                 local = _effective(f.read())
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as e:
+            self.no_access(path, e, "virtual domains that control/locals makes local")
             return
         for host in sorted(local & getattr(self, "_virtual_hosts", set())):
             self.add("control-locals", "error",

@@ -1,4 +1,5 @@
 """Where the compiled helpers live once built (`qmailsql helper NAME`)."""
+import os
 from pathlib import Path
 
 NAMES = ("qmail-getpw", "qmail-local", "checkpassword")
@@ -18,7 +19,13 @@ def helper_path(name):
         raise HelperMissing("unknown helper %r; the helpers are: %s" % (
             name, ", ".join(NAMES + tuple(SCRIPTS))))
     path = LIBEXEC / name
-    if not path.exists():
+    try:
+        path.stat()
+    except FileNotFoundError:
         raise HelperMissing("helper %s is not built (%s missing); reinstall with "
                             "`pip install .` from the source tree" % (name, path))
+    except OSError as e:  # e.g. a package under a home this uid may not enter
+        raise HelperMissing("helper %s (%s) cannot be reached by uid %d: %s; install the "
+                            "package where this user can read it" % (name, path, os.getuid(),
+                                                                     e.strerror))
     return path

@@ -1351,7 +1351,7 @@ def _finish(args, q, plan):
 
 
 def cmd_import_assign(args):
-    import qmailsql
+    from qmailsql.cli import session
     if not args.file and not args.passwd:
         sys.stderr.write("qmailsql import assign: give users/assign FILE and/or --passwd FILE\n")
         return 100
@@ -1362,7 +1362,7 @@ def cmd_import_assign(args):
     except ImportError_ as e:
         sys.stderr.write("qmailsql import: %s\n" % e)
         return 111
-    with qmailsql.connect(getattr(args, "qmail_dir", None)) as q:
+    with session(args) as q:
         plan = plan_assign(entries, q.config, q.directory, passwd, shadow, args.min_uid,
                            args.max_uid)
         for lineno, msg in problems:
@@ -1371,8 +1371,8 @@ def cmd_import_assign(args):
 
 
 def cmd_import_vpopmail(args):
-    import qmailsql
     from qmailsql import config as configmod
+    from qmailsql.cli import session
     if bool(args.dump) == bool(args.from_db):
         sys.stderr.write("qmailsql import vpopmail: give DUMP.sql or --from-db (one of them)\n")
         return 100
@@ -1404,7 +1404,7 @@ def cmd_import_vpopmail(args):
     except Exception as e:  # MySQLdb errors from --from-db
         sys.stderr.write("qmailsql import vpopmail: reading the vpopmail database: %s\n" % e)
         return 111
-    with qmailsql.connect(getattr(args, "qmail_dir", None)) as q:
+    with session(args) as q:
         plan = plan_vpopmail(tables, q.config, uid, gid, domains_dir,
                              configmod.qmail_dir(getattr(args, "qmail_dir", None)))
         return _finish(args, q, plan)
@@ -1437,7 +1437,6 @@ def _db_args(args):
 
 def add_commands(sub, parser_class=None):
     """`qmailsql import assign|vpopmail` on the `qmailsql` subparsers SUB."""
-    import argparse
     s = sub.add_parser("import", help="move users from users/assign, passwd or vpopmail into "
                        "the DB (dry run unless --apply)",
                        description="Build mailbox, alias and virtual rows from another user "
@@ -1447,14 +1446,15 @@ def add_commands(sub, parser_class=None):
     a = s.add_subparsers(dest="source", metavar="SOURCE")
     a.required = True
 
+    from qmailsql.cli import admin_options
+
     def common(p):
         p.add_argument("--apply", action="store_true", help="write (default: dry run)")
         p.add_argument("--replace", action="store_true",
                        help="overwrite DB rows that differ (default: keep them)")
         p.add_argument("--show", type=int, default=100, metavar="N",
                        help="list at most N changes (0: all)")
-        p.add_argument("--qmail-dir", metavar="DIR", default=argparse.SUPPRESS,
-                       help="qmail home (default: $QMAILSQL_QMAIL_DIR or conf-qmail)")
+        admin_options(p)
 
     p = a.add_parser("assign", help="qmail's users/assign (and /etc/passwd accounts)",
                      description="Import qmail's users/assign (=local and +prefix lines) "

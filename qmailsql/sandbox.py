@@ -1,6 +1,9 @@
 """A throw-away qmail home backed by a private MariaDB server (SPEC section 9).
 
-DIR/control/sqlserver     the daemon's credentials (mode 0640)
+DIR/control/sqlserver     the daemon's least-privilege login (mode 0640)
+DIR/mysql/root.cnf        the administrator's option file (the server's root), which
+                          qmailsql.connect(DIR) and the admin commands use here as they
+                          would use ~/.my.cnf on a host
 DIR/bin/                  the compiled helpers
 DIR/mysql/                private datadir, socket, pid file and error log
 DIR/qmailsql/             the daemon's socket, pid file and log
@@ -156,7 +159,9 @@ def start_db(paths, port=None, extra_args=(), server_id=None, log_bin=False, rea
         r = subprocess.run([_which("mariadb-install-db", "mysql_install_db"), "--no-defaults",
                             "--datadir=%s" % paths.datadir, "--tmpdir=%s" % tmpdir,
                             "--auth-root-authentication-method=normal",
-                            "--skip-test-db"] + as_root, capture_output=True, text=True,
+                            # --force: no host-name look-up first (a host with no /etc/hosts
+                            # entry for its name, or none for localhost, is refused without)
+                            "--skip-test-db", "--force"] + as_root, capture_output=True, text=True,
                            timeout=300)
         if r.returncode:
             raise SandboxError("mariadb-install-db failed:\n" + r.stdout[-2000:] + r.stderr[-2000:])
@@ -196,8 +201,11 @@ def start_db(paths, port=None, extra_args=(), server_id=None, log_bin=False, rea
         tail = paths.db_log.read_text()[-2000:] if paths.db_log.exists() else ""
         raise SandboxError("mariadbd did not start; its log says:\n" + tail)
     if fresh or not paths.root_cnf.exists():
+        # every root account (localhost, 127.0.0.1, ::1, the host name) gets the password
         secret = secrets.token_hex(16)
-        root_sql(paths, [("ALTER USER root@localhost IDENTIFIED BY %s", (secret,))], "")
+        hosts = root_sql(paths, [("SELECT host FROM mysql.user WHERE user = 'root'", ())], "")
+        root_sql(paths, [("ALTER USER root@%s IDENTIFIED BY %s", (host, secret))
+                         for (host,) in hosts], "")
         write_root_cnf(paths, secret)
 
 
@@ -262,18 +270,30 @@ def write_sqlserver(paths, password, server=None, write_server=None, extra="", l
     os.replace(tmp, paths.sqlserver)
 
 
-def create_db(paths):
-    """The qmail database and the daemon's DB user; returns that user's password."""
-    password = secrets.token_hex(12)
-    statements = [("CREATE DATABASE IF NOT EXISTS `%s` CHARACTER SET utf8mb4" % DB_NAME, ())]
-    for host in ("localhost", "127.0.0.1"):
-        statements += [
-            ("CREATE OR REPLACE USER %s@%s IDENTIFIED BY %s", (DB_USER, host, password)),
-            ("GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, DROP ON `%s`.* "
-             "TO %%s@%%s" % DB_NAME, (DB_USER, host)),
-        ]
-    root_sql(paths, statements)
-    return password
+def admin_option_file(qmail_home):
+    """A sandbox's stand-in for the administrator's ~/.my.cnf: DIR/mysql/root.cnf, the
+    private server's root login (None when QMAIL_HOME is no sandbox)."""
+    cnf = os.path.join(qmail_home, "mysql", "root.cnf")
+    if os.path.exists(os.path.join(qmail_home, MARKER)) and os.path.exists(cnf):
+        return cnf
+    return None
+
+
+def create_schema(paths, userlen=32, hosts=("localhost", "127.0.0.1")):
+    """What `qmailsql initdb` and `qmailsql grant` do on a host, as the sandbox's DB
+    root: the database, the tables, and control/sqlserver's login with exactly the
+    daemon's grants (from HOSTS: the socket, and TCP on 127.0.0.1)."""
+    from qmailsql import db, schema
+    daemon_cfg = configmod.load(str(paths.root))
+    admin = configmod.as_admin(daemon_cfg, str(paths.root_cnf))
+    schema.create_database(admin)
+    directory = db.Directory(admin)
+    try:
+        schema.initdb(directory, userlen)
+        schema.grant_daemon(directory, daemon_cfg.db, daemon_cfg.login, daemon_cfg.password,
+                            hosts)
+    finally:
+        directory.close()
 
 
 def install_helpers(paths):
@@ -342,14 +362,8 @@ def up(root, port=None, daemon=True, userlen=32, log_bin=False, server_id=None, 
     try:
         start_db(paths, port=port, server_id=server_id, log_bin=log_bin, ssl=ssl)
         if not paths.sqlserver.exists():
-            write_sqlserver(paths, create_db(paths))
-        from qmailsql import db, schema
-        cfg = configmod.load(str(paths.root))
-        directory = db.Directory(cfg)
-        try:
-            schema.initdb(directory, userlen)
-        finally:
-            directory.close()
+            write_sqlserver(paths, secrets.token_hex(12))
+        create_schema(paths, userlen)
         install_helpers(paths)
         if daemon:
             start_daemon(paths)

@@ -1,9 +1,13 @@
-"""The tables (SPEC section 3): `qmailsql initdb` creates them, `migrate` widens them
-and adds the columns later versions brought.
+"""The database and its tables (SPEC 2, 3): `qmailsql initdb` creates them, `migrate`
+widens them and adds the columns and indexes later versions brought, `grant` gives the
+daemon's login exactly what it needs.
 
 Column names are the original patch's, so existing dumps load unchanged.
-DDL cannot take parameters; the only thing formatted into it is USERLEN, an int.
+DDL cannot take parameters; what is formatted into it is USERLEN, an int, and the
+database name, checked by identifier() first. Every other value is a parameter.
 """
+import dataclasses
+import re
 
 TABLES = {
     "mailbox": """CREATE TABLE IF NOT EXISTS mailbox (
@@ -62,6 +66,60 @@ USERNAME_COLUMNS = {
     "alias": ["username", "alias"],
     "virtual": ["username", "virtual_username"],
 }
+
+
+# what the daemon's login needs, and all it gets (README "The DB user")
+DAEMON_GRANTS = ("GRANT SELECT ON {db}.* TO %s@%s",
+                 "GRANT UPDATE (password, password_type) ON {db}.`mailbox` TO %s@%s")
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_$]{1,64}\Z")
+
+
+def identifier(name):
+    """NAME (a database) quoted for DDL; only letters, digits, _ and $ are accepted."""
+    if not _IDENTIFIER.match(name or ""):
+        raise ValueError("database name %r: use letters, digits, _ and $ only (1 to 64), "
+                         "in the `db` line of control/sqlserver" % (name,))
+    return "`%s`" % name
+
+
+def create_database(admin_config):
+    """CREATE DATABASE admin_config.db (utf8mb4) on the write_server unless it exists;
+    True when it was created. ADMIN_CONFIG: config.as_admin()."""
+    from qmailsql import db
+    quoted = identifier(admin_config.db)
+    directory = db.Directory(dataclasses.replace(admin_config, db=""))
+    try:
+        if directory.query("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
+                           (admin_config.db,), write=True):
+            return False
+        directory.query("CREATE DATABASE IF NOT EXISTS %s CHARACTER SET utf8mb4 "
+                        "COLLATE utf8mb4_general_ci" % quoted, write=True)
+        return True
+    finally:
+        directory.close()
+
+
+def grant_daemon(directory, database, login, password, hosts):
+    """Create or correct LOGIN@HOST for each of HOSTS: password PASSWORD, and exactly
+    DAEMON_GRANTS on DATABASE (whatever else it had is revoked). Needs the mailbox
+    table (a column grant). Returns {host: its SHOW GRANTS lines, password hidden}."""
+    quoted = identifier(database)
+    if not directory.query("SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
+                           "AND table_name = 'mailbox'", (database,), write=True):
+        raise ValueError("database %s has no mailbox table yet: run `qmailsql initdb` first"
+                         % quoted)
+    shown = {}
+    for host in hosts:
+        for sql, params in (
+                ("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", (login, host, password)),
+                ("ALTER USER %s@%s IDENTIFIED BY %s", (login, host, password)),
+                ("REVOKE ALL PRIVILEGES, GRANT OPTION FROM %s@%s", (login, host))):
+            directory.query(sql, params, write=True)
+        for sql in DAEMON_GRANTS:
+            directory.query(sql.format(db=quoted), (login, host), write=True)
+        rows = directory.query("SHOW GRANTS FOR %s@%s", (login, host), write=True)
+        shown[host] = [re.sub(r"PASSWORD '[^']*'", "PASSWORD '...'", r[0]) for r in rows]
+    return shown
 
 
 def check_userlen(userlen):

@@ -244,11 +244,11 @@ def stale(qmail_dir, directory):
 
 
 def cmd_sync(args):
-    import qmailsql
+    from qmailsql.cli import session
     from qmailsql.config import qmail_dir
     home = qmail_dir(args.qmail_dir)
     try:
-        with qmailsql.connect(home) as q:
+        with session(args) as q:
             sync(home, q.directory, reload=not args.no_reload)
     except SyncError as e:
         import sys

@@ -4,11 +4,13 @@
 `own_sandbox` is a fresh one for a test that stops or kills the server.
 """
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 import pytest
@@ -154,14 +156,73 @@ sys.stdout.buffer.write(data)
 def raw_as(uid, path, fields):
     """One request of FIELDS (bytes) to the daemon socket PATH, sent by a process running
     as UID: (status, body)."""
-    import subprocess
-    import sys
     from qmailsql.hotpath import decode_frame
     payload = b"".join(f + b"\0" for f in fields)
-    r = subprocess.run(as_uid(uid) + [sys.executable, "-I", "-c", RAW_CLIENT, str(path),
-                                      payload.hex()], capture_output=True, cwd="/",
+    r = subprocess.run(as_uid(uid) + [python_for_everyone(), "-I", "-c", RAW_CLIENT,
+                                      str(path), payload.hex()], capture_output=True, cwd="/",
                        timeout=60)
     assert r.returncode == 0, r.stderr
     answer, _ = decode_frame(r.stdout)
     status, _, body = answer.partition(b"\0")
     return int(status), body
+# ---------------------------------------------------------------- other uids
+# A test that runs something as another uid must not depend on where the checkout (or
+# the interpreter) lives: a checkout in /root (mode 700) is out of every other uid's
+# reach. So: a fork that drops to the uid (no path to run at all), a copy in a
+# directory every uid can enter, or an interpreter every uid can run.
+
+def run_as(uid, gid, fn, *args):
+    """FN(*ARGS) in a forked child running as UID/GID; returns what FN returned (it
+    must be JSON-able). An exception in the child fails the test with its traceback."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(rfd)
+            try:
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+                out = {"ok": fn(*args)}
+            except BaseException:
+                out = {"error": traceback.format_exc()}
+            data = json.dumps(out).encode()
+            while data:
+                data = data[os.write(wfd, data):]
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    chunks = []
+    while True:
+        chunk = os.read(rfd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(rfd)
+    os.waitpid(pid, 0)
+    result = json.loads(b"".join(chunks) or b'{"error": "the child died"}')
+    assert "error" not in result, "as uid %d:\n%s" % (uid, result["error"])
+    return result["ok"]
+
+
+def python_for_everyone():
+    """This interpreter's version at a path every uid can run (this one, or the
+    system's), for `python -I -c SCRIPT` run as another uid; skips when there is none."""
+    version = "%d.%d" % sys.version_info[:2]
+    for python in (os.path.realpath(sys.executable), "/usr/bin/python" + version,
+                   "/usr/local/bin/python" + version):
+        if os.path.exists(python) and subprocess.run(
+                ["setuidgid", "nobody", python, "-I", "-c", "import json, socket"],
+                capture_output=True).returncode == 0:
+            return python
+    pytest.skip("no python%s here that other users can run" % version)
+
+
+@pytest.fixture
+def everyone_dir():
+    """A fresh directory under /tmp that every uid can enter (pytest's tmp_path is
+    below a 0700 directory), removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix="qse-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -33,11 +33,12 @@ def qmail_dir():
     return (ROOT / "conf-qmail").read_text().split("\n")[0].strip()
 
 
-def build(name, out):
+def build(name, out, defines=()):
+    """Compile csrc/NAME.c as setup.py does (DEFINES: extra -D flags, e.g. a short timeout)."""
     srcs = [ROOT / "csrc" / (name + ".c"), ROOT / "csrc" / "qsclient.c"]
     cmd = ["cc", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
-           '-DQMAIL_DIR="%s"' % qmail_dir(), "-I", str(ROOT / "csrc"),
-           "-o", str(out)] + [str(s) for s in srcs] + ["-static"]
+           '-DQMAIL_DIR="%s"' % qmail_dir(), "-I", str(ROOT / "csrc")] + list(defines) + [
+        "-o", str(out)] + [str(s) for s in srcs] + ["-static"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stderr == "", "warnings from %s:\n%s" % (" ".join(cmd), r.stderr)
@@ -920,7 +921,7 @@ def test_cp_program_missing(progs, peer, fd3, userhome):
 
 
 @needs_root
-def test_cp_privilege_drop_failure_is_111(progs, peer, fd3, userhome, tmp_path):
+def test_cp_privilege_drop_failure_is_111(progs, peer, fd3, userhome, tmp_path, everyone_dir):
     # run checkpassword as uid 1234; the answer asks for uid 4321: setgroups must fail
     home, _ = userhome
     marker = tmp_path / "ran"
@@ -933,7 +934,8 @@ def test_cp_privilege_drop_failure_is_111(progs, peer, fd3, userhome, tmp_path):
         os.setgroups([])
         os.setgid(2345)
         os.setuid(1234)
-    r = subprocess.run([progs["checkpassword"], "sh", "-c", "touch %s" % marker],
+    exe = shutil.copy2(progs["checkpassword"], everyone_dir)  # uid 1234 can run this copy
+    r = subprocess.run([exe, "sh", "-c", "touch %s" % marker],
                        env=env_for(p.path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        preexec_fn=drop, close_fds=False, timeout=30)
     assert r.returncode == 111

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import as_uid, environ, raw_as
+from conftest import as_uid, environ, python_for_everyone, raw_as
 
 import qmailsql
 from qmailsql import cli, daemon, demo
@@ -31,8 +31,9 @@ FAQ_LOCALS = ["iain", "iain-sanity", "iain-slowlaris", "IAIN-Slowlaris", "iain-s
 
 # ---------------------------------------------------------------- helpers
 
-def getpw_helper(local, env=None, pre=(), **kw):
-    return subprocess.run(list(pre) + [str(helper_path("qmail-getpw")), local],
+def getpw_helper(local, env=None, pre=(), exe=None, **kw):
+    """The compiled qmail-getpw (EXE: another copy of it, e.g. one another uid can reach)."""
+    return subprocess.run(list(pre) + [str(exe or helper_path("qmail-getpw")), local],
                           capture_output=True, env=env or os.environ, **kw)
 
 
@@ -257,7 +258,8 @@ def test_peercred_refuses_getpw_from_other_uid(faq, sandbox, homes):
     os.chmod(sandbox, 0o755)  # let the other uid reach the socket at all
     paths = sb.Paths(sandbox)
     os.chmod(paths.run, 0o755)
-    r = getpw_helper("iain-slowlaris", pre=as_uid(OTHER_UID))
+    # the sandbox's copy: the package's own may sit where other uids cannot go (/root)
+    r = getpw_helper("iain-slowlaris", pre=as_uid(OTHER_UID), exe=paths.bin / "qmail-getpw")
     assert r.returncode == 111, r
     assert r.stdout == b""
     assert b"uid %d" % OTHER_UID in r.stderr and r.stderr.startswith(b"qmail-getpw: ")
@@ -394,8 +396,8 @@ def test_connection_cap_per_unprivileged_uid(faq, sandbox):
     logged = log_text(sandbox).count("refused a connection from uid %d" % OTHER_UID)
     cap = daemon.MAX_CONN_PER_UID
     extra = 10
-    proc = subprocess.Popen(as_uid(OTHER_UID) + [sys.executable, "-I", "-c", HOLD_CLIENT,
-                                                 str(sock), str(cap), str(extra)],
+    proc = subprocess.Popen(as_uid(OTHER_UID) + [python_for_everyone(), "-I", "-c",
+                                                 HOLD_CLIENT, str(sock), str(cap), str(extra)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd="/")
     try:

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import newu
 
-from qmailsql import doctor, sandbox as sb, sync
+from conftest import run_as
+from qmailsql import cdb, doctor, sandbox as sb, sync
 from qmailsql.helpers import helper_path
 
 UID, GID = 800, 100
@@ -171,40 +172,51 @@ def test_sqlserver_unreadable_by_current_user(qdir):
     os.chmod(path, 0o600)
 
     def as_nobody():
-        """The doctor's findings, computed in a child process running as nobody (a
-        fork: the interpreter lives under /root, which nobody cannot reach)."""
-        rfd, wfd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                os.close(rfd)
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(uid)
-                r = run(qdir)
-                os.write(wfd, json.dumps([f.__dict__ for f in r.findings]).encode())
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(wfd)
-        data = b""
-        while True:
-            chunk = os.read(rfd, 65536)
-            if not chunk:
-                break
-            data += chunk
-        os.close(rfd)
-        _, status = os.waitpid(pid, 0)
-        assert status == 0
-        return json.loads(data)
+        """The doctor's findings, computed in a child process running as nobody."""
+        return run_as(uid, 65534, lambda: [f.__dict__ for f in run(qdir).findings])
 
     hits = [f for f in as_nobody() if f["check"] == "sqlserver-unreadable"]
     assert len(hits) == 1 and "not readable by uid %d" % uid in hits[0]["what"]
     assert "chmod 640" in hits[0]["fix"]
     os.chmod(path, 0o644)  # no password in it: readable by all is fine
     assert not [f for f in as_nobody() if f["check"].startswith("sqlserver")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the doctor as nobody")
+def test_every_probe_the_doctor_may_not_make_is_a_finding(qdir, sandbox):
+    """Run as a user who may not enter the package (a checkout under /root, mode 700)
+    nor parts of the qmail home, the doctor reports what it could not examine."""
+    uid = _nobody()
+    private = Path(tempfile.mkdtemp(prefix="qsp-", dir="/tmp"))  # mode 0700, root's
+    try:
+        (private / "libexec").mkdir()
+        for d in ("users", "run"):
+            (qdir / d).mkdir(mode=0o700)
+        (qdir / "users" / "assign").write_text("=jdoe:jdoe:800:100:/home/jdoe:::\n.\n")
+        (qdir / "control" / "locals").write_text("example.org\n")
+        os.chmod(qdir / "control" / "locals", 0o600)
+        os.chmod(qdir / "bin", 0o700)
+        os.chmod(qdir / "control" / "sqlserver", 0o644)  # so that the DB checks run too
+        for d in (sandbox, sb.Paths(sandbox).mysql):  # and nobody reaches the DB's socket
+            os.chmod(d, 0o755)
+        env = {"QMAILSQL_SOCKET": str(qdir / "run" / "qmailsqld.sock")}
+
+        run(qdir)  # as root first: every module the doctor imports is loaded before the fork
+
+        def doctor_as_nobody():
+            from qmailsql import helpers
+            helpers.LIBEXEC = private / "libexec"
+            os.environ.update(env)
+            return [f.__dict__ for f in run(qdir).findings]
+        findings = run_as(uid, 65534, doctor_as_nobody)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    blind = {f["what"].split(" cannot examine ")[1].split(":")[0]
+             for f in findings if f["check"] == "doctor-no-access"}
+    assert {env["QMAILSQL_SOCKET"], str(qdir / "users" / "assign"),
+            str(qdir / "control" / "locals")} <= blind, findings
+    missing = [f["what"] for f in findings if f["check"] == "helper-missing"]
+    assert missing and all("cannot be reached by uid %d" % uid in w for w in missing), missing
 
 
 # ------------------------------------------------------------------ DB servers, schema
@@ -229,7 +241,8 @@ def test_login_refused(qdir):
     path.write_text(bad)
     r = run(qdir)
     [f] = found(r, "db-login-refused")
-    assert "refuses login 'qmailsql'" in f.what and "GRANT SELECT" in f.fix
+    assert "refuses login 'qmailsql'" in f.what
+    assert f.fix.startswith("qmailsql --qmail-dir %s grant " % qdir)
     path.write_text(good)
     assert not found(run(qdir), "db-login-refused")
 

@@ -43,7 +43,7 @@ def users(cluster, homes):
             sb.restart_db(paths)
     sb.wait_replicating(replica)
     sb.start_daemon(replica)
-    d = db.Directory(configmod.load(str(primary.root)))
+    d = db.Directory(configmod.as_admin(configmod.load(str(primary.root))))
     try:
         for t in ("mailbox", "alias", "virtual"):
             d.query("DELETE FROM `%s`" % t, write=True)

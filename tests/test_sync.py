@@ -9,6 +9,7 @@ import time
 import pytest
 
 from qmailsql import cdb, sync
+from qmailsql import sandbox as sb
 
 # ------------------------------------------------------------------ an independent reader
 
@@ -317,6 +318,8 @@ def test_sync_command(db, qhome, sandbox):
     vrow(db, "cli.example")
     env = dict(os.environ)
     env.pop("QMAILSQL_QMAIL_SEND_PID", None)
+    # an admin command: the administrator's option file, as ~/.my.cnf would be on a host
+    env["QMAILSQL_DEFAULTS_FILE"] = str(sb.Paths(sandbox).root_cnf)
     r = subprocess.run([sys.executable, "-m", "qmailsql", "sync", "--qmail-dir", str(qhome),
                         "--no-reload"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

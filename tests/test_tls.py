@@ -87,14 +87,14 @@ def test_resolves_over_tls(tls, tmp_path, homes):
     mhome = homes / "tlsuser"
     mhome.mkdir()
     os.chown(mhome, UID, GID)
-    admin = db.Directory(configmod.load(str(tls["root"])))
+    admin = db.Directory(configmod.as_admin(configmod.load(str(tls["root"]))))
     try:
         admin.query("REPLACE INTO mailbox (username, uid, gid, home) VALUES (%s,%s,%s,%s)",
                     ("tlsuser", UID, GID, str(mhome)), write=True)
     finally:
         admin.close()
     home = qmail_home(tmp_path, tls, ca=c["ca"], verify="yes")
-    with qmailsql.connect(str(home)) as q:
+    with qmailsql.connect(str(home), admin=False) as q:
         assert q.getpw(b"tlsuser-x") == Delivery(b"tlsuser", UID, GID, os.fsencode(mhome),
                                                   b"-", b"x")
 
@@ -121,7 +121,7 @@ def test_wrong_ca_is_refused(tls, tmp_path):
     with pytest.raises(db.DirectoryUnavailable) as e:
         cipher(home)
     assert "127.0.0.1:%d" % tls["port"] in str(e.value)
-    with qmailsql.connect(str(home)) as q:
+    with qmailsql.connect(str(home), admin=False) as q:
         with pytest.raises(Refusal) as r:
             q.getpw(b"anyone")
         assert r.value.code == 111
