@@ -98,9 +98,9 @@ def extensions():
         from Cython.Build import cythonize
     except ImportError:
         die("Cython is needed to build qmailsql: pip install cython")
-    exts = [Extension("qmailsql._hot", ["qmailsql/_hot.pyx"])]
-    if (HERE / "qmailsql" / "_crypt.pyx").exists():
-        exts.append(Extension("qmailsql._crypt", ["qmailsql/_crypt.pyx"], libraries=["crypt"]))
+    exts = [Extension("qmailsql.core._hot", ["qmailsql/core/_hot.pyx"])]
+    if (HERE / "qmailsql" / "core" / "_crypt.pyx").exists():
+        exts.append(Extension("qmailsql.core._crypt", ["qmailsql/core/_crypt.pyx"], libraries=["crypt"]))
     return cythonize(exts, language_level=3, quiet=True)
 
 

@@ -8,8 +8,8 @@ library's default cost for their prefix (gensalt count 0).
 """
 import sys
 
-from qmailsql import _crypt
-from qmailsql.passwords import (
+from qmailsql.core import _crypt
+from qmailsql.core.passwords import (
     dummy_verify, mysql41_password, mysql_old_password, verify,
 )
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qmailsql import sandbox
+from qmailsql.sandbox import host as sandbox
 
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")

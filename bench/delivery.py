@@ -40,8 +40,9 @@ import subprocess
 import sys
 
 import benchlib
-from qmailsql import cdb, db, sandbox
-from qmailsql import config as configmod
+from qmailsql.core import cdb, db
+from qmailsql.sandbox import host as sandbox
+from qmailsql.core import config as configmod
 
 QMAILP_UID, NOFILES_GID = 7791, 2108   # qmail-getpw runs as these, like qmailp/nofiles
 BASE_UID = 7200                         # mailbox i belongs to uid BASE_UID + i

@@ -20,8 +20,10 @@ import tempfile
 import time
 
 import benchlib
-from qmailsql import db, doctor, passwords, sandbox
-from qmailsql import config as configmod
+from qmailsql.core import db, passwords
+from qmailsql.admin import doctor
+from qmailsql.sandbox import host as sandbox
+from qmailsql.core import config as configmod
 
 HOMES = 8
 BASE_UID = 7100

@@ -3,7 +3,7 @@
     python bench/dovecot_login.py [--logins 200]
 
 Brings up a sandbox (private MariaDB + qmailsqld) with one mailbox (sha512-crypt, the
-default scheme) and four private Dovecots (qmailsql.dovecot.Private, IMAP only):
+default scheme) and four private Dovecots (qmailsql.core.dovecot.Private, IMAP only):
 
   static         Dovecot's static passdb/userdb: what a login costs Dovecot itself
   lua_uncached   `qmailsql dovecot-config`: every login asks qmailsqld, which checks
@@ -36,7 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from qmailsql import client, dovecot, passwords, sandbox  # the installed package
+from qmailsql.core import client, dovecot, passwords  # the installed package
+from qmailsql.sandbox import host as sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))

@@ -47,8 +47,9 @@ import sys
 
 import benchlib
 import qmailsql
-from qmailsql import client, db, demo, sandbox
-from qmailsql import config as configmod
+from qmailsql.core import client, db
+from qmailsql.sandbox import demo, host as sandbox
+from qmailsql.core import config as configmod
 
 LOCAL = "iain-slowlaris"
 

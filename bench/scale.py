@@ -43,8 +43,9 @@ import sys
 import time
 
 import benchlib
-from qmailsql import client, db, sandbox, schema
-from qmailsql import config as configmod
+from qmailsql.core import client, db, schema
+from qmailsql.sandbox import host as sandbox
+from qmailsql.core import config as configmod
 
 MEASURES = ("plain_lookup", "virtual_lookup", "plain_login", "virtual_login")
 HOMES = 8

@@ -29,8 +29,10 @@ import threading
 import time
 
 import qmailsql
-from qmailsql import admin, config as configmod, demo, sandbox
-from qmailsql.client import flush
+from qmailsql.admin import tables as admin
+from qmailsql.core import config as configmod
+from qmailsql.sandbox import demo, host as sandbox
+from qmailsql.core.client import flush
 
 UID, GID = 800, 100
 

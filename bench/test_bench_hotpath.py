@@ -5,7 +5,7 @@ Compare the two rows of each group: the ratio is the speed-up.
 """
 import pytest
 
-from qmailsql import _hot, fallback
+from qmailsql.core import _hot, fallback
 
 IMPLS = [pytest.param(fallback, id="python"), pytest.param(_hot, id="cython")]
 SQLSERVER = (b"# qmail's DB\nserver /run/mysqld/mysqld.sock\nserver db2.example.com:3306\n"

@@ -20,8 +20,9 @@ import tempfile
 import time
 
 import qmailsql
-from qmailsql import db, sandbox
-from qmailsql import config as configmod
+from qmailsql.core import db
+from qmailsql.sandbox import host as sandbox
+from qmailsql.core import config as configmod
 
 BATCH = 5000
 UID, GID = 7200, 7200

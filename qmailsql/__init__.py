@@ -15,8 +15,8 @@ answer; .code is the exit code qmail-getpw would give: 111, 115, 116 or 100).
 """
 __version__ = "0.1.0"
 
-from qmailsql.hotpath import ConfigError  # noqa: E402
-from qmailsql.resolve import Delivery, Refusal  # noqa: E402
+from qmailsql.core.hotpath import ConfigError  # noqa: E402
+from qmailsql.core.resolve import Delivery, Refusal  # noqa: E402
 
 
 class Session:
@@ -27,7 +27,7 @@ class Session:
     (admin=False: what qmailsqld sees). A CONFIG given is used as it is."""
 
     def __init__(self, qmail_dir=None, config=None, admin=True, defaults_file=None):
-        from qmailsql import config as configmod, db, resolve
+        from qmailsql.core import config as configmod, db, resolve
         if config is None:
             config = configmod.load(qmail_dir)
             if admin:

@@ -4,8 +4,8 @@ import os
 import sys
 
 from qmailsql import __version__
-from qmailsql.config import DEFAULTS_FILE_ENV
-from qmailsql.hotpath import ConfigError
+from qmailsql.core.config import DEFAULTS_FILE_ENV
+from qmailsql.core.hotpath import ConfigError
 
 DESCRIPTION = """\
 Run stock qmail on a MySQL/MariaDB user database.
@@ -42,7 +42,7 @@ def session(args, admin=True):
 
 
 def cmd_getpw(args):
-    from qmailsql.resolve import Refusal
+    from qmailsql.core.resolve import Refusal
     local = os.fsencode(args.local)
     explain = [] if args.explain else None
     try:
@@ -66,8 +66,8 @@ def cmd_getpw(args):
 
 def explain_local(args, delivery, local):
     """What the qmail-local wrapper would be told for this delivery (SPEC section 5)."""
-    from qmailsql import aliases
-    from qmailsql.resolve import Refusal
+    from qmailsql.core import aliases
+    from qmailsql.core.resolve import Refusal
     try:
         with session(args, admin=False) as q:
             lines = aliases.delivery_lines(q.directory, q.config, delivery.user, delivery.home,
@@ -85,7 +85,7 @@ def explain_local(args, delivery, local):
 
 
 def cmd_initdb(args):
-    from qmailsql import schema
+    from qmailsql.core import schema
     schema.check_userlen(args.userlen)
     with session(args) as q:
         if schema.create_database(q.config):
@@ -97,7 +97,7 @@ def cmd_initdb(args):
 
 def cmd_grant(args):
     """control/sqlserver's login, with exactly the daemon's grants (SPEC 2)."""
-    from qmailsql import config as configmod, schema
+    from qmailsql.core import config as configmod, schema
     daemon = configmod.load(getattr(args, "qmail_dir", None))
     if not daemon.password:
         return die(100, "grant: %s gives login %r no password (or password_file); add one "
@@ -114,7 +114,7 @@ def cmd_grant(args):
 
 
 def cmd_migrate(args):
-    from qmailsql import schema
+    from qmailsql.core import schema
     with session(args) as q:
         userlen = args.userlen or q.config.userlen
         changes = schema.migrate(q.directory, userlen)
@@ -127,7 +127,7 @@ def cmd_migrate(args):
 
 
 def cmd_sandbox(args):
-    from qmailsql import sandbox
+    from qmailsql.sandbox import host as sandbox
     if args.action == "up":
         env = sandbox.up(args.dir, port=args.port, daemon=not args.no_daemon)
         print("export " + " ".join("%s=%s" % kv for kv in sorted(env.items())))
@@ -138,12 +138,12 @@ def cmd_sandbox(args):
 
 
 def cmd_demo(args):
-    from qmailsql import demo
+    from qmailsql.sandbox import demo
     return demo.run()
 
 
 def cmd_helper(args):
-    from qmailsql.helpers import HelperMissing, helper_path
+    from qmailsql.core.helpers import HelperMissing, helper_path
     try:
         print(helper_path(args.name))
     except HelperMissing as e:
@@ -153,7 +153,7 @@ def cmd_helper(args):
 
 def cmd_passwd(args):
     """Set a mailbox password: twice at a terminal prompt, else one line of stdin."""
-    from qmailsql import auth
+    from qmailsql.core import auth
     if sys.stdin is not None and sys.stdin.isatty():
         import getpass
         first = getpass.getpass("New password for %s: " % args.user)
@@ -172,18 +172,18 @@ def cmd_passwd(args):
         except auth.NoSuchMailbox as e:
             return die(1, "passwd: %s; nothing changed" % e)
     print("password of %s set (%s, %s)" % (name, kind, scheme))
-    from qmailsql import dovecot  # qmailsqld caches no password; Dovecot's cache may
+    from qmailsql.core import dovecot  # qmailsqld caches no password; Dovecot's cache may
     dovecot.flush_auth_cache(lambda m: sys.stderr.write("qmailsql: warning: %s\n" % m))
     return 0
 
 
 def cmd_daemon(args):
-    from qmailsql import daemon
+    from qmailsql.daemon import server as daemon
     return daemon.main(args)
 
 
 def cmd_flush(args):
-    from qmailsql import client, config as configmod
+    from qmailsql.core import client, config as configmod
     path = configmod.socket_path(configmod.qmail_dir(args.qmail_dir))
     try:
         status, body = client.flush(path)
@@ -215,8 +215,8 @@ DAEMON_USER = "qmailsql"
 def cmd_install(args):
     import grp
     import shutil
-    from qmailsql import config as configmod
-    from qmailsql.helpers import HelperMissing, helper_path
+    from qmailsql.core import config as configmod
+    from qmailsql.core.helpers import HelperMissing, helper_path
     qdir = configmod.qmail_dir(args.qmail_dir)
     bindir = os.path.join(qdir, "bin")
     if not os.path.isdir(bindir):
@@ -303,7 +303,7 @@ def cmd_install(args):
 
 
 def cmd_doctor(args):
-    from qmailsql import doctor
+    from qmailsql.admin import doctor
     return doctor.cmd_doctor(args)
 
 
@@ -331,7 +331,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    from qmailsql.config import compiled_qmail_dir
+    from qmailsql.core.config import compiled_qmail_dir
     p = Parser(prog="qmailsql", description=DESCRIPTION,
                                 epilog=EPILOG % compiled_qmail_dir(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -447,7 +447,7 @@ def build_parser():
     s.add_argument("--undo", action="store_true", help="restore the stock programs")
     s.set_defaults(func=cmd_install)
 
-    from qmailsql import admin  # mailbox, alias, virtual, rcpthost, sync
+    from qmailsql.admin import tables as admin  # mailbox, alias, virtual, rcpthost, sync
     admin.add_commands(sub)
 
     s = sub.add_parser("doctor", help="find every FAQ pitfall and say how to fix it",
@@ -464,18 +464,18 @@ def build_parser():
                    help="show every finding (default: at most 20 of each kind)")
     s.set_defaults(func=cmd_doctor)
 
-    from qmailsql import importers  # import assign|vpopmail
+    from qmailsql.admin import importers  # import assign|vpopmail
     importers.add_commands(sub)
 
-    from qmailsql import dovecot  # dovecot-config
+    from qmailsql.core import dovecot  # dovecot-config
     dovecot.add_command(sub)
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from qmailsql.db import DirectoryUnavailable
-    from qmailsql.sandbox import SandboxError
+    from qmailsql.core.db import DirectoryUnavailable
+    from qmailsql.sandbox.host import SandboxError
     try:
         return args.func(args)
     except ConfigError as e:

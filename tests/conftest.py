@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import qmailsql
-from qmailsql import sandbox as sb
+from qmailsql.sandbox import host as sb
 
 
 def pytest_configure(config):
@@ -73,7 +73,7 @@ def db(sandbox):
 
 def flush_daemon(root):
     """Drop the daemon's cache so the next test sees its own rows."""
-    from qmailsql import client
+    from qmailsql.core import client
     try:
         client.flush(sb.Paths(root).daemon_socket, timeout=5)
     except (OSError, ValueError):
@@ -119,7 +119,7 @@ def homes(tmp_path):
 
 def newu(entries):
     """users/cdb as qmail-newu writes it, from (wild, local, fields) entries."""
-    from qmailsql import cdb
+    from qmailsql.core import cdb
     pairs, wild = [], ""
     for is_wild, local, fields in entries:
         key = b"!" + local.lower().encode() + (b"" if is_wild else b"\0")
@@ -156,7 +156,7 @@ sys.stdout.buffer.write(data)
 def raw_as(uid, path, fields):
     """One request of FIELDS (bytes) to the daemon socket PATH, sent by a process running
     as UID: (status, body)."""
-    from qmailsql.hotpath import decode_frame
+    from qmailsql.core.hotpath import decode_frame
     payload = b"".join(f + b"\0" for f in fields)
     r = subprocess.run(as_uid(uid) + [python_for_everyone(), "-I", "-c", RAW_CLIENT,
                                       str(path), payload.hex()], capture_output=True, cwd="/",

@@ -8,8 +8,9 @@ import threading
 
 import pytest
 
-from qmailsql import admin, passwords
-from qmailsql import db as dbmod
+from qmailsql.admin import tables as admin
+from qmailsql.core import passwords
+from qmailsql.core import db as dbmod
 
 
 def qs(*args, stdin=None, env=None):

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 import qmailsql
-from qmailsql import config as configmod
-from qmailsql import db as dbmod
-from qmailsql import sandbox as sb
+from qmailsql.core import config as configmod
+from qmailsql.core import db as dbmod
+from qmailsql.sandbox import host as sb
 
 README_GRANTS = {"GRANT SELECT ON `{db}`.* TO `{u}`@`{h}`",
                  "GRANT UPDATE (`password_type`, `password`) ON `{db}`.`mailbox` TO `{u}`@`{h}`"}

@@ -5,10 +5,10 @@ import subprocess
 
 import pytest
 
-from qmailsql import aliases
-from qmailsql import config as configmod
-from qmailsql import db as dbmod
-from qmailsql.resolve import Refusal
+from qmailsql.core import aliases
+from qmailsql.core import config as configmod
+from qmailsql.core import db as dbmod
+from qmailsql.core.resolve import Refusal
 
 
 def arow(q, username, alias, au, ah):

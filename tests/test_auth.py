@@ -1,4 +1,4 @@
-"""Who may read mail (SPEC section 6): qmailsql.auth against a real MariaDB, the
+"""Who may read mail (SPEC section 6): qmailsql.core.auth against a real MariaDB, the
 failed-login limiter, opt-in rehash, `qmailsql passwd`, and the compiled
 checkpassword end to end against the real qmailsqld."""
 import dataclasses
@@ -14,11 +14,12 @@ import time
 import pytest
 
 import qmailsql
-from qmailsql import _crypt, auth, passwords, sandbox as sb
-from qmailsql.auth import Limiter, LoginRefused
-from qmailsql.db import DirectoryUnavailable
-from qmailsql.hotpath import encode_frame
-from qmailsql.resolve import Refusal
+from qmailsql.core import _crypt, auth, passwords
+from qmailsql.sandbox import host as sb
+from qmailsql.core.auth import Limiter, LoginRefused
+from qmailsql.core.db import DirectoryUnavailable
+from qmailsql.core.hotpath import encode_frame
+from qmailsql.core.resolve import Refusal
 
 UID, GID = 5000, 5000
 PW = b"s3cret pw"
@@ -642,7 +643,7 @@ def daemon_answers_auth(sock_path):
 
 
 def checkpassword_path():
-    from qmailsql.helpers import helper_path
+    from qmailsql.core.helpers import helper_path
     return str(helper_path("checkpassword"))
 
 

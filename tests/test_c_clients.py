@@ -22,9 +22,9 @@ PROGRAMS = ("qmail-getpw", "qmail-local", "checkpassword")
 SOFTLIMIT = shutil.which("softlimit") or "/usr/bin/softlimit"
 
 try:
-    from qmailsql import helpers
+    from qmailsql.core import helpers
 except Exception:  # the package may not be importable yet (Cython part unbuilt)
-    _spec = importlib.util.spec_from_file_location("_qmailsql_helpers", ROOT / "qmailsql" / "helpers.py")
+    _spec = importlib.util.spec_from_file_location("_qmailsql_helpers", ROOT / "qmailsql" / "core" / "helpers.py")
     helpers = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(helpers)
 
@@ -542,7 +542,7 @@ def test_local_rows_keep_the_address_owner_file(progs, peer, standin, owner, ext
                                     ".qmail-owner", ".qmail-owner-default", ".qmail-foo-bar")])
 def test_local_wrapper_and_doctor_agree(progs, peer, standin, files):
     """aliases.wrapper_ext/shadowing_file (the doctor's view) make the wrapper's choice."""
-    from qmailsql import aliases
+    from qmailsql.core import aliases
     for name in files:
         Path(standin.homedir, name).write_text("./Maildir/\n")
     p = peer(b"0\x00&bob@example.net\n")

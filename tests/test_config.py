@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from qmailsql import _hot, config, fallback
-from qmailsql.hotpath import ConfigError
+from qmailsql.core import _hot, config, fallback
+from qmailsql.core.hotpath import ConfigError
 
 IMPLS = [pytest.param(fallback, id="python"), pytest.param(_hot, id="cython")]
 

@@ -18,10 +18,12 @@ import pytest
 from conftest import as_uid, environ, python_for_everyone, raw_as
 
 import qmailsql
-from qmailsql import cli, daemon, demo
-from qmailsql import sandbox as sb
-from qmailsql.helpers import helper_path
-from qmailsql.hotpath import decode_frame, encode_frame
+from qmailsql import cli
+from qmailsql.daemon import server as daemon
+from qmailsql.sandbox import demo
+from qmailsql.sandbox import host as sb
+from qmailsql.core.helpers import helper_path
+from qmailsql.core.hotpath import decode_frame, encode_frame
 
 SOFTLIMIT = "/usr/bin/softlimit"
 OTHER_UID = 12345
@@ -97,7 +99,7 @@ def daemon_pid(root):
 
 def set_sqlserver_extra(root, extra):
     """Rewrite ROOT's control/sqlserver with EXTRA lines (keeping the credentials)."""
-    from qmailsql import config as configmod
+    from qmailsql.core import config as configmod
     paths = sb.Paths(root)
     cfg = configmod.load(str(root))
     sb.write_sqlserver(paths, cfg.password, extra=extra)
@@ -295,8 +297,8 @@ def test_local_refusal_costs_the_same_for_known_and_unknown_names(sandbox, db, h
     """Whether a name is a DB account must not show in how long `local` takes to refuse a
     peer (issue 12): a known name and an unknown one do the same work, the same
     queries, one getpwnam, one users/cdb look-up, and get the same answer."""
-    from qmailsql import config as configmod, resolve
-    from qmailsql.resolve import Refusal
+    from qmailsql.core import config as configmod, resolve
+    from qmailsql.core.resolve import Refusal
     load_faq(db, homes)
     config = configmod.load(str(sandbox))
     d = daemon.Daemon(config)

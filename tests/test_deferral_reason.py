@@ -16,8 +16,8 @@ import pytest
 
 from conftest import environ
 from qmail_lspawn import FD2_CLOSED, FD2_MESSAGE, QLX_NOALIAS, deliver
-from qmailsql import sandbox as sb
-from qmailsql.helpers import helper_path
+from qmailsql.sandbox import host as sb
+from qmailsql.core.helpers import helper_path
 
 QMAILP, NOFILES = 64011, 64012   # stand-ins for qmail's qmailp user and nofiles group
 MAILBOX_UID, MAILBOX_GID = 64013, 64014

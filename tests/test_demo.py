@@ -29,7 +29,7 @@ def test_demo_leaves_nothing_behind_when_the_sandbox_fails(monkeypatch):
     """A `sandbox up` that dies (here: mariadb-install-db refusing) still removes the
     demo's /tmp/qsdemo-* directory."""
     import tempfile
-    from qmailsql import demo, sandbox
+    from qmailsql.sandbox import demo, host as sandbox
     made = []
     real_mkdtemp = tempfile.mkdtemp
 

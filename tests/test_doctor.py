@@ -21,8 +21,10 @@ import pytest
 from conftest import newu
 
 from conftest import run_as
-from qmailsql import cdb, doctor, sandbox as sb, sync
-from qmailsql.helpers import helper_path
+from qmailsql.core import cdb
+from qmailsql.admin import doctor, sync
+from qmailsql.sandbox import host as sb
+from qmailsql.core.helpers import helper_path
 
 UID, GID = 800, 100
 FAKE_STOCK_LOCAL = b"#!/bin/sh\n# stands in for stock qmail-local in these tests\nexit 0\n"
@@ -204,7 +206,7 @@ def test_every_probe_the_doctor_may_not_make_is_a_finding(qdir, sandbox):
         run(qdir)  # as root first: every module the doctor imports is loaded before the fork
 
         def doctor_as_nobody():
-            from qmailsql import helpers
+            from qmailsql.core import helpers
             helpers.LIBEXEC = private / "libexec"
             os.environ.update(env)
             return [f.__dict__ for f in run(qdir).findings]
@@ -397,7 +399,7 @@ def test_password_type(sandbox, db, homes):
     add_mailbox(db, "hal", make_home(homes / "hal"), password="$1$short", ptype="Crypt-Password")
     [f] = found(run(sandbox), "password-type")
     assert "'hal'" in f.what and "qmailsql passwd hal" in f.fix
-    from qmailsql import passwords
+    from qmailsql.core import passwords
     ptype, stored = passwords.hash_password("md5-crypt", b"pw")
     sql(db, "UPDATE mailbox SET password=%s, password_type=%s WHERE username='hal'",
         (stored, ptype))
@@ -715,7 +717,7 @@ def test_qmail_local_orig(qdir, capsys):
 
 
 def test_helpers_built_for_another_qmail_dir(qdir, monkeypatch, capsys):
-    from qmailsql.config import compiled_qmail_dir
+    from qmailsql.core.config import compiled_qmail_dir
     assert os.path.realpath(compiled_qmail_dir()) != os.path.realpath(qdir)
     (qdir / "bin" / "qmail-local").write_bytes(FAKE_STOCK_LOCAL)
     install(qdir)

@@ -20,8 +20,8 @@ import pytest
 
 import qmailsql
 from conftest import _new_sandbox, raw_as
-from qmailsql import client, dovecot, passwords
-from qmailsql import sandbox as sb
+from qmailsql.core import client, dovecot, passwords
+from qmailsql.sandbox import host as sb
 
 UID, GID = 5000, 5000
 OTHER_UID = 4243
@@ -116,8 +116,8 @@ def test_daemon_admits_dovecots_user_for_its_commands_only(db, sandbox, tops):
 
 
 def test_dovecot_uids():
-    from qmailsql import daemon
-    from qmailsql.hotpath import ConfigError
+    from qmailsql.daemon import server as daemon
+    from qmailsql.core.hotpath import ConfigError
     assert daemon.dovecot_uids({}) == {dovecot_uid()}  # Dovecot's own user, by default
     assert daemon.dovecot_uids({"QMAILSQL_DOVECOT_UIDS": "4321, root"}) == {
         dovecot_uid(), 4321, 0}
@@ -405,7 +405,7 @@ def test_imap_login_every_scheme(world, scheme):
 def deliver(world, user):
     """MESSAGE to USER through qmailsql's compiled qmail-local wrapper, run as
     qmail-lspawn runs it (as the mailbox's uid), the stock qmail-local a stand-in."""
-    from qmailsql.helpers import helper_path
+    from qmailsql.core.helpers import helper_path
     stand_in = os.path.join(world.top, "qmail-local.stand-in")
     with open(stand_in, "w") as f:
         f.write(STAND_IN)

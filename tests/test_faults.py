@@ -18,10 +18,11 @@ import pytest
 from conftest import replica_pair
 
 import qmailsql
-from qmailsql import config as configmod, db, resolve, sandbox as sb
-from qmailsql.helpers import helper_path
-from qmailsql.hotpath import encode_frame
-from qmailsql.resolve import Refusal
+from qmailsql.core import config as configmod, db, resolve
+from qmailsql.sandbox import host as sb
+from qmailsql.core.helpers import helper_path
+from qmailsql.core.hotpath import encode_frame
+from qmailsql.core.resolve import Refusal
 
 UID, GID = 800, 100
 NUSERS = 40
@@ -419,7 +420,7 @@ def test_primary_down_daemon_keeps_delivering(cluster, users, homes, tmp_path):
     helpers keep delivering to existing users, plain and with extensions; only what
     would bounce (an unknown address, or an extension with neither rows nor a file)
     waits with 111."""
-    from qmailsql import demo
+    from qmailsql.sandbox import demo
     primary, replica = cluster
     standin = demo.write_stand_in(str(tmp_path))
     sb.stop_db(primary)

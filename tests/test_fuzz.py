@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import qmailsql
-from qmailsql import config as configmod, fallback, hotpath
-from qmailsql.helpers import helper_path
-from qmailsql.hotpath import ConfigError, candidates, encode_frame
-from qmailsql.resolve import Delivery, Refusal
+from qmailsql.core import config as configmod, fallback, hotpath
+from qmailsql.core.helpers import helper_path
+from qmailsql.core.hotpath import ConfigError, candidates, encode_frame
+from qmailsql.core.resolve import Delivery, Refusal
 
-from qmailsql import _hot  # noqa: E402
+from qmailsql.core import _hot  # noqa: E402
 
 IMPLS = [fallback, _hot]
 NO_SOCKET = "/nonexistent/qmailsql-fuzz/qmailsqld.sock"

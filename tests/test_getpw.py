@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from qmailsql import demo, resolve, sandbox as sb
-from qmailsql.resolve import Delivery, Refusal
+from qmailsql.sandbox import demo, host as sb
+from qmailsql.core import resolve
+from qmailsql.core.resolve import Delivery, Refusal
 
 UID, GID = 800, 100
 

@@ -4,8 +4,8 @@ import os
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from qmailsql import _hot, fallback, hotpath
-from qmailsql.hotpath import ConfigError
+from qmailsql.core import _hot, fallback, hotpath
+from qmailsql.core.hotpath import ConfigError
 
 
 def test_cython_module_is_the_one_in_use():

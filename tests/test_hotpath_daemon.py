@@ -6,8 +6,9 @@ by random operation sequences.
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from qmailsql import _hot, daemon, fallback
-from qmailsql.hotpath import decode_frame, split_fields
+from qmailsql.core import _hot, fallback
+from qmailsql.daemon import server as daemon
+from qmailsql.core.hotpath import decode_frame, split_fields
 
 
 def test_daemon_uses_the_compiled_twins():

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from qmailsql import aliases, auth, cdb, cli, importers as im, passwords, sandbox as sb
-from qmailsql.resolve import Delivery
+from qmailsql.core import aliases, auth, cdb, passwords
+from qmailsql import cli
+from qmailsql.admin import importers as im
+from qmailsql.sandbox import host as sb
+from qmailsql.core.resolve import Delivery
 
 ALIAS_UID, ALIAS_GID = 7790, 2108
 VPOP_UID = 8900

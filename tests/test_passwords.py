@@ -1,4 +1,4 @@
-"""Password verification: qmailsql._crypt (libxcrypt binding) and qmailsql.passwords.
+"""Password verification: qmailsql.core._crypt (libxcrypt binding) and qmailsql.core.passwords.
 
 Known-answer vectors are published values (MySQL manual, Drepper's SHA-crypt
 specification as shipped with glibc, OpenBSD/Openwall bcrypt tests, the yescrypt
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from qmailsql import _crypt, passwords  # noqa: E402
-from qmailsql.passwords import (  # noqa: E402
+from qmailsql.core import _crypt, passwords  # noqa: E402
+from qmailsql.core.passwords import (  # noqa: E402
     SCHEMES, check_stored, dummy_verify, hash_password, is_weak, mysql41_password,
     mysql_old_password, verify,
 )
@@ -164,14 +164,14 @@ def test_threads_hash_correctly_in_parallel():
 
 
 def test_no_deprecated_crypt_module():
-    for path in (ROOT / "qmailsql" / "passwords.py",):
+    for path in (ROOT / "qmailsql" / "core" / "passwords.py",):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 assert all(a.name != "crypt" for a in node.names), path
             if isinstance(node, ast.ImportFrom) and node.level == 0:
                 assert node.module != "crypt", path
-    pyx = (ROOT / "qmailsql" / "_crypt.pyx").read_text()
+    pyx = (ROOT / "qmailsql" / "core" / "_crypt.pyx").read_text()
     assert "import crypt" not in pyx and "from crypt " not in pyx
 
 

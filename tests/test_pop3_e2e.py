@@ -29,9 +29,9 @@ import tempfile
 import pytest
 
 import qmailsql
-from qmailsql import dovecot
-from qmailsql import sandbox as sb
-from qmailsql.helpers import helper_path
+from qmailsql.core import dovecot
+from qmailsql.sandbox import host as sb
+from qmailsql.core.helpers import helper_path
 
 UID, GID = 5000, 5000
 PASSWORD = "pop secret"
@@ -63,7 +63,7 @@ def pop3_world(own_sandbox):
     with open(msg, "wb") as f:
         f.write(MESSAGE)
     os.chown(msg, UID, GID)
-    from qmailsql.passwords import hash_password
+    from qmailsql.core.passwords import hash_password
     ptype, stored = hash_password("sha512-crypt", PASSWORD.encode())
     with qmailsql.connect(str(root)) as q:
         q.directory.query("INSERT INTO mailbox (username, uid, gid, home, password, "

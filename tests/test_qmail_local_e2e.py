@@ -18,7 +18,7 @@ import pytest
 from conftest import as_uid, newu, raw_as
 
 import qmailsql
-from qmailsql import sandbox as sb
+from qmailsql.sandbox import host as sb
 
 UID, GID = 800, 100
 SENDER = "sender@example.net"
@@ -79,12 +79,12 @@ def standin():
 
 @pytest.fixture(scope="module")
 def helpers():
-    from qmailsql.helpers import helper_path
+    from qmailsql.core.helpers import helper_path
     return {n: str(helper_path(n)) for n in ("qmail-getpw", "qmail-local")}
 
 
 def flush(socket_path):
-    from qmailsql.hotpath import encode_frame
+    from qmailsql.core.hotpath import encode_frame
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
     s.connect(str(socket_path))

@@ -24,7 +24,7 @@ import pytest
 
 import qmailsql
 from conftest import python_for_everyone
-from qmailsql import sandbox as sb
+from qmailsql.sandbox import host as sb
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 README = CHECKOUT / "README.md"
@@ -122,7 +122,7 @@ def test_install_section_runs_as_written():
         env = clean_env(HOME=str(home), QMAILSQL_QMAIL_DIR=str(qmail),
                         QMAILSQL_SOCKET=str(sock), PATH="/usr/sbin:/usr/bin:/sbin:/bin")
         probe = subprocess.run(["setuidgid", "nobody", str(opt / "bin" / "python"), "-c",
-                                "import qmailsql._hot, MySQLdb"], capture_output=True, env=env)
+                                "import qmailsql.core._hot, MySQLdb"], capture_output=True, env=env)
         assert probe.returncode == 0, probe.stderr
 
         r = subprocess.run(["bash", "-euo", "pipefail", "-c", script(before_svscan)],

@@ -13,8 +13,9 @@ import pytest
 from conftest import replica_pair
 
 import qmailsql
-from qmailsql import config as configmod, db, resolve, sandbox as sb
-from qmailsql.resolve import Delivery, Refusal
+from qmailsql.core import config as configmod, db, resolve
+from qmailsql.sandbox import host as sb
+from qmailsql.core.resolve import Delivery, Refusal
 
 UID, GID = 800, 100
 
@@ -158,7 +159,7 @@ def test_lag_rule_covers_virtual_and_alias_rows(repl, homes):
     """A virtual or alias row made on the primary a moment ago is used, not missed,
     where missing it would bounce (review finding: the replica alone bounced such
     mail)."""
-    from qmailsql import aliases
+    from qmailsql.core import aliases
     primary, replica, add = repl
     home = add("newbie")
     sb.wait_caught_up(primary, replica)
@@ -328,7 +329,7 @@ def test_peers_without_write_server_never_confirm(repl, tmp_path):
             assert (d.user, d.dash, d.ext) == (user, dash, ext), local
         assert q.getpw(b"stranger").user == b"alias"
         assert q.getpw(b"v.example-nobody").ext == b"v.example-nobody"
-        from qmailsql import aliases
+        from qmailsql.core import aliases
         assert aliases.delivery_lines(q.directory, q.config, b"alias", b"/nonexistent",
                                       b"stranger", b"-", b"stranger", b"example.org",
                                       confirm=True) == b""
@@ -341,7 +342,7 @@ def test_replica_hits_cost_the_primary_nothing(repl):
     from the replica alone; a miss that would bounce is asked on the primary."""
     primary, replica, add = repl
     homes = load_world(repl)
-    from qmailsql import aliases
+    from qmailsql.core import aliases
     with qmailsql.connect(str(replica.root)) as q:
         before = selects(primary)
         for local, user, dash, ext in HITS:
@@ -363,7 +364,7 @@ def test_primary_down_replica_keeps_delivering(repl):
     replica; only what would go to the alias user (or 116) waits with 111."""
     primary, replica, add = repl
     homes = load_world(repl)
-    from qmailsql import aliases
+    from qmailsql.core import aliases
     with primary_stopped(primary, replica):
         with qmailsql.connect(str(replica.root)) as q:
             for local, user, dash, ext in HITS:

@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-from qmailsql import sandbox as sb
+from qmailsql.sandbox import host as sb
 
 # in a private mount and UTS namespace: an empty /etc/hosts and a host name nothing knows
 NO_NAMES = 'mount --bind "$1" /etc/hosts && hostname qmailsql-nowhere-test && shift && exec "$@"'

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from qmailsql import schema
+from qmailsql.core import schema
 
 
 def widths(q):
@@ -78,7 +78,7 @@ def test_migrate_adds_the_lookup_indexes_an_old_table_lacks(sandbox):
     then reads the whole table. migrate adds what the lookups need (index-only probes);
     doctor says so until then."""
     import qmailsql
-    from qmailsql import doctor
+    from qmailsql.admin import doctor
     with qmailsql.connect(str(sandbox)) as q:
         assert ["virtual_host", "virtual_username"] in index_columns(q, "virtual").values()
         assert schema.missing_indexes(q.directory) == []

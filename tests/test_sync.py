@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from qmailsql import cdb, sync
-from qmailsql import sandbox as sb
+from qmailsql.core import cdb
+from qmailsql.admin import sync
+from qmailsql.sandbox import host as sb
 
 # ------------------------------------------------------------------ an independent reader
 
@@ -18,7 +19,7 @@ def u32(data, off):
 
 
 def ref_lookup(data, key):
-    """All values of KEY, straight from cr.yp.to/cdb/cdb.txt (not qmailsql.cdb)."""
+    """All values of KEY, straight from cr.yp.to/cdb/cdb.txt (not qmailsql.core.cdb)."""
     h = 5381
     for c in key:
         h = ((h * 33) ^ c) % (1 << 32)

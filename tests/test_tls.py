@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import qmailsql
-from qmailsql import config as configmod, db, sandbox as sb
-from qmailsql.resolve import Delivery, Refusal
+from qmailsql.core import config as configmod, db
+from qmailsql.sandbox import host as sb
+from qmailsql.core.resolve import Delivery, Refusal
 
 UID, GID = 800, 100
 TLS_USER, X509_USER = "qmailtls", "qmailx509"

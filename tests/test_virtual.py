@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from qmailsql import config as configmod
-from qmailsql import db as dbmod
-from qmailsql import virtual
-from qmailsql.resolve import Delivery, Refusal, Resolver
+from qmailsql.core import config as configmod
+from qmailsql.core import db as dbmod
+from qmailsql.core import virtual
+from qmailsql.core.resolve import Delivery, Refusal, Resolver
 
 UID, GID = 800, 100
 
@@ -411,9 +411,9 @@ def test_session_cli_and_compiled_getpw_agree(db, homes, sandbox):
                            capture_output=True)
         assert r.returncode == 0, r.stderr
         assert r.stdout == direct[l], l
-    from qmailsql import sandbox as sb
+    from qmailsql.sandbox import host as sb
     assert sb.Paths(sandbox).daemon_socket.exists(), "the sandbox has no running qmailsqld"
-    from qmailsql.helpers import helper_path
+    from qmailsql.core.helpers import helper_path
     getpw = str(helper_path("qmail-getpw"))
     for l in LOCALS:
         r = subprocess.run([getpw, l], env=env, capture_output=True)

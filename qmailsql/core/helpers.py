@@ -3,9 +3,11 @@ import os
 from pathlib import Path
 
 NAMES = ("qmail-getpw", "qmail-local", "checkpassword")
-LIBEXEC = Path(__file__).resolve().parent / "libexec"
-# shipped as they are, not built: Dovecot's passdb/userdb (qmailsql/dovecot.py)
-SCRIPTS = {"dovecot-auth.lua": Path(__file__).resolve().parent / "dovecot-auth.lua"}
+# built by setup.py at the top of the package, beside conf-qmail
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+LIBEXEC = PACKAGE_DIR / "libexec"
+# shipped as they are, not built: Dovecot's passdb/userdb (qmailsql/core/dovecot.py)
+SCRIPTS = {"dovecot-auth.lua": PACKAGE_DIR / "dovecot-auth.lua"}
 
 
 class HelperMissing(Exception):

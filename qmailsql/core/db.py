@@ -34,7 +34,7 @@ import time
 
 import MySQLdb
 
-from qmailsql.config import ADMIN_GROUP, describe_admin
+from qmailsql.core.config import ADMIN_GROUP, describe_admin
 
 COOL_DOWN = 30.0  # seconds a server that failed is skipped while others remain
 

@@ -5,7 +5,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qmailsql.hotpath import ConfigError, parse_sqlserver
+from qmailsql.core.helpers import PACKAGE_DIR
+from qmailsql.core.hotpath import ConfigError, parse_sqlserver
 
 DEFAULT_QMAIL_DIR = "/var/qmail"
 FIX_PERMS = "chgrp qmailsql {path}; chmod 640 {path}"
@@ -16,7 +17,7 @@ ADMIN_GROUP = "qmailsql"  # option-file group read besides [client] for the admi
 def compiled_qmail_dir():
     """conf-qmail as it was when the package was built."""
     try:
-        text = (Path(__file__).resolve().parent / "conf-qmail").read_text()
+        text = (PACKAGE_DIR / "conf-qmail").read_text()
         line = text.split("\n")[0].strip()
         if line.startswith("/"):
             return line
@@ -234,7 +235,7 @@ def admin_defaults_file(qmail_home, override=None):
     password)."""
     path = override or os.environ.get(DEFAULTS_FILE_ENV)
     if not path:
-        from qmailsql.sandbox import admin_option_file
+        from qmailsql.sandbox.host import admin_option_file
         path = admin_option_file(qmail_home)
     if path:
         try:

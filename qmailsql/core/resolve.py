@@ -8,7 +8,7 @@ import os
 import pwd
 from dataclasses import dataclass, field
 
-from qmailsql.hotpath import candidates
+from qmailsql.core.hotpath import candidates
 
 ALIAS_USER = "alias"  # qmail's auto_usera
 
@@ -135,7 +135,7 @@ class Resolver:
 
     def __init__(self, config, mailbox_rows, virtual_rows=None, confirmer=None):
         """VIRTUAL_ROWS(pairs, funky) -> (known hosts, rows) feeds the virtual step
-        (qmailsql.virtual.fetch); without it there is no virtual step. CONFIRMER() ->
+        (qmailsql.core.virtual.fetch); without it there is no virtual step. CONFIRMER() ->
         a Resolver that reads from the write_server, or None when the answer just
         worked out needs no second look (the lag rule, db.py); without it nothing is
         confirmed. for_directory() wires all three to one db.Directory."""
@@ -148,7 +148,7 @@ class Resolver:
     def for_directory(cls, config, directory):
         """The full resolver (mailbox, passwd, virtual) over one db.Directory (or its
         db.WriteServerReads)."""
-        from qmailsql import virtual
+        from qmailsql.core import virtual
 
         def confirmer():
             if not directory.must_confirm():
@@ -214,7 +214,7 @@ class Resolver:
     def resolve(self, local, say):
         """getpw() for LOCAL (bytes, no NUL) from this resolver's rows alone."""
         if self.virtual_rows is not None:
-            from qmailsql import virtual
+            from qmailsql.core import virtual
             hit = virtual.match(self.config, self.virtual_rows, local, say)
             if hit is not None and hit.kind == "local":
                 return self.resolve_local(hit.target, say)

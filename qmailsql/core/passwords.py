@@ -6,7 +6,7 @@
     plain text, compared byte for byte (constant time) with the given password.
 ``Crypt-Password``
     a crypt(3) hash, verified by the system's libxcrypt through
-    :mod:`qmailsql._crypt`: DES, ``$1$``, ``$5$``, ``$6$``, ``$2b$``/``$2a$``/``$2y$``,
+    :mod:`qmailsql.core._crypt`: DES, ``$1$``, ``$5$``, ``$6$``, ``$2b$``/``$2a$``/``$2y$``,
     ``$y$`` and whatever else that library supports.
 ``MySQL-Password``
     the value of MySQL's ``PASSWORD()``, computed locally (MySQL 8 has no

@@ -58,12 +58,13 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
-from qmailsql import aliases, cdb, client, passwords, schema, sync, virtual
-from qmailsql import config as configmod
-from qmailsql.helpers import HelperMissing, helper_path
-from qmailsql.hotpath import ConfigError, parse_sqlserver
-from qmailsql.resolve import ALIAS_USER, Refusal
-from qmailsql.virtual import FORWARD_USER
+from qmailsql.core import aliases, cdb, client, passwords, schema, virtual
+from qmailsql.admin import sync
+from qmailsql.core import config as configmod
+from qmailsql.core.helpers import HelperMissing, helper_path
+from qmailsql.core.hotpath import ConfigError, parse_sqlserver
+from qmailsql.core.resolve import ALIAS_USER, Refusal
+from qmailsql.core.virtual import FORWARD_USER
 
 TABLE_COLUMNS = OrderedDict([
     ("mailbox", ["username", "uid", "gid", "home", "password", "password_type", "suspended",
@@ -556,7 +557,7 @@ class Doctor:
     def check_servers(self):
         """Connect to every server separately; True if one of the read servers answers."""
         import MySQLdb
-        from qmailsql import db
+        from qmailsql.core import db
         cfg = self.config
         servers = list(cfg.servers)
         if cfg.write_server is not None and cfg.write_server not in servers:
@@ -614,7 +615,7 @@ class Doctor:
 
     def check_database(self):
         import MySQLdb
-        from qmailsql import db
+        from qmailsql.core import db
         cfg = self.config
         self.directory = db.Directory(cfg)
         try:
@@ -1160,7 +1161,7 @@ class Doctor:
     # ---- users/cdb
 
     def users_table(self):
-        from qmailsql.importers import UsersTable, parse_assign
+        from qmailsql.admin.importers import UsersTable, parse_assign
         tables = []
         cdb_path = os.path.join(self.qmail_dir, "users", "cdb")
         assign_path = os.path.join(self.qmail_dir, "users", "assign")
@@ -1190,7 +1191,7 @@ class Doctor:
         """users/cdb (users/assign) entries whose account is not the DB's (uid and home of
         the mailbox row, or of the passwd entry), although the DB has something for that
         name: qmail-local then delivers as stock qmail would, skipping the DB's rows."""
-        from qmailsql.importers import _ulong
+        from qmailsql.admin.importers import _ulong
         assign_path = os.path.join(self.qmail_dir, "users", "assign")
         done = set()
         for source, e in users_table.sourced_entries():
@@ -1441,7 +1442,7 @@ def _add_column_sql(schema, table, col, userlen):
         line = line.strip().rstrip(",")
         if line.split(" ")[0] == col:
             return "ALTER TABLE `%s` ADD %s;" % (table, line)
-    return "ALTER TABLE `%s` ADD %s ...;  (see qmailsql/schema.py)" % (table, col)
+    return "ALTER TABLE `%s` ADD %s ...;  (see qmailsql/core/schema.py)" % (table, col)
 
 
 # ---------------------------------------------------------------------- the command

@@ -4,7 +4,7 @@ import shutil
 import subprocess
 import tempfile
 
-from qmailsql import sandbox
+from qmailsql.sandbox import host as sandbox
 
 FAQ_UID, FAQ_GID = 800, 100
 
@@ -29,7 +29,7 @@ def make_home(path, uid, gid):
 
 def load_faq(directory, home_root, uid=FAQ_UID, gid=FAQ_GID):
     """The FAQ's Solaris example through the admin API (rows replaced if present)."""
-    from qmailsql import admin
+    from qmailsql.admin import tables as admin
     mailbox, alias = faq_rows(home_root)
     for name, _, _, home, password, ptype, _ in mailbox:
         admin.add_mailbox(directory, name, uid, gid, home, password, ptype, replace=True)
@@ -42,7 +42,7 @@ def load_faq(directory, home_root, uid=FAQ_UID, gid=FAQ_GID):
 def load_virtual_catchall(directory, home_root, uid=FAQ_UID, gid=FAQ_GID):
     """The FAQ's virtual catch-all (virtual @ '' virtual.com + alias virtual @ . /Maildir/)
     and an alias user, so unknown addresses bounce instead of waiting."""
-    from qmailsql import admin
+    from qmailsql.admin import tables as admin
     for name in ("virtual", "alias"):
         home = os.path.join(home_root, name)
         admin.add_mailbox(directory, name, uid, gid, home, replace=True)

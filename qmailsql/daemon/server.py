@@ -12,7 +12,7 @@ Who may ask (SO_PEERCRED): `getpw`, `auth` and `flush` only uid 0, the daemon's 
 uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local` (qmail-local runs
 as the mailbox's uid) also that account's own uid, for its own home, and the uid
 users/cdb names for the delivery asked about (it is answered "no rows": the account
-is not the DB's); Dovecot's `passdb`, `userdb` and `iterate` (qmailsql/dovecot.py) also Dovecot's own user
+is not the DB's); Dovecot's `passdb`, `userdb` and `iterate` (qmailsql/core/dovecot.py) also Dovecot's own user
 (`dovecot`) and the uids in $QMAILSQL_DOVECOT_UIDS, which may ask nothing else
 (no getpw, no flush); `ping` anyone.
 
@@ -42,11 +42,11 @@ import struct
 import threading
 import time
 
-from qmailsql import (aliases, auth as authmod, config as configmod, db, dovecot, importers,
-                      resolve)
-from qmailsql.hotpath import (IMPLEMENTATION, ConfigError, ResponseCache, cache_times,
+from qmailsql.core import aliases, auth as authmod, config as configmod, db, dovecot, resolve
+from qmailsql.admin import importers
+from qmailsql.core.hotpath import (IMPLEMENTATION, ConfigError, ResponseCache, cache_times,
                               decode_frame, encode_response, split_fields)
-from qmailsql.resolve import EXIT_TEMP, Refusal, shown
+from qmailsql.core.resolve import EXIT_TEMP, Refusal, shown
 
 MAX_PAYLOAD = 65536           # csrc/PROTOCOL.md, both directions
 RECV_SIZE = MAX_PAYLOAD + 16

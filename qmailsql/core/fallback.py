@@ -1,6 +1,6 @@
 """Pure-Python reference of the hot path (the Cython module `_hot` has the same names).
 
-`qmailsql.hotpath` picks one of the two; QMAILSQL_PUREPYTHON=1 forces this one.
+`qmailsql.core.hotpath` picks one of the two; QMAILSQL_PUREPYTHON=1 forces this one.
 tests/test_hotpath.py holds the two equal on random input.
 """
 
@@ -188,7 +188,7 @@ def split_fields(payload):
 
 # ---------------------------------------------------------------------------
 # qmailsqld's hot path: response framing, the response cache and its policy.
-# (qmailsql/_hot.pyx has the same names; tests/test_hotpath_daemon.py holds
+# (qmailsql/core/_hot.pyx has the same names; tests/test_hotpath_daemon.py holds
 # the two equal.)
 
 def encode_response(status, body=b""):

@@ -4,7 +4,7 @@
                                  [--password-stdin] [--suspended]
     qmailsql mailbox del NAME | list
     qmailsql mailbox set NAME [--deny LIST] [--allow LIST] [--suspend|--unsuspend]
-                                 LIST: pop3,imap,smtp or all (qmailsql/services.py)
+                                 LIST: pop3,imap,smtp or all (qmailsql/core/services.py)
     qmailsql alias add USER LINE [--ext EXT]     LINE as in a dot-qmail file:
                                                  ./Maildir/  /home/u/Mailbox  '|prog'
                                                  &addr  or  addr@host (a forward)
@@ -22,9 +22,9 @@ itself after cache_ttl seconds) and Dovecot to drop its auth cache, if it keeps 
 """
 import sys
 
-from qmailsql import virtual
-from qmailsql.aliases import SPECIAL, line_for
-from qmailsql.resolve import Refusal
+from qmailsql.core import virtual
+from qmailsql.core.aliases import SPECIAL, line_for
+from qmailsql.core.resolve import Refusal
 
 
 class AdminError(ValueError):
@@ -35,7 +35,7 @@ class AdminError(ValueError):
 
 def flush_daemon(config, warn=None):
     """Ask qmailsqld to drop its cache. True when it answered; else WARN(message)."""
-    from qmailsql import client
+    from qmailsql.core import client
     warn = warn or (lambda m: sys.stderr.write("qmailsql: warning: %s\n" % m))
     path = config.socket_path
     try:
@@ -52,8 +52,8 @@ def flush_daemon(config, warn=None):
 
 def flush_caches(config, warn=None):
     """After a change: qmailsqld's cache, and Dovecot's auth cache when this host's
-    Dovecot keeps one (qmailsql/dovecot.py), so no old answer outlives the change."""
-    from qmailsql import dovecot
+    Dovecot keeps one (qmailsql/core/dovecot.py), so no old answer outlives the change."""
+    from qmailsql.core import dovecot
     warn = warn or (lambda m: sys.stderr.write("qmailsql: warning: %s\n" % m))
     flush_daemon(config, warn)
     dovecot.flush_auth_cache(warn)
@@ -71,7 +71,7 @@ def _clean(value, what, allow_blank=False):
 
 
 def check_host(host):
-    from qmailsql.sync import SyncError, check_host as ch
+    from qmailsql.admin.sync import SyncError, check_host as ch
     try:
         return ch(host, "virtual")
     except SyncError:
@@ -139,10 +139,10 @@ def del_mailbox(directory, name):
 
 
 def set_mailbox(directory, name, deny=(), allow=(), suspended=None):
-    """Change a mailbox's service bars (DENY, ALLOW: sets of qmailsql.services.SERVICES)
+    """Change a mailbox's service bars (DENY, ALLOW: sets of qmailsql.core.services.SERVICES)
     and, unless SUSPENDED is None, its suspension. Returns (deny_services, suspended)
     as stored; AdminError if there is no such mailbox."""
-    from qmailsql import services
+    from qmailsql.core import services
     rows = directory.query("SELECT username, deny_services, suspended FROM mailbox "
                            "WHERE username=%s", (name,), write=True)
     row = next((r for r in rows if r[0] == name), rows[0] if rows else None)
@@ -293,7 +293,7 @@ def cmd_mailbox(args):
             if args.action == "add":
                 password, kind = "", "Crypt-Password"
                 if args.password_stdin or args.password_type:
-                    from qmailsql.passwords import hash_password
+                    from qmailsql.core.passwords import hash_password
                     raw = sys.stdin.buffer.readline().rstrip(b"\r\n")
                     kind, password = hash_password(args.password_type
                                                    or q.config.default_scheme, raw)
@@ -306,7 +306,7 @@ def cmd_mailbox(args):
                     return _fail("no mailbox %r" % args.name)
                 return _done(q, "mailbox %s deleted" % args.name)
             if args.action == "set":
-                from qmailsql import services
+                from qmailsql.core import services
                 deny = services.parse(args.deny) if args.deny else set()
                 allow = services.parse(args.allow) if args.allow else set()
                 if deny & allow:
@@ -395,7 +395,7 @@ def cmd_rcpthost(args):
 
 def add_commands(sub):
     """Add mailbox, alias, virtual, rcpthost and sync to the `qmailsql` subparsers."""
-    from qmailsql import sync
+    from qmailsql.admin import sync
 
     from qmailsql.cli import admin_options as qdir
 

@@ -29,7 +29,7 @@ What it does, in order:
 3. Every refusal costs about what a wrong password costs: a row that can verify is
    verified (even when it is suspended, uid 0 or barred from the login's service, and
    the answer is thrown away); unknown logins and unusable rows spend the time in
-   ``passwords.dummy_verify``. The service bars are qmailsql.services'.
+   ``passwords.dummy_verify``. The service bars are qmailsql.core.services'.
 4. Opt-in rehash (``rehash yes`` in control/sqlserver): after a successful login
    with a weak stored hash, the row gets ``hash_password(default_scheme, password)``
    through the write server, guarded so that a concurrent change is not overwritten.
@@ -43,8 +43,8 @@ import threading
 import time
 from collections import deque
 
-from qmailsql import passwords, services
-from qmailsql.resolve import EXIT_TEMP, Refusal, pick_row, shown
+from qmailsql.core import passwords, services
+from qmailsql.core.resolve import EXIT_TEMP, Refusal, pick_row, shown
 
 __all__ = ["LoginRefused", "NoSuchMailbox", "Limiter", "LIMITER", "authenticate", "attempt",
            "response", "login_names", "set_password", "MAX_LOGIN", "MAX_PASSWORD"]
@@ -254,9 +254,9 @@ _MAILBOX_SQL = ("SELECT username, uid, gid, home, password, password_type, suspe
 def _virtual_names(directory, config, local, host, note):
     """Mailbox names a `local@host` login may mean, best first: only the exact
     virtual_username at virtual_host counts (never a pattern or the catch-all).
-    Uses qmailsql.virtual's query and row rules (a blank username is a
+    Uses qmailsql.core.virtual's query and row rules (a blank username is a
     misconfiguration: Refusal 111)."""
-    from qmailsql import virtual
+    from qmailsql.core import virtual
     _, rows = virtual.fetch(directory, [(host, local)], False)
     exact = [r for r in rows if isinstance(r.virtual_username, str)
              and isinstance(r.virtual_host, str) and r.virtual_username.strip() != ""
@@ -309,7 +309,7 @@ def _lookup(directory, config, login):
 def authenticate(directory, config, login, password, remoteip="", log=None, limiter=None,
                  service=""):
     """(user, uid, gid, home, shell) for a correct LOGIN and PASSWORD, for SERVICE
-    (pop3, imap, smtp, ...; see qmailsql.services for the bars).
+    (pop3, imap, smtp, ...; see qmailsql.core.services for the bars).
 
     Raises LoginRefused (status 1) for a bad login, resolve.Refusal(111, reason) for
     trouble (DB down, misconfigured row). LOGIN, PASSWORD and REMOTEIP may be bytes

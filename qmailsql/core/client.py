@@ -4,8 +4,8 @@ The compiled helpers in csrc/ do the same in C; the protocol is csrc/PROTOCOL.md
 """
 import socket
 
-from qmailsql import config as configmod
-from qmailsql.hotpath import decode_frame, encode_frame
+from qmailsql.core import config as configmod
+from qmailsql.core.hotpath import decode_frame, encode_frame
 
 MAX_PAYLOAD = 65536
 

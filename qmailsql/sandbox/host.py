@@ -33,8 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-from qmailsql import config as configmod
-from qmailsql.helpers import LIBEXEC, NAMES, SCRIPTS
+from qmailsql.core import config as configmod
+from qmailsql.core.helpers import LIBEXEC, NAMES, PACKAGE_DIR, SCRIPTS
 
 MARKER = ".qmailsql-sandbox"
 DB_NAME = "qmail"
@@ -283,7 +283,7 @@ def create_schema(paths, userlen=32, hosts=("localhost", "127.0.0.1")):
     """What `qmailsql initdb` and `qmailsql grant` do on a host, as the sandbox's DB
     root: the database, the tables, and control/sqlserver's login with exactly the
     daemon's grants (from HOSTS: the socket, and TCP on 127.0.0.1)."""
-    from qmailsql import db, schema
+    from qmailsql.core import db, schema
     daemon_cfg = configmod.load(str(paths.root))
     admin = configmod.as_admin(daemon_cfg, str(paths.root_cnf))
     schema.create_database(admin)
@@ -303,7 +303,7 @@ def install_helpers(paths):
         src = LIBEXEC / name
         if src.exists():
             shutil.copy2(src, paths.bin / name)
-    from qmailsql import dovecot  # where `qmailsql dovecot-config` looks for it
+    from qmailsql.core import dovecot  # where `qmailsql dovecot-config` looks for it
     shutil.copy2(SCRIPTS[dovecot.SCRIPT], paths.bin / dovecot.INSTALLED_SCRIPT)
 
 
@@ -311,7 +311,7 @@ def package_parent():
     """The directory this qmailsql package is imported from: a child `python -m
     qmailsql` run from a neutral cwd then gets the very same package (installed or
     built in place), never a source tree that happens to be its cwd."""
-    return str(Path(__file__).resolve().parent.parent)
+    return str(PACKAGE_DIR.parent)
 
 
 def start_daemon(paths):

@@ -1,7 +1,7 @@
 """`qmailsql sync`: qmail's control files from the DB (SPEC section 7).
 
   control/virtualdomains    `host:host` for every virtual host (qmail-send then hands
-                            u@host to qmail-getpw as `host-u`, see qmailsql.virtual)
+                            u@host to qmail-getpw as `host-u`, see qmailsql.core.virtual)
   control/rcpthosts         the rcpthosts table plus the virtual hosts, lower-case,
                             sorted, unique; at most 50 hosts (qmail-smtpd's advice in
                             rcpthosts(5)) ...
@@ -24,7 +24,7 @@ import shutil
 import signal
 import subprocess
 
-from qmailsql import cdb
+from qmailsql.core import cdb
 
 BEGIN = "# BEGIN qmailsql sync: entries from the DB (change them with `qmailsql virtual` / `qmailsql rcpthost`, then `qmailsql sync`)"
 END = "# END qmailsql sync"
@@ -245,7 +245,7 @@ def stale(qmail_dir, directory):
 
 def cmd_sync(args):
     from qmailsql.cli import session
-    from qmailsql.config import qmail_dir
+    from qmailsql.core.config import qmail_dir
     home = qmail_dir(args.qmail_dir)
     try:
         with session(args) as q:

@@ -45,7 +45,7 @@ doctor. With no rows, stock qmail-local runs unchanged and reads the files as us
 """
 import os
 
-from qmailsql.resolve import ALIAS_USER, EXIT_TEMP, Refusal, shown
+from qmailsql.core.resolve import ALIAS_USER, EXIT_TEMP, Refusal, shown
 
 SPECIAL = (".", "/", "|")
 
@@ -265,10 +265,10 @@ def _lines(directory, config, user, local, dash, ext):
 
 def magic_forward(directory, config, user, local, dash, ext):
     """b"&address\\n" when this is the alias user's delivery of a magic forward (see
-    qmailsql.virtual), else None."""
+    qmailsql.core.virtual), else None."""
     if lower_ascii(user) != ALIAS_USER.encode() or dash != b"-" or ext != local:
         return None
-    from qmailsql import virtual
+    from qmailsql.core import virtual
     hit = virtual.match(config, virtual.row_source(directory), local)
     if hit is None or hit.kind != "forward":
         return None

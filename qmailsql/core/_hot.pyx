@@ -1,10 +1,10 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
-"""Cython hot path: the same names and behaviour as qmailsql/fallback.py.
+"""Cython hot path: the same names and behaviour as qmailsql/core/fallback.py.
 
 Per-delivery work lives here: request framing, local-part splitting, and the
 control/sqlserver parser the daemon runs at start and on reload.
 """
-from qmailsql.fallback import ConfigError, KEY_ALIASES, REPEATABLE
+from qmailsql.core.fallback import ConfigError, KEY_ALIASES, REPEATABLE
 
 
 cdef inline bint _blank(unsigned char c):
@@ -163,7 +163,7 @@ def split_fields(bytes payload):
 
 # ---------------------------------------------------------------------------
 # qmailsqld's hot path: response framing, the response cache and its policy
-# (same names and behaviour as in qmailsql/fallback.py).
+# (same names and behaviour as in qmailsql/core/fallback.py).
 
 def encode_response(long status, bytes body=b""):
     cdef bytes payload = b"%d\0" % status + body

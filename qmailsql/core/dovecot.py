@@ -8,7 +8,7 @@ user by uid for those three commands only (daemon.dovecot_uids()).
 
 This module has
 
-* the daemon's answers: :func:`answer` (passdb: qmailsql.auth's rules, limiter and
+* the daemon's answers: :func:`answer` (passdb: qmailsql.core.auth's rules, limiter and
   rehash, with the service bars; userdb: uid, gid, home and mail from the account
   rules of qmail-getpw; iterate: the mailbox names, a page at a time);
 * :func:`fragment`, what ``qmailsql dovecot-config`` prints;
@@ -26,8 +26,8 @@ import shutil
 import subprocess
 import time
 
-from qmailsql import auth, config as configmod
-from qmailsql.resolve import EXIT_TEMP, Refusal, shown
+from qmailsql.core import auth, config as configmod
+from qmailsql.core.resolve import EXIT_TEMP, Refusal, shown
 
 COMMANDS = frozenset([b"passdb", b"userdb", b"iterate"])
 MAIL = "maildir:~/Maildir"       # what qmail-local delivers to (./Maildir/)
@@ -83,7 +83,7 @@ def userdb_fields(resolver, directory, config, name):
 
 
 def passdb(resolver, directory, config, login, password, service, remoteip, log):
-    """The `passdb` answer: qmailsql.auth decides; an accepted login also carries the
+    """The `passdb` answer: qmailsql.core.auth decides; an accepted login also carries the
     mailbox's userdb fields (for Dovecot's prefetch userdb) and `user`, the mailbox
     name, so `alice@example.com` becomes Dovecot's user `alice`."""
     status, result = auth.attempt(directory, config, login, password, remoteip, log=log,
@@ -152,7 +152,7 @@ def answer(command, args, resolver, directory, config, log):
 def script_path(qmail_dir):
     """The Lua script Dovecot should load: QMAIL/bin's copy (`qmailsql install` puts
     it there, readable by Dovecot's user), else the package's own."""
-    from qmailsql.helpers import helper_path
+    from qmailsql.core.helpers import helper_path
     installed = os.path.join(qmail_dir, "bin", INSTALLED_SCRIPT)
     return installed if os.path.exists(installed) else str(helper_path(SCRIPT))
 
@@ -342,7 +342,7 @@ def flush_auth_cache(warn, environ=None):
 DOVECOT = "/usr/sbin/dovecot"
 
 PRIVATE_CONF = """\
-# a private Dovecot (qmailsql.dovecot.Private): its own base_dir, state and log
+# a private Dovecot (qmailsql.core.dovecot.Private): its own base_dir, state and log
 base_dir = {top}/run
 state_dir = {top}/state
 instance_name = qmailsql-{port}

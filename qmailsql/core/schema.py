@@ -57,7 +57,7 @@ LOOKUP_INDEXES = {
 # (the old daemon names its columns, so adding one never disturbs it)
 ADDED_COLUMNS = [
     ("mailbox", "deny_services", "SET('pop3','imap','smtp') NOT NULL DEFAULT '' "
-                                 "AFTER suspended"),  # qmailsql/services.py
+                                 "AFTER suspended"),  # qmailsql/core/services.py
 ]
 
 # columns that hold user names, widened by --userlen
@@ -85,7 +85,7 @@ def identifier(name):
 def create_database(admin_config):
     """CREATE DATABASE admin_config.db (utf8mb4) on the write_server unless it exists;
     True when it was created. ADMIN_CONFIG: config.as_admin()."""
-    from qmailsql import db
+    from qmailsql.core import db
     quoted = identifier(admin_config.db)
     directory = db.Directory(dataclasses.replace(admin_config, db=""))
     try:

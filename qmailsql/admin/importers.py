@@ -253,7 +253,7 @@ class UsersCdb:
         seen, table = self._seen
         if seen == ident:
             return table
-        from qmailsql import cdb
+        from qmailsql.core import cdb
         try:
             table = UsersTable.from_cdb(cdb.Reader.open(self.path).items(), "users/cdb")
         except (OSError, ValueError) as e:  # qmail-lspawn defers every delivery then
@@ -354,7 +354,7 @@ def _ok_text(s):
 def _simulator(config, rows):
     """A resolve.Resolver over ROWS ({lower name: (name, uid, gid, home)}), /etc/passwd per
     system_users; mailbox homes are taken as usable (they may not exist yet)."""
-    from qmailsql import resolve
+    from qmailsql.core import resolve
 
     class Sim(resolve.Resolver):
         def usable_home(self, acct, say):
@@ -373,7 +373,7 @@ def _simulator(config, rows):
 
 
 def _answer(sim, local):
-    from qmailsql.resolve import Refusal
+    from qmailsql.core.resolve import Refusal
     try:
         d = sim.getpw(os.fsencode(local))
     except Refusal as r:
@@ -398,7 +398,7 @@ def existing_mailboxes(directory, names):
 def plan_assign(entries, config, directory=None, passwd=None, shadow=None, min_uid=MIN_UID,
                 max_uid=MAX_UID):
     """The Plan for users/assign ENTRIES (and/or PASSWD/SHADOW text)."""
-    from qmailsql.hotpath import candidates
+    from qmailsql.core.hotpath import candidates
     plan = Plan("users/assign")
     userlen = config.userlen
     simple_keys = {lower_ascii(e.local) for e in entries if not e.wild}
@@ -569,7 +569,7 @@ def parse_shadow(text):
 
 
 def _plan_passwd(plan, passwd, shadow, min_uid, max_uid, userlen, have_assign):
-    from qmailsql import passwords
+    from qmailsql.core import passwords
     shadow_map = parse_shadow(shadow) if shadow is not None else {}
     for lineno, name, f in parse_passwd(passwd):
         where = "passwd line %d" % lineno
@@ -1016,7 +1016,7 @@ def _domain_home(users_dirs, domain, domains_dir):
 
 
 def plan_vpopmail(tables, config, uid, gid, domains_dir=None, qmail_dir="/var/qmail"):
-    from qmailsql import passwords
+    from qmailsql.core import passwords
     plan = Plan("vpopmail")
     users, valias, aliasdomains, notes = vpopmail_tables(tables)
     for n in notes:
@@ -1225,7 +1225,7 @@ def _insert_rows(cur, table, columns, rows, progress, done, total, started):
 
 def apply(plan, outcome, config, replace=False, progress=None):
     """Write OUTCOME's new rows (and with REPLACE its conflicts) in one transaction."""
-    from qmailsql import db
+    from qmailsql.core import db
     conn = db.connect(config, config.write_server)
     total = (sum(len(v) for v in outcome.new.values())
              + (sum(len(v) for v in outcome.conflict.values()) if replace else 0))
@@ -1329,7 +1329,7 @@ def _read(path):
 
 
 def _finish(args, q, plan):
-    from qmailsql.doctor import Progress
+    from qmailsql.admin.doctor import Progress
     outcome = compare(plan, q.directory)
     replace = getattr(args, "replace", False)
     if args.apply:
@@ -1342,7 +1342,7 @@ def _finish(args, q, plan):
                              "transaction, rolled back): %s\n" % (e,))
             return 111
         try:
-            from qmailsql import admin
+            from qmailsql.admin import tables as admin
             admin.flush_daemon(q.config, warn=lambda m: None)
         except Exception:
             pass
@@ -1371,7 +1371,7 @@ def cmd_import_assign(args):
 
 
 def cmd_import_vpopmail(args):
-    from qmailsql import config as configmod
+    from qmailsql.core import config as configmod
     from qmailsql.cli import session
     if bool(args.dump) == bool(args.from_db):
         sys.stderr.write("qmailsql import vpopmail: give DUMP.sql or --from-db (one of them)\n")
