@@ -4,7 +4,7 @@
 Per-delivery work lives here: request framing, local-part splitting, and the
 control/sqlserver parser the daemon runs at start and on reload.
 """
-from qmailsql.core.fallback import ConfigError, KEY_ALIASES, REPEATABLE
+from qmailsql.core.definitions import ConfigError, KEY_ALIASES, REPEATABLE
 
 
 cdef inline bint _blank(unsigned char c):

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qmailsql.core.helpers import PACKAGE_DIR
-from qmailsql.core.hotpath import ConfigError, parse_sqlserver
+from qmailsql.core.definitions import ConfigError
+from qmailsql.core.hotpath import parse_sqlserver
 
 DEFAULT_QMAIL_DIR = "/var/qmail"
 FIX_PERMS = "chgrp qmailsql {path}; chmod 640 {path}"
