@@ -27,6 +27,7 @@ import subprocess
 import time
 
 from qmailsql.core import auth, config as configmod
+from qmailsql.core.helpers import helper_path
 from qmailsql.core.resolve import EXIT_TEMP, Refusal, shown
 
 COMMANDS = frozenset([b"passdb", b"userdb", b"iterate"])
@@ -152,7 +153,6 @@ def answer(command, args, resolver, directory, config, log):
 def script_path(qmail_dir):
     """The Lua script Dovecot should load: QMAIL/bin's copy (`qmailsql install` puts
     it there, readable by Dovecot's user), else the package's own."""
-    from qmailsql.core.helpers import helper_path
     installed = os.path.join(qmail_dir, "bin", INSTALLED_SCRIPT)
     return installed if os.path.exists(installed) else str(helper_path(SCRIPT))
 

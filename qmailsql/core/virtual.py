@@ -43,7 +43,7 @@ a default; it is never relayed.
 import re
 from collections import namedtuple
 
-from qmailsql.core.resolve import EXIT_TEMP, Refusal, shown
+from qmailsql.core.errors import EXIT_TEMP, Refusal, shown
 
 HOST_SEP = b"-"       # qmail-send.c rewrite(): prefix + "-" + address
 FORWARD_USER = "forward"

@@ -1,0 +1,26 @@
+"""What every resolver says when it gives no delivery answer: qmail's exit codes, the
+Refusal carrying one, and how a local part is shown in its message. Imports nothing,
+so resolve, virtual, aliases and auth all share it without a circle."""
+
+
+# exit codes, as qmail-lspawn reads them (qlx.h)
+EXIT_OK = 0
+EXIT_USAGE = 100
+EXIT_TEMP = 111
+EXIT_NFS = 115
+EXIT_NOALIAS = 116
+
+
+class Refusal(Exception):
+    """No delivery answer: EXIT code for qmail-lspawn and one line saying why."""
+
+    def __init__(self, code, message):
+        Exception.__init__(self, message)
+        self.code = code
+        self.message = message
+
+
+def shown(local, limit=64):
+    """LOCAL for a log line: printable, and short even for 10 kB of junk."""
+    text = repr(local[:limit])[1:]
+    return text + ("...(%d bytes)" % len(local) if len(local) > limit else "")
