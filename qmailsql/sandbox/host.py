@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from qmailsql.core import config as configmod, db, dovecot, schema
+from qmailsql.core import config as configmod, db, dovecot as dovecot_config, schema
 from qmailsql.core.config import SANDBOX_MARKER as MARKER, admin_option_file  # noqa: F401 (sb.*)
 from qmailsql.core.helpers import LIBEXEC, NAMES, PACKAGE_DIR, SCRIPTS
 
@@ -294,7 +294,7 @@ def install_helpers(paths):
         if src.exists():
             shutil.copy2(src, paths.bin / name)
     # where `qmailsql dovecot-config` looks for it
-    shutil.copy2(SCRIPTS[dovecot.SCRIPT], paths.bin / dovecot.INSTALLED_SCRIPT)
+    shutil.copy2(SCRIPTS[dovecot_config.SCRIPT], paths.bin / dovecot_config.INSTALLED_SCRIPT)
 
 
 def package_parent():
