@@ -71,6 +71,40 @@ def db(sandbox):
         flush_daemon(sandbox)
 
 
+# ---------------------------------------------------------------- rows
+# The one set of row factories every test file uses: Q is a Session (the `db` fixture).
+ROW_UID, ROW_GID = 800, 100
+
+
+def add_mailbox(q, name, home=None, uid=ROW_UID, gid=ROW_GID, password="x",
+                ptype="Password", suspended="N", deny="", make_home=False, replace=False):
+    """A mailbox row (home default /home/mail/NAME); MAKE_HOME creates the home owned by
+    uid/gid, as qmail-getpw demands; REPLACE overwrites a row of that name."""
+    home = str(home) if home is not None else "/home/mail/" + name
+    q.directory.query("%s INTO mailbox (username, uid, gid, home, password, password_type, "
+                      "suspended, deny_services) VALUES (%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s)"
+                      % ("REPLACE" if replace else "INSERT"),
+                      (name, uid, gid, home, password, ptype, suspended, deny), write=True)
+    if make_home:
+        os.makedirs(home, exist_ok=True)
+        os.chown(home, uid, gid)
+    return home
+
+
+def add_alias(q, username, alias, alias_username, alias_host):
+    """An alias row: USERNAME's extension ALIAS goes to ALIAS_USERNAME@ALIAS_HOST."""
+    q.directory.query("INSERT INTO alias (username, alias, alias_username, alias_host) "
+                      "VALUES (%s,%s,%s,%s)", (username, alias, alias_username, alias_host),
+                      write=True)
+
+
+def add_virtual(q, username, ext, virtual_username, virtual_host):
+    """A virtual row: VIRTUAL_USERNAME@VIRTUAL_HOST is delivered as USERNAME-EXT."""
+    q.directory.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
+                      "VALUES (%s,%s,%s,%s)", (username, ext, virtual_username, virtual_host),
+                      write=True)
+
+
 def flush_daemon(root):
     """Drop the daemon's cache so the next test sees its own rows."""
     from qmailsql.core import client
