@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import add_virtual
+from conftest import add_mailbox, add_virtual
 
 from qmailsql.core import config as configmod
 from qmailsql.core import db as dbmod
@@ -21,11 +21,7 @@ UID, GID = 800, 100
 def mailbox(q, homes, name, uid=UID, gid=GID):
     home = homes / name.replace("/", "_")
     home.mkdir()
-    os.chown(home, uid, gid)
-    q.directory.query("INSERT INTO mailbox (username, uid, gid, home, password, password_type)"
-                      " VALUES (%s,%s,%s,%s,'x','Password')", (name, uid, gid, str(home)),
-                      write=True)
-    return str(home).encode()
+    return os.fsencode(add_mailbox(q, name, home, uid=uid, gid=gid, make_home=True))
 
 
 def resolver(q, **changes):
