@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 import qmailsql
+from qmailsql.core import cdb, client
+from qmailsql.core.hotpath import decode_frame
 from qmailsql.sandbox import host as sb
 
 
@@ -107,7 +109,6 @@ def add_virtual(q, username, ext, virtual_username, virtual_host):
 
 def flush_daemon(root):
     """Drop the daemon's cache so the next test sees its own rows."""
-    from qmailsql.core import client
     try:
         client.flush(sb.Paths(root).daemon_socket, timeout=5)
     except (OSError, ValueError):
@@ -153,7 +154,6 @@ def homes(tmp_path):
 
 def newu(entries):
     """users/cdb as qmail-newu writes it, from (wild, local, fields) entries."""
-    from qmailsql.core import cdb
     pairs, wild = [], ""
     for is_wild, local, fields in entries:
         key = b"!" + local.lower().encode() + (b"" if is_wild else b"\0")
@@ -190,7 +190,6 @@ sys.stdout.buffer.write(data)
 def raw_as(uid, path, fields):
     """One request of FIELDS (bytes) to the daemon socket PATH, sent by a process running
     as UID: (status, body)."""
-    from qmailsql.core.hotpath import decode_frame
     payload = b"".join(f + b"\0" for f in fields)
     r = subprocess.run(as_uid(uid) + [python_for_everyone(), "-I", "-c", RAW_CLIENT,
                                       str(path), payload.hex()], capture_output=True, cwd="/",
