@@ -4,6 +4,10 @@
 Per-delivery work lives here: request framing, local-part splitting, and the
 control/sqlserver parser the daemon runs at start and on reload.
 """
+from collections import OrderedDict
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
 from qmailsql.fallback import ConfigError, KEY_ALIASES, REPEATABLE
 
 
@@ -110,14 +114,14 @@ def parse_sqlserver(data, filename="control/sqlserver"):
 def candidates(bytes local, bytes auto_break=b"-", Py_ssize_t userlen=32):
     cdef list out = []
     cdef const unsigned char *s = local
-    cdef Py_ssize_t n = len(local), p = n
+    cdef Py_ssize_t n = len(local), p
     cdef int brk = auto_break[0] if auto_break else -1
+    if 0 < n < userlen:
+        out.append((local.lower(), b"", b""))
+    p = (n if n < userlen else userlen) - 1
     while p > 0:
-        if p < userlen and (p == n or s[p] == brk):
-            if p == n:
-                out.append((local.lower(), b"", b""))
-            else:
-                out.append((local[:p].lower(), b"-", local[p + 1:]))
+        if s[p] == brk:
+            out.append((local[:p].lower(), b"-", local[p + 1:]))
         p -= 1
     return out
 
@@ -127,31 +131,32 @@ def encode_frame(fields):
     return b"%d:%s," % (len(payload), payload)
 
 
-def decode_frame(buf, Py_ssize_t limit=65536):
-    cdef bytes b = buf if type(buf) is bytes else bytes(buf)
-    cdef const unsigned char *s = b
-    cdef Py_ssize_t n = len(b), i = 0, length = 0, end
+def decode_frame(buf, Py_ssize_t limit=65536, Py_ssize_t start=0):
+    cdef const unsigned char[:] view = buf
+    cdef Py_ssize_t n = view.shape[0], i = start, length = 0, end
     cdef unsigned char c
+    if start < 0:
+        raise ValueError("negative start")
     while i < n:
-        c = s[i]
+        c = view[i]
         if c == 0x3A:
             break
-        if c < 0x30 or c > 0x39 or i >= 6:
+        if c < 0x30 or c > 0x39 or i - start >= 6:
             raise ValueError("malformed frame length")
         length = length * 10 + c - 0x30
         i += 1
     else:
         return None, 0
-    if i == 0:
+    if i == start:
         raise ValueError("malformed frame length")
     if length > limit:
         raise ValueError("frame of %d bytes exceeds the limit of %d" % (length, limit))
     end = i + 1 + length
     if n <= end:
         return None, 0
-    if s[end] != 0x2C:
+    if view[end] != 0x2C:
         raise ValueError("frame not terminated by ','")
-    return b[i + 1:end], end + 1
+    return PyBytes_FromStringAndSize(<const char *>&view[i + 1], length), end + 1
 
 
 def split_fields(bytes payload):
@@ -194,26 +199,60 @@ def cache_times(bytes request, long status, bytes body, cache_ttl, negative_ttl,
     return (0, 0)
 
 
+PRIVILEGED = -1
+STALE = -2
+
+
+cpdef Py_ssize_t entry_cost(bytes key, bytes response):
+    return 1 + ((len(key) + len(response)) >> 10)
+
+
 cdef class _Entry:
     cdef bytes response
     cdef double fresh
     cdef double stale
+    cdef long share
+    cdef Py_ssize_t cost
+
+
+cdef class _Share:
+    cdef object keys  # OrderedDict, oldest first
+    cdef Py_ssize_t cost
 
 
 cdef class ResponseCache:
     cdef dict _d
+    cdef dict _shares
+    cdef object _unprivileged
+    cdef Py_ssize_t _unprivileged_cost
     cdef public Py_ssize_t max_entries
+    cdef public Py_ssize_t uid_entries
+    cdef public Py_ssize_t unprivileged_entries
     cdef public long generation
 
-    def __init__(self, Py_ssize_t max_entries=100000):
+    def __init__(self, Py_ssize_t max_entries=100000, Py_ssize_t uid_entries=0,
+                 Py_ssize_t unprivileged_entries=0):
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
+        self.uid_entries = uid_entries if uid_entries > 0 else max(1, max_entries // 100)
+        self.unprivileged_entries = (unprivileged_entries if unprivileged_entries > 0
+                                     else max_entries)
         self.generation = 0
+        self._reset()
+
+    cdef _reset(self):
         self._d = {}
+        self._shares = {}
+        self._unprivileged = OrderedDict()
+        self._unprivileged_cost = 0
 
     def __len__(self):
         return len(self._d)
+
+    def share_cost(self, long owner):
+        cdef object share = self._shares.get(owner)
+        return (<_Share>share).cost if share is not None else 0
 
     cpdef object get(self, bytes key, double now):
         cdef object e = self._d.get(key)
@@ -227,26 +266,71 @@ cdef class ResponseCache:
             return (<_Entry>e).response
         return None
 
-    cpdef bint put(self, bytes key, bytes response, double now, double ttl, double stale=0):
+    cpdef bint put(self, bytes key, bytes response, double now, double ttl, double stale=0,
+                   long owner=PRIVILEGED):
         cdef _Entry e
+        cdef _Share share
+        cdef object old, found
+        cdef long share_id
+        cdef Py_ssize_t cap, cost
         if ttl <= 0:
             return False
-        if key in self._d:
-            del self._d[key]
-        elif len(self._d) >= self.max_entries:
-            self._evict()
+        old = self._d.pop(key, None)
+        if old is not None:
+            self._forget(key, (<_Entry>old).share, (<_Entry>old).cost)
+        if owner >= 0:
+            share_id = owner
+            cap = min(self.uid_entries, self.unprivileged_entries)
+            stale = 0
+        elif stale > 0:
+            share_id = STALE
+            cap = self.max_entries
+        else:
+            share_id = PRIVILEGED
+            cap = self.max_entries
+        cost = entry_cost(key, response)
+        if cost > cap:
+            return False
+        found = self._shares.get(share_id)
+        if found is None:
+            share = _Share.__new__(_Share)
+            share.keys = OrderedDict()
+            share.cost = 0
+            self._shares[share_id] = share
+        else:
+            share = <_Share>found
         e = _Entry.__new__(_Entry)
         e.response = response
         e.fresh = now + ttl
         e.stale = e.fresh + (stale if stale > 0 else 0)
+        e.share = share_id
+        e.cost = cost
         self._d[key] = e
+        share.keys[key] = None
+        share.cost += cost
+        while share.cost > cap:
+            self._drop(share.keys.popitem(last=False)[0])
+        if owner >= 0:
+            self._unprivileged[key] = None
+            self._unprivileged_cost += cost
+            while self._unprivileged_cost > self.unprivileged_entries:
+                self._drop(self._unprivileged.popitem(last=False)[0])
         return True
 
-    cdef _evict(self):
-        cdef Py_ssize_t keep = self.max_entries // 2
-        cdef list items = list(self._d.items())
-        self._d = dict(items[len(items) - keep:]) if keep else {}
+    cdef _drop(self, bytes key):
+        cdef _Entry e = <_Entry>self._d.pop(key)
+        self._forget(key, e.share, e.cost)
+
+    cdef _forget(self, bytes key, long share_id, Py_ssize_t cost):
+        cdef _Share share = <_Share>self._shares[share_id]
+        share.keys.pop(key, None)
+        share.cost -= cost
+        if share_id >= 0:
+            self._unprivileged.pop(key, None)
+            self._unprivileged_cost -= cost
+            if not share.keys:
+                del self._shares[share_id]
 
     def clear(self):
-        self._d = {}
+        self._reset()
         self.generation += 1
