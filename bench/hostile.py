@@ -39,11 +39,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import qmailsql  # noqa: E402
+try:  # the installed package (built extensions); the source tree only without one
+    import qmailsql
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import qmailsql
 from qmailsql import admin, demo, sandbox  # noqa: E402
 
 ATTACKER_UID = 12345      # owns mallory's home; not a client uid of the daemon
