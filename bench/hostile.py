@@ -141,173 +141,86 @@ report(start=start, end=time.monotonic(), sent_bytes=sent, received_bytes=receiv
        reconnects=reconnects)
 """
 
-# NCONN connections, each with one `local` request in flight, for the attacker's own
-# account; extensions alternate between LONG (over any limit) and SHORT dashes
-LONG_EXT = COMMON + r"""
-path, seconds, nconn = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-user, home, long_n, short_n = sys.argv[4].encode(), sys.argv[5].encode(), int(sys.argv[6]), \
+# NCONN connections, each with one request in flight: MAKE(n, i) is the n-th request,
+# sent on connection i as soon as the previous answer came; runs for SECONDS
+IN_FLIGHT = COMMON + r"""
+def in_flight(path, seconds, nconn, make):
+    ep = select.epoll()
+    conns = {}
+    for i in range(nconn):
+        s = dial(path)
+        conns[s.fileno()] = [s, b"", i]
+        ep.register(s.fileno(), select.EPOLLIN)
+    counter = [0]
+
+    def ask(c):
+        counter[0] += 1
+        c[0].setblocking(True)
+        c[0].sendall(make(counter[0], c[2]))
+        c[0].setblocking(False)
+
+    print("ready", flush=True)
+    start = time.monotonic()
+    end = start + seconds
+    for c in conns.values():
+        ask(c)
+    statuses = {}
+    while time.monotonic() < end:
+        for fd, ev in ep.poll(0.05):
+            c = conns[fd]
+            try:
+                data = c[0].recv(1 << 20)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise SystemExit("the daemon closed a connection")
+            got, c[1] = answers(c[1] + data)
+            for status in got:
+                statuses[status.decode()] = statuses.get(status.decode(), 0) + 1
+                if time.monotonic() < end:
+                    ask(c)
+    report(start=start, end=time.monotonic(), answers=statuses, asked=counter[0])
+"""
+
+# `local` requests for the attacker's own account, extensions alternating between LONG
+# (over any limit) and SHORT dashes, each distinct (never a cache hit)
+LONG_EXT = IN_FLIGHT + r"""
+path, seconds, nconn, user, home, long_n, short_n = sys.argv[1], float(sys.argv[2]), \
+    int(sys.argv[3]), sys.argv[4].encode(), sys.argv[5].encode(), int(sys.argv[6]), \
     int(sys.argv[7])
-ep = select.epoll()
-conns = {}
-counter = [0]
 
-def ask(s):
-    counter[0] += 1
-    n = long_n if counter[0] % 2 else short_n
-    ext = b"-" * n + b"%d" % counter[0]  # distinct: never a cache hit
-    s.setblocking(True)
-    s.sendall(frame(b"local", user, home, user + b"-" + ext, b"-", ext, b"example.org"))
-    s.setblocking(False)
+def make(n, i):
+    ext = b"-" * (long_n if n % 2 else short_n) + b"%d" % n
+    return frame(b"local", user, home, user + b"-" + ext, b"-", ext, b"example.org")
 
-for _ in range(nconn):
-    s = dial(path)
-    conns[s.fileno()] = [s, b""]
-    ep.register(s.fileno(), select.EPOLLIN)
-print("ready", flush=True)
-start = time.monotonic()
-end = start + seconds
-for c in conns.values():
-    ask(c[0])
-statuses = {}
-while time.monotonic() < end:
-    for fd, ev in ep.poll(0.05):
-        c = conns[fd]
-        try:
-            data = c[0].recv(1 << 20)
-        except BlockingIOError:
-            continue
-        if not data:
-            raise SystemExit("the daemon closed a connection")
-        got, c[1] = answers(c[1] + data)
-        for status in got:
-            statuses[status.decode()] = statuses.get(status.decode(), 0) + 1
-            if time.monotonic() < end:
-                ask(c[0])
-report(start=start, end=time.monotonic(), answers=statuses, asked=counter[0])
+in_flight(path, seconds, nconn, make)
 """
 
-# distinct `local` requests (each a new cache entry) on NCONN connections, in sequence
-CACHE = COMMON + r"""
-path, seconds, nconn = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-user, home = sys.argv[4].encode(), sys.argv[5].encode()
-ep = select.epoll()
-conns = {}
-counter = [0]
+# distinct `local` requests for the attacker's own account: each a new cache entry
+CACHE = IN_FLIGHT + r"""
+path, seconds, nconn, user, home = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), \
+    sys.argv[4].encode(), sys.argv[5].encode()
 
-def ask(s):
-    counter[0] += 1
-    ext = b"x%d" % counter[0]
-    s.setblocking(True)
-    s.sendall(frame(b"local", user, home, user + b"-" + ext, b"-", ext, b"example.org"))
-    s.setblocking(False)
+def make(n, i):
+    ext = b"x%d" % n
+    return frame(b"local", user, home, user + b"-" + ext, b"-", ext, b"example.org")
 
-for _ in range(nconn):
-    s = dial(path)
-    conns[s.fileno()] = [s, b""]
-    ep.register(s.fileno(), select.EPOLLIN)
-print("ready", flush=True)
-start = time.monotonic()
-end = start + seconds
-for c in conns.values():
-    ask(c[0])
-statuses = {}
-while time.monotonic() < end:
-    for fd, ev in ep.poll(0.05):
-        c = conns[fd]
-        try:
-            data = c[0].recv(1 << 20)
-        except BlockingIOError:
-            continue
-        if not data:
-            raise SystemExit("the daemon closed a connection")
-        got, c[1] = answers(c[1] + data)
-        for status in got:
-            statuses[status.decode()] = statuses.get(status.decode(), 0) + 1
-            if time.monotonic() < end:
-                ask(c[0])
-report(start=start, end=time.monotonic(), answers=statuses, asked=counter[0])
+in_flight(path, seconds, nconn, make)
 """
 
-# root asking getpw for crafted local parts (one in flight per connection)
-GETPW_FLOOD = COMMON + r"""
+# root asking getpw for crafted local parts PREFIX + n + BODY
+GETPW_FLOOD = IN_FLIGHT + r"""
 path, seconds, nconn, prefix, body = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), \
     sys.argv[4].encode(), sys.argv[5].encode("utf-8")
-ep = select.epoll()
-conns = {}
-counter = [0]
-
-def ask(s):
-    counter[0] += 1
-    s.setblocking(True)
-    s.sendall(frame(b"getpw", prefix + b"%d" % counter[0] + body))
-    s.setblocking(False)
-
-for _ in range(nconn):
-    s = dial(path)
-    conns[s.fileno()] = [s, b""]
-    ep.register(s.fileno(), select.EPOLLIN)
-print("ready", flush=True)
-start = time.monotonic()
-end = start + seconds
-for c in conns.values():
-    ask(c[0])
-statuses = {}
-while time.monotonic() < end:
-    for fd, ev in ep.poll(0.05):
-        c = conns[fd]
-        try:
-            data = c[0].recv(1 << 20)
-        except BlockingIOError:
-            continue
-        if not data:
-            raise SystemExit("the daemon closed a connection")
-        got, c[1] = answers(c[1] + data)
-        for status in got:
-            statuses[status.decode()] = statuses.get(status.decode(), 0) + 1
-            if time.monotonic() < end:
-                ask(c[0])
-report(start=start, end=time.monotonic(), answers=statuses, asked=counter[0])
+in_flight(path, seconds, nconn, lambda n, i: frame(b"getpw", prefix + b"%d" % n + body))
 """
 
-# root asking auth with wrong passwords for one login, from several addresses
-LOGIN_FLOOD = COMMON + r"""
+# root asking auth with wrong passwords for one login, one connection per address
+LOGIN_FLOOD = IN_FLIGHT + r"""
 path, seconds, login, addresses = sys.argv[1], float(sys.argv[2]), sys.argv[3].encode(), \
     [a.encode() for a in sys.argv[4].split(",")]
-ep = select.epoll()
-conns = {}
-counter = [0]
-
-def ask(s, ip):
-    counter[0] += 1
-    s.setblocking(True)
-    s.sendall(frame(b"auth", login, b"guess%d" % counter[0], ip))
-    s.setblocking(False)
-
-for ip in addresses:
-    s = dial(path)
-    conns[s.fileno()] = [s, b"", ip]
-    ep.register(s.fileno(), select.EPOLLIN)
-print("ready", flush=True)
-start = time.monotonic()
-end = start + seconds
-for c in conns.values():
-    ask(c[0], c[2])
-statuses = {}
-while time.monotonic() < end:
-    for fd, ev in ep.poll(0.05):
-        c = conns[fd]
-        try:
-            data = c[0].recv(1 << 20)
-        except BlockingIOError:
-            continue
-        if not data:
-            raise SystemExit("the daemon closed a connection")
-        got, c[1] = answers(c[1] + data)
-        for status in got:
-            statuses[status.decode()] = statuses.get(status.decode(), 0) + 1
-            if time.monotonic() < end:
-                ask(c[0], c[2])
-report(start=start, end=time.monotonic(), answers=statuses, asked=counter[0])
+in_flight(path, seconds, len(addresses),
+          lambda n, i: frame(b"auth", login, b"guess%d" % n, addresses[i]))
 """
 
 
@@ -384,16 +297,7 @@ def prepare(root, probes=400, daemon_env=None):
 def restart_daemon(world, env):
     """(Re)start WORLD's daemon with ENV added to its environment."""
     sandbox.stop_daemon(world.paths)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        sandbox.start_daemon(world.paths)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    sandbox.start_daemon(world.paths, env)
 
 
 def start_attack(world, name, seconds):
