@@ -495,7 +495,7 @@ class Worker:
             return
         except db.DirectoryUnavailable as e:
             task.status, task.body = EXIT_TEMP, _bytes(str(e))
-            log("local %s %s: %s" % (shown(user), shown(ext), e))
+            self.log_for(task.conn, "local %s %s: %s" % (shown(user), shown(ext), e))
             return
         task.status, task.body = 0, _bytes(body or b"")
 
@@ -505,8 +505,8 @@ class Worker:
         name = user.decode("utf-8", "replace")
         acct = self.resolver.account(name, self.directory.mailboxes([name]))
         if acct is None or acct.uid != uid or os.fsencode(acct.home) != homedir:
-            self.daemon.refusal_log(uid, "local", "refused uid %d for local %s: not that account's "
-                                    "uid and home" % (uid, shown(user)))
+            self.daemon.refusal_log(uid, "local", "refused uid %d for local %s: not that "
+                                    "account's uid and home" % (uid, shown(user)))
             raise Refusal(EXIT_TEMP, "qmailsqld refuses local requests from uid %d for "
                           "another account (%s)" % (uid, shown(user)))
 
@@ -658,7 +658,8 @@ class Daemon:
                         self.flush_out(conn)
                     if ev & ~EPOLLOUT and conn.events & EPOLLIN and not conn.closed:
                         self.read(conn)
-                    self.rearm(conn)
+                    if not conn.queued:  # else serve() rearms it, usually to the same
+                        self.rearm(conn)
             self.serve()
             now = time.monotonic()
             if now >= next_sweep:
@@ -700,7 +701,8 @@ class Daemon:
             conn.last = time.monotonic()
             self.conns[conn.fd] = conn
             self.read(conn)  # the request is usually there already
-            self.rearm(conn)
+            if not conn.queued:
+                self.rearm(conn)
 
     def refuse(self, sock, uid, pid, n):
         """A connection over the per-uid cap: answer 111 and close it at once, so a
@@ -711,12 +713,13 @@ class Daemon:
         except OSError:
             pass
         sock.close()
-        self.refusal_log(uid, "connections", "refused a connection from uid %d pid %d: it has %d open, the "
-                         "limit is %d (QMAILSQL_MAX_CONN_PER_UID)" % (uid, pid, n,
-                                                                     self.max_per_uid))
+        self.refusal_log(uid, "connections", "refused a connection from uid %d pid %d: it "
+                         "has %d open, the limit is %d (QMAILSQL_MAX_CONN_PER_UID)" % (
+                             uid, pid, n, self.max_per_uid))
 
     def read(self, conn):
-        """One recv: what came is queued for serve(); nothing is handled here."""
+        """One recv. What came is handled at once when nobody waits for a turn (one
+        turn: TURN_FRAMES requests), else queued for serve()."""
         try:
             data = conn.sock.recv(RECV_SIZE, DONTWAIT)
         except (BlockingIOError, InterruptedError):
@@ -730,10 +733,12 @@ class Daemon:
         now = conn.last = time.monotonic()
         if conn.close_after:
             return  # after a malformed request: dropped
-        if not conn.pending():
+        if conn.inpos == len(conn.inbuf):
             conn.started = now  # the first byte of a request
         conn.inbuf += data
-        self.ready(conn)
+        if self.ready_privileged or self.ready_uids or \
+                self.process(conn, TURN_FRAMES) == TURN_FRAMES:
+            self.ready(conn)
 
     def ready(self, conn):
         """CONN has bytes to handle: queue it for its turn in serve()."""
@@ -784,13 +789,13 @@ class Daemon:
         client does not read its answers (OUT_LIMIT) or when there are no more."""
         buf = conn.inbuf
         handled = 0
-        while handled < budget and not (conn.busy or conn.closed or conn.close_after) \
-                and conn.outbytes < OUT_LIMIT:
+        while handled < budget and not (conn.busy or conn.closed or conn.close_after
+                                        or conn.outbytes >= OUT_LIMIT):
             try:
                 payload, end = decode_frame(buf, MAX_PAYLOAD, conn.inpos)
             except ValueError as e:
-                self.refusal_log(conn.uid, "malformed", "malformed request from uid %d pid %d: %s" % (
-                    conn.uid, conn.pid, e))
+                self.refusal_log(conn.uid, "malformed", "malformed request from uid %d "
+                                 "pid %d: %s" % (conn.uid, conn.pid, e))
                 self.send(conn, MALFORMED)
                 conn.close_after = True
                 break
@@ -804,10 +809,11 @@ class Daemon:
         if conn.close_after or conn.inpos == len(buf):
             buf.clear()
             conn.inpos = 0
-        elif conn.inpos > COMPACT_AT:
+            return handled
+        if conn.inpos > COMPACT_AT:
             del buf[:conn.inpos]
             conn.inpos = 0
-        if handled and conn.pending():
+        if handled:
             conn.started = time.monotonic()  # what is left is the next request
         return handled
 
@@ -832,8 +838,8 @@ class Daemon:
         args = fields[1:]
         nargs = NARGS.get(command)
         if nargs is None:
-            self.refusal_log(conn.uid, "malformed", "unknown command %s from uid %d" % (shown(command),
-                                                                          conn.uid))
+            self.refusal_log(conn.uid, "malformed", "unknown command %s from uid %d" % (
+                shown(command), conn.uid))
             self.send(conn, encode_response(100, b"unknown command " + _bytes(shown(command))))
             return
         if not conn.privileged and command not in OPEN_COMMANDS:
@@ -844,8 +850,9 @@ class Daemon:
                                             b"uid %d" % (command, conn.uid)))
             return
         if len(args) != nargs:
-            self.refusal_log(conn.uid, "malformed", "%s request from uid %d with %d fields instead of %d"
-                             % (command.decode("ascii"), conn.uid, len(args), nargs))
+            self.refusal_log(conn.uid, "malformed", "%s request from uid %d with %d fields "
+                             "instead of %d" % (command.decode("ascii"), conn.uid, len(args),
+                                                nargs))
             self.send(conn, encode_response(EXIT_TEMP, b"malformed %s request: %d fields, "
                                             b"expected %d" % (command, len(args), nargs)))
             return
@@ -1064,10 +1071,10 @@ class Daemon:
             if now - conn.last > idle and not (self.stopping and conn.out):
                 self.close(conn)
             elif conn.pending() and not conn.close_after and now - conn.started > frame_timeout:
-                self.refusal_log(conn.uid, "incomplete", "closed the connection from uid %d pid %d: its "
-                                 "request was still incomplete (%d bytes) %.0fs after its "
-                                 "first byte" % (conn.uid, conn.pid, conn.pending(),
-                                                 now - conn.started))
+                self.refusal_log(conn.uid, "incomplete", "closed the connection from uid %d "
+                                 "pid %d: its request was still incomplete (%d bytes) %.0fs "
+                                 "after its first byte" % (conn.uid, conn.pid, conn.pending(),
+                                                           now - conn.started))
                 self.close(conn)
         self.refusal_log.sweep(now)
 

@@ -23,4 +23,5 @@ else:
         IMPLEMENTATION = "python"
 
 __all__ = ["ConfigError", "IMPLEMENTATION", "PRIVILEGED", "STALE", "ResponseCache",
-           "cache_times", "candidates", "decode_frame", "encode_frame", "encode_response", "parse_sqlserver", "split_fields"]
+           "cache_times", "candidates", "decode_frame", "encode_frame", "encode_response",
+           "parse_sqlserver", "split_fields"]
