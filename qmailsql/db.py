@@ -295,7 +295,7 @@ class Directory:
 def statement_size(sql, params):
     """An upper bound of SQL's length once PARAMS are in it, escaped and quoted."""
     size = len(sql)
-    for p in params:
+    for p in (params.values() if isinstance(params, dict) else params or ()):
         if isinstance(p, str):
             p = p.encode("utf-8", "surrogatepass")
         if isinstance(p, (bytes, bytearray)):
