@@ -10,7 +10,8 @@ login attack, the compiled checkpassword with the owner's right password from an
 address that has not failed. Every probe answer is checked. Before the attacks, the
 same probes run with no attack (the baseline). Prints a table and, last, one line of
 JSON: p50/p99 probe latency in ms and wrong answers per phase, each attack's own
-counts, and the daemon's peak RSS (VmHWM) in kB.
+counts, and the daemon's peak RSS (VmHWM) in kB; then, in this process, the cost of a
+put() into a full response cache (median and slowest, both implementations).
 
 The attacks (what issue 12 reproduced):
 
@@ -30,6 +31,7 @@ tests/test_hostile.py runs each attack for a short span and asserts on order and
 correctness; this script only measures.
 """
 import argparse
+import array
 import json
 import os
 import statistics
@@ -445,6 +447,34 @@ def check_stale(world, names):
         sandbox.restart_db(world.paths)
 
 
+def cache_pauses(entries=100000, puts=300000):
+    """Per put() into a full ResponseCache of ENTRIES, for PUTS distinct keys (each one
+    evicts): median and slowest in microseconds, and the process's RSS growth in kB,
+    for both implementations. (The old cache rebuilt its table once per entries/2 new
+    keys: a pause of 12-19 ms.)"""
+    from qmailsql import _hot, fallback
+    out = {}
+    for name, m in (("cython", _hot), ("python", fallback)):
+        cache = m.ResponseCache(entries)
+        response = b"x" * 60
+        for i in range(entries):
+            cache.put(b"getpw\0warm%d\0" % i, response, 1.0, 300, 3600)
+        times = array.array("d", bytes(8 * puts))  # allocated before RSS is read
+        rss = rss_kb(os.getpid(), "VmRSS")
+        clock = time.perf_counter
+        for i in range(puts):
+            key = b"getpw\0user%d\0" % i
+            t = clock()
+            cache.put(key, response, 1.0, 300, 3600)
+            times[i] = clock() - t
+        rss = rss_kb(os.getpid(), "VmRSS") - rss
+        times = sorted(times)
+        out[name] = {"put_p50_us": round(times[len(times) // 2] * 1e6, 2),
+                     "put_max_us": round(times[-1] * 1e6, 1),
+                     "rss_growth_kb": rss}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10)
@@ -477,12 +507,16 @@ def main():
         result["daemon_peak_rss_kb"] = rss_kb(world.daemon_pid())
     finally:
         sandbox.down(root)
+    result["cache"] = dict(result.get("cache", {}), pauses=cache_pauses())
     print("%-10s %28s %28s" % ("attack", "baseline p50/p99 ms", "under attack p50/p99 ms"))
     for name, base, att in rows:
         print("%-10s %14s/%-8s wrong %-3d %14s/%-8s wrong %-3d" % (
             name, base["p50_ms"], base["p99_ms"], base["wrong"], att["p50_ms"],
             att["p99_ms"], att["wrong"]))
     print("daemon peak RSS: %d kB" % result["daemon_peak_rss_kb"])
+    for impl, p in sorted(result["cache"]["pauses"].items()):
+        print("cache put into a full cache (%s): p50 %s us, slowest %s us, RSS +%d kB"
+              % (impl, p["put_p50_us"], p["put_max_us"], p["rss_growth_kb"]))
     print(json.dumps(result))
     return 0
 

@@ -4,8 +4,7 @@
 Per-delivery work lives here: request framing, local-part splitting, and the
 control/sqlserver parser the daemon runs at start and on reload.
 """
-from collections import OrderedDict
-
+cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from qmailsql.fallback import ConfigError, KEY_ALIASES, REPEATABLE
@@ -201,30 +200,38 @@ def cache_times(bytes request, long status, bytes body, cache_ttl, negative_ttl,
 
 PRIVILEGED = -1
 STALE = -2
+cdef enum:
+    SHARDS = 64  # as in fallback.py
 
 
 cpdef Py_ssize_t entry_cost(bytes key, bytes response):
     return 1 + ((len(key) + len(response)) >> 10)
 
 
+@cython.no_gc
+@cython.final
 cdef class _Entry:
+    # bytes, floats and ints only: never in a cycle, so the GC need not walk 100,000s
     cdef bytes response
     cdef double fresh
     cdef double stale
     cdef long share
     cdef Py_ssize_t cost
+    cdef bytes prev, next, uprev, unext  # neighbours in the share's and the uids' lists
 
 
-cdef class _Share:
-    cdef object keys  # OrderedDict, oldest first
+@cython.no_gc
+@cython.final
+cdef class _Chain:
+    cdef bytes oldest, newest
     cdef Py_ssize_t cost
 
 
 cdef class ResponseCache:
-    cdef dict _d
+    cdef list _tables
+    cdef Py_ssize_t _size
     cdef dict _shares
-    cdef object _unprivileged
-    cdef Py_ssize_t _unprivileged_cost
+    cdef _Chain _unprivileged
     cdef public Py_ssize_t max_entries
     cdef public Py_ssize_t uid_entries
     cdef public Py_ssize_t unprivileged_entries
@@ -242,26 +249,32 @@ cdef class ResponseCache:
         self._reset()
 
     cdef _reset(self):
-        self._d = {}
+        self._tables = [{} for _ in range(SHARDS)]
+        self._size = 0
         self._shares = {}
-        self._unprivileged = OrderedDict()
-        self._unprivileged_cost = 0
+        self._unprivileged = _Chain.__new__(_Chain)
+
+    cdef inline dict _table(self, bytes key):
+        return <dict>self._tables[hash(key) & (SHARDS - 1)]
+
+    cdef inline _Entry _at(self, bytes key):
+        return <_Entry>self._table(key)[key]
 
     def __len__(self):
-        return len(self._d)
+        return self._size
 
     def share_cost(self, long owner):
         cdef object share = self._shares.get(owner)
-        return (<_Share>share).cost if share is not None else 0
+        return (<_Chain>share).cost if share is not None else 0
 
     cpdef object get(self, bytes key, double now):
-        cdef object e = self._d.get(key)
+        cdef object e = self._table(key).get(key)
         if e is not None and now < (<_Entry>e).fresh:
             return (<_Entry>e).response
         return None
 
     cpdef object get_stale(self, bytes key, double now):
-        cdef object e = self._d.get(key)
+        cdef object e = self._table(key).get(key)
         if e is not None and now < (<_Entry>e).stale:
             return (<_Entry>e).response
         return None
@@ -269,15 +282,18 @@ cdef class ResponseCache:
     cpdef bint put(self, bytes key, bytes response, double now, double ttl, double stale=0,
                    long owner=PRIVILEGED):
         cdef _Entry e
-        cdef _Share share
+        cdef _Chain share
         cdef object old, found
+        cdef dict table
         cdef long share_id
         cdef Py_ssize_t cap, cost
         if ttl <= 0:
             return False
-        old = self._d.pop(key, None)
+        table = self._table(key)
+        old = table.pop(key, None)
         if old is not None:
-            self._forget(key, (<_Entry>old).share, (<_Entry>old).cost)
+            self._size -= 1
+            self._unlink(<_Entry>old)
         if owner >= 0:
             share_id = owner
             cap = min(self.uid_entries, self.unprivileged_entries)
@@ -293,43 +309,71 @@ cdef class ResponseCache:
             return False
         found = self._shares.get(share_id)
         if found is None:
-            share = _Share.__new__(_Share)
-            share.keys = OrderedDict()
-            share.cost = 0
+            share = _Chain.__new__(_Chain)
             self._shares[share_id] = share
         else:
-            share = <_Share>found
+            share = <_Chain>found
         e = _Entry.__new__(_Entry)
         e.response = response
         e.fresh = now + ttl
         e.stale = e.fresh + (stale if stale > 0 else 0)
         e.share = share_id
         e.cost = cost
-        self._d[key] = e
-        share.keys[key] = None
-        share.cost += cost
-        while share.cost > cap:
-            self._drop(share.keys.popitem(last=False)[0])
+        table[key] = e
+        self._size += 1
+        self._append(share, key, e, False)
         if owner >= 0:
-            self._unprivileged[key] = None
-            self._unprivileged_cost += cost
-            while self._unprivileged_cost > self.unprivileged_entries:
-                self._drop(self._unprivileged.popitem(last=False)[0])
+            self._append(self._unprivileged, key, e, True)
+        while share.cost > cap:
+            self._drop(share.oldest)
+        while self._unprivileged.cost > self.unprivileged_entries:
+            self._drop(self._unprivileged.oldest)
         return True
 
-    cdef _drop(self, bytes key):
-        cdef _Entry e = <_Entry>self._d.pop(key)
-        self._forget(key, e.share, e.cost)
+    cdef _append(self, _Chain chain, bytes key, _Entry e, bint uids):
+        cdef bytes newest = chain.newest
+        if uids:
+            e.uprev = newest
+        else:
+            e.prev = newest
+        if newest is None:
+            chain.oldest = key
+        elif uids:
+            self._at(newest).unext = key
+        else:
+            self._at(newest).next = key
+        chain.newest = key
+        chain.cost += e.cost
 
-    cdef _forget(self, bytes key, long share_id, Py_ssize_t cost):
-        cdef _Share share = <_Share>self._shares[share_id]
-        share.keys.pop(key, None)
-        share.cost -= cost
-        if share_id >= 0:
-            self._unprivileged.pop(key, None)
-            self._unprivileged_cost -= cost
-            if not share.keys:
-                del self._shares[share_id]
+    cdef _remove(self, _Chain chain, _Entry e, bint uids):
+        cdef bytes p = e.uprev if uids else e.prev
+        cdef bytes n = e.unext if uids else e.next
+        if p is None:
+            chain.oldest = n
+        elif uids:
+            self._at(p).unext = n
+        else:
+            self._at(p).next = n
+        if n is None:
+            chain.newest = p
+        elif uids:
+            self._at(n).uprev = p
+        else:
+            self._at(n).prev = p
+        chain.cost -= e.cost
+
+    cdef _drop(self, bytes key):
+        cdef _Entry e = <_Entry>self._table(key).pop(key)
+        self._size -= 1
+        self._unlink(e)
+
+    cdef _unlink(self, _Entry e):
+        cdef _Chain share = <_Chain>self._shares[e.share]
+        self._remove(share, e, False)
+        if e.share >= 0:
+            self._remove(self._unprivileged, e, True)
+            if share.oldest is None:
+                del self._shares[e.share]
 
     def clear(self):
         self._reset()

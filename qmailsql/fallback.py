@@ -4,8 +4,6 @@
 tests/test_hotpath.py holds the two equal on random input.
 """
 
-from collections import OrderedDict
-
 # Canonical key <- every spelling control/sqlserver accepts.
 KEY_ALIASES = {
     "server": "server", "port": "port", "socket": "socket",
@@ -240,6 +238,12 @@ def entry_cost(key, response):
     return 1 + ((len(key) + len(response)) >> 10)
 
 
+SHARDS = 64  # the cache's index is this many dicts: one that grows pauses for its size only
+
+# a cache entry: a list, with the links of the two lists it is in (by key: no cycles)
+_RESPONSE, _FRESH, _STALE, _SHARE, _COST, _PREV, _NEXT, _UPREV, _UNEXT = range(9)
+
+
 class ResponseCache:
     """Response frames keyed by request payload, each fresh until / stale until a time.
 
@@ -249,9 +253,12 @@ class ResponseCache:
     unprivileged uid (OWNER of put) has uid_entries (default max_entries // 100), all
     of them together unprivileged_entries (default max_entries). An entry counts
     entry_cost(): 1, plus 1 per kB, so memory is bounded too. A full share drops its
-    oldest entry (by insertion; re-putting a key makes it the newest): O(1) per
-    entry. clear() bumps `generation`, so answers computed before a flush are not
-    stored.
+    oldest entry (by insertion; re-putting a key makes it the newest).
+
+    Every operation is O(1) with no pause that grows with the cache: each share is a
+    list linked through its entries (oldest first), and the index is SHARDS dicts, so
+    a dict that grows or compacts holds a SHARDS-th of the entries. clear() bumps
+    `generation`, so answers computed before a flush are not stored.
     """
 
     def __init__(self, max_entries=100000, uid_entries=0, unprivileged_entries=0):
@@ -265,31 +272,34 @@ class ResponseCache:
         self._reset()
 
     def _reset(self):
-        self._d = {}            # key -> [response, fresh until, stale until, share, cost]
-        self._shares = {}       # share -> [OrderedDict of its keys, oldest first, cost]
-        self._unprivileged = OrderedDict()  # every unprivileged uid's keys, oldest first
-        self._unprivileged_cost = 0
+        self._tables = [{} for _ in range(SHARDS)]  # key -> entry, by hash(key)
+        self._size = 0
+        self._shares = {}                           # share -> [oldest key, newest key, cost]
+        self._unprivileged = [None, None, 0]        # every unprivileged uid's entries
+
+    def _table(self, key):
+        return self._tables[hash(key) & (SHARDS - 1)]
 
     def __len__(self):
-        return len(self._d)
+        return self._size
 
     def share_cost(self, owner):
         """What OWNER's share holds now (PRIVILEGED, STALE or a uid), in entry_cost()s."""
         share = self._shares.get(owner)
-        return share[1] if share is not None else 0
+        return share[2] if share is not None else 0
 
     def get(self, key, now):
         """The response for KEY if it is still fresh at NOW, else None."""
-        e = self._d.get(key)
-        if e is not None and now < e[1]:
-            return e[0]
+        e = self._table(key).get(key)
+        if e is not None and now < e[_FRESH]:
+            return e[_RESPONSE]
         return None
 
     def get_stale(self, key, now):
         """The response for KEY if it may still be given while the DB is down, else None."""
-        e = self._d.get(key)
-        if e is not None and now < e[2]:
-            return e[0]
+        e = self._table(key).get(key)
+        if e is not None and now < e[_STALE]:
+            return e[_RESPONSE]
         return None
 
     def put(self, key, response, now, ttl, stale=0, owner=PRIVILEGED):
@@ -298,9 +308,11 @@ class ResponseCache:
         not kept: ttl <= 0, or bigger than the whole share."""
         if ttl <= 0:
             return False
-        old = self._d.pop(key, None)
+        table = self._table(key)
+        old = table.pop(key, None)
         if old is not None:
-            self._forget(key, old[3], old[4])
+            self._size -= 1
+            self._unlink(old)
         if owner >= 0:
             share_id, cap, stale = owner, min(self.uid_entries, self.unprivileged_entries), 0
         elif stale > 0:
@@ -312,33 +324,58 @@ class ResponseCache:
             return False
         share = self._shares.get(share_id)
         if share is None:
-            share = self._shares[share_id] = [OrderedDict(), 0]
+            share = self._shares[share_id] = [None, None, 0]
         fresh = now + ttl
-        self._d[key] = [response, fresh, fresh + (stale if stale > 0 else 0), share_id, cost]
-        share[0][key] = None
-        share[1] += cost
-        while share[1] > cap:
-            self._drop(share[0].popitem(last=False)[0])
+        e = [response, fresh, fresh + (stale if stale > 0 else 0), share_id, cost,
+             None, None, None, None]
+        table[key] = e
+        self._size += 1
+        self._append(share, key, e, _PREV, _NEXT)
         if owner >= 0:
-            self._unprivileged[key] = None
-            self._unprivileged_cost += cost
-            while self._unprivileged_cost > self.unprivileged_entries:
-                self._drop(self._unprivileged.popitem(last=False)[0])
+            self._append(self._unprivileged, key, e, _UPREV, _UNEXT)
+        while share[2] > cap:
+            self._drop(share[0])
+        while self._unprivileged[2] > self.unprivileged_entries:
+            self._drop(self._unprivileged[0])
         return True
 
-    def _drop(self, key):
-        e = self._d.pop(key)
-        self._forget(key, e[3], e[4])
+    def _append(self, chain, key, e, prev, next_):
+        """Link entry E (KEY) in at the new end of CHAIN ([oldest, newest, cost])."""
+        newest = chain[1]
+        e[prev] = newest
+        if newest is None:
+            chain[0] = key
+        else:
+            self._table(newest)[newest][next_] = key
+        chain[1] = key
+        chain[2] += e[_COST]
 
-    def _forget(self, key, share_id, cost):
-        """Take KEY (just removed from the table) out of its share's accounts."""
+    def _remove(self, chain, e, prev, next_):
+        """Link entry E out of CHAIN."""
+        p, n = e[prev], e[next_]
+        if p is None:
+            chain[0] = n
+        else:
+            self._table(p)[p][next_] = n
+        if n is None:
+            chain[1] = p
+        else:
+            self._table(n)[n][prev] = p
+        chain[2] -= e[_COST]
+
+    def _drop(self, key):
+        e = self._table(key).pop(key)
+        self._size -= 1
+        self._unlink(e)
+
+    def _unlink(self, e):
+        """Take entry E (just out of the index) out of its share's accounts."""
+        share_id = e[_SHARE]
         share = self._shares[share_id]
-        share[0].pop(key, None)
-        share[1] -= cost
+        self._remove(share, e, _PREV, _NEXT)
         if share_id >= 0:
-            self._unprivileged.pop(key, None)
-            self._unprivileged_cost -= cost
-            if not share[0]:
+            self._remove(self._unprivileged, e, _UPREV, _UNEXT)
+            if share[0] is None:
                 del self._shares[share_id]
 
     def clear(self):
