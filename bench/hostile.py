@@ -502,6 +502,7 @@ def main():
                 entry["stale_answers_after_attack"] = sum(p.ok for p in stale)
                 entry["stale_asked"] = len(stale)
             entry["daemon_rss_kb"] = rss_kb(world.daemon_pid(), "VmRSS")
+            entry["daemon_peak_rss_kb_so_far"] = rss_kb(world.daemon_pid())
             result[name] = entry
             rows.append((name, base, entry["attack"]))
         result["daemon_peak_rss_kb"] = rss_kb(world.daemon_pid())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from qmailsql import sandbox as sb
+from qmailsql import daemon, sandbox as sb
 from qmailsql.hotpath import decode_frame, encode_frame
 
 spec = importlib.util.spec_from_file_location(
@@ -90,9 +90,17 @@ def test_pipelined_flood_does_not_freeze_the_loop(world):
     """120 connections of a uid with no mailbox send 64 kB bursts of pings and refused
     getpw requests, reading the answers; the refusals are logged at a bounded rate."""
     before = log_size(world)
+    rss_before = hostile.rss_kb(world.daemon_pid(), "VmRSS")
     report, probes = hostile.under_attack(world, "pipeline", SPAN)
     served_during("pipeline", report, probes)
     assert report["received_bytes"] > 0  # the attacker was answered too
+    # what one connection may hold: a recv beyond an incomplete request, and the
+    # answers it has not read (daemon.OUT_LIMIT); 120 of them, and room for the rest
+    peak = hostile.rss_kb(world.daemon_pid())
+    bound = 120 * (2 * daemon.RECV_SIZE + daemon.OUT_LIMIT + daemon.OUT_CHUNK) // 1024
+    print("  daemon RSS %d kB before, peak %d kB; the connections may hold %d kB" % (
+        rss_before, peak, bound))
+    assert peak - rss_before < bound + 64 * 1024, "the daemon buffered far more than bounded"
     text = log_since(world, before)
     lines = [l for l in text.splitlines() if "uid %d" % hostile.STRANGER_UID in l]
     print("  %d log lines (%d bytes) about uid %d" % (len(lines), len(text),
