@@ -4,21 +4,33 @@ The compiled helpers (csrc/, protocol in csrc/PROTOCOL.md) ask it over a unix
 socket. One thread runs an epoll loop: accept, read, frame, dispatch. Answers the
 cache holds are sent inline; the rest go to a pool of DB worker threads (each with
 its own persistent, failing-over db.Directory), `auth` to a separate small pool so
-slow password hashes never delay deliveries. A worker sends its answer itself and
-hands the connection back to the loop, so requests on one connection are answered
-in order.
+slow password hashes never delay deliveries. A worker hands its answer back to the
+loop, which sends it; a connection's next request waits for it, so requests on one
+connection are answered in order.
 
 Who may ask (SO_PEERCRED): `getpw`, `auth` and `flush` only uid 0, the daemon's own
 uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local` (qmail-local runs
 as the mailbox's uid) also that account's own uid, for its own home; `ping` anyone.
 
-Hostile local clients (the socket is 0666) can cost a temporary failure, never a
-stall: a uid not in that list may hold at most $QMAILSQL_MAX_CONN_PER_UID (128)
-connections (the next is answered 111 and closed); a request must be complete
-within $QMAILSQL_FRAME_TIMEOUT (10) seconds of its first byte; a connection idle
-between requests is closed after IDLE_TIMEOUT; a request that waited in a worker
-queue longer than $QMAILSQL_TASK_DEADLINE (55) seconds, more than the helpers wait
-for an answer, is answered 111 without being worked on.
+Hostile local clients (the socket is 0666) can cost themselves a temporary failure,
+never others a stall (README, "Security"):
+- work is bounded per round of the loop: a connection gets TURN_FRAMES requests per
+  turn, an unprivileged uid UID_ROUND_FRAMES for all its connections; privileged
+  peers go first, in the loop (serve()) and in the worker queues (TaskQueue), where
+  one worker is kept for them;
+- memory is bounded per connection: input is read only when the requests already
+  read are handled, and not while OUT_LIMIT of answers wait for the client to read;
+- a uid not in that list may hold at most $QMAILSQL_MAX_CONN_PER_UID (128)
+  connections (the next is answered 111 and closed); a request must be complete
+  within $QMAILSQL_FRAME_TIMEOUT (10) seconds of its first byte; no getpw/local field
+  may be longer than resolve.MAX_FIELD (homedir: MAX_HOMEDIR); a connection idle
+  between requests is closed after IDLE_TIMEOUT; a request that waited in a worker
+  queue longer than $QMAILSQL_TASK_DEADLINE (55) seconds, more than the helpers wait
+  for an answer, is answered 111 without being worked on;
+- the response cache has a share per unprivileged uid, apart from the privileged
+  answers and the stale ones (hotpath.ResponseCache);
+- refusals are logged at most REFUSAL_LOG_BURST lines per uid and kind every
+  REFUSAL_LOG_EVERY seconds (RefusalLog).
 
 Logs go to stderr, one line per event, no timestamps (multilog adds them).
 SIGTERM/SIGINT: stop accepting, finish what is in flight, remove socket and pidfile.
@@ -204,18 +216,6 @@ def listen(path, backlog=1024):
         raise StartError("cannot listen on %s: %s" % (path, e.strerror or e))
     sock.setblocking(False)
     return sock
-
-
-def frame_size(buf, start=0):
-    """Bytes the frame at offset START of BUF takes in all, once its header is there; 0
-    while the header is incomplete or not a legal length (decode_frame then says why)."""
-    colon = buf.find(b":", start, start + 7)  # at most 6 digits
-    if colon <= start:
-        return 0
-    head = bytes(buf[start:colon])
-    if not head.isdigit() or int(head) > MAX_PAYLOAD:
-        return 0
-    return colon - start + int(head) + 2
 
 
 def oversized(command, args):
