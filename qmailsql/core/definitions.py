@@ -1,5 +1,6 @@
 """Names the Cython hot path (_hot.pyx) and its pure-Python reference (fallback.py)
-share, so both builds raise one ConfigError and accept one set of control/sqlserver keys.
+share, so both builds raise one ConfigError, accept one set of control/sqlserver keys
+and name the response cache's shares alike.
 """
 
 # Canonical key <- every spelling control/sqlserver accepts.
@@ -29,3 +30,8 @@ class ConfigError(ValueError):
         self.message = message
         where = "%s:%d" % (filename, lineno) if lineno else filename
         ValueError.__init__(self, "%s: %s" % (where, message))
+
+
+# The response cache's shares (ResponseCache.put's owner, besides a peer's uid).
+PRIVILEGED = -1  # the owner of what privileged peers' requests put in the cache
+STALE = -2       # the share of privileged answers kept for DB outages (stale > 0)

@@ -12,12 +12,17 @@ EXIT_NOALIAS = 116
 
 
 class Refusal(Exception):
-    """No delivery answer: EXIT code for qmail-lspawn and one line saying why."""
+    """No delivery answer: EXIT code for qmail-lspawn and one line saying why.
 
-    def __init__(self, code, message):
+    PUBLIC (default: the message itself) is what a peer without rights may be told:
+    a refusal that quotes a row says which row and what is wrong with it there, and
+    leaves the row's values to the log."""
+
+    def __init__(self, code, message, public=None):
         Exception.__init__(self, message)
         self.code = code
         self.message = message
+        self.public = message if public is None else public
 
 
 def shown(local, limit=64):

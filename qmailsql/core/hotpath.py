@@ -6,7 +6,7 @@ share (ConfigError, the control/sqlserver keys) lives in qmailsql/core/definitio
 """
 import os
 
-from qmailsql.core.definitions import ConfigError  # one exception class for both builds
+from qmailsql.core.definitions import PRIVILEGED, STALE, ConfigError  # one of each for both builds
 
 # The imports below are conditional, not late: the compiled module is optional (a
 # pure-Python build, or QMAILSQL_PUREPYTHON) and the reference stands in for it.
@@ -27,5 +27,6 @@ else:
                                             parse_sqlserver, split_fields)
         IMPLEMENTATION = "python"
 
-__all__ = ["ConfigError", "IMPLEMENTATION", "ResponseCache", "cache_times", "candidates",
-           "decode_frame", "encode_frame", "encode_response", "parse_sqlserver", "split_fields"]
+__all__ = ["ConfigError", "IMPLEMENTATION", "PRIVILEGED", "STALE", "ResponseCache",
+           "cache_times", "candidates", "decode_frame", "encode_frame", "encode_response",
+           "parse_sqlserver", "split_fields"]
