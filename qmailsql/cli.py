@@ -92,9 +92,11 @@ def cmd_migrate(args):
     with session(args) as q:
         changes = schema.migrate(q.directory, args.userlen)
     for line in changes:
-        print("widened " + line)
+        print(line if line.startswith(("added ", "created ")) else "widened " + line)
     if not changes:
-        print("nothing to do: every username column is at least %d wide" % args.userlen)
+        print("nothing to do: every table and column exists%s" % (
+            "" if args.userlen is None else
+            " and every username column is at least %d wide" % args.userlen))
     return 0
 
 
@@ -310,8 +312,12 @@ def build_parser():
                    help="width of the username columns (default 32)")
     s.set_defaults(func=cmd_initdb)
 
-    s = sub.add_parser("migrate", help="widen username columns of existing tables")
-    s.add_argument("--userlen", type=int, required=True, help="new width, e.g. 128")
+    s = sub.add_parser("migrate", help="add new columns and tables; widen username columns",
+                       description="Bring an existing schema up to date: create missing "
+                       "tables (domain_quota), add missing columns (mailbox.quota_size, "
+                       "quota_count), and with --userlen widen the username columns (never "
+                       "narrows). Existing rows are kept.")
+    s.add_argument("--userlen", type=int, help="new width of the username columns, e.g. 128")
     s.set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("sandbox", help="throw-away qmail home + private MariaDB in DIR",
@@ -371,6 +377,9 @@ def build_parser():
 
     from qmailsql import admin  # mailbox, alias, virtual, rcpthost, sync
     admin.add_commands(sub)
+
+    from qmailsql import quota  # quota set, quota [USER...]
+    quota.add_commands(sub)
 
     s = sub.add_parser("doctor", help="find every FAQ pitfall and say how to fix it",
                        description="Check control/sqlserver, each DB server, the schema, "

@@ -38,7 +38,7 @@ import struct
 import threading
 import time
 
-from qmailsql import aliases, auth as authmod, config as configmod, db, resolve
+from qmailsql import aliases, auth as authmod, config as configmod, db, quota, resolve
 from qmailsql.hotpath import (IMPLEMENTATION, ConfigError, ResponseCache, cache_times,
                               decode_frame, encode_response, split_fields)
 from qmailsql.resolve import EXIT_TEMP, Refusal, shown
@@ -60,8 +60,10 @@ TASK_DEADLINE = 55.0          # queued longer than this: 111 unasked (the helper
 REFUSAL_LOG_EVERY = 10.0      # "too many connections" logged once per uid this often
 
 # commands a peer not in the client uid list may send
-OPEN_COMMANDS = frozenset([b"local", b"ping"])
-NARGS = {b"getpw": 1, b"local": 6, b"auth": 3, b"ping": 0, b"flush": 0}
+OPEN_COMMANDS = frozenset([b"local", b"localq", b"ping"])
+NARGS = {b"getpw": 1, b"local": 6, b"localq": 6, b"auth": 3, b"ping": 0, b"flush": 0}
+# `localq` is `local` with the mailbox's quota in front of the lines (quota.answer_line)
+LOCAL_COMMANDS = frozenset([b"local", b"localq"])
 
 PONG = encode_response(0, b"pong")
 FLUSHED = encode_response(0, b"")
@@ -332,7 +334,7 @@ class Worker:
         command = task.command
         if command == b"getpw":
             self.getpw(task)
-        elif command == b"local":
+        elif command in LOCAL_COMMANDS:
             self.local(task)
         elif command == b"auth":
             self.auth(task)
@@ -366,6 +368,8 @@ class Worker:
                 self.check_own_account(task.conn.uid, user, homedir)
             body = aliases.delivery_lines(self.directory, self.config, user, homedir, local,
                                           dash, ext, domain)
+            if task.command == b"localq":
+                body = quota.answer_line(self.directory, self.config, user) + body
         except Refusal as r:
             task.status, task.body = r.code, _bytes(r.message)
             log("local %s %s: %s" % (shown(user), shown(ext), r.message))
@@ -686,7 +690,7 @@ class Daemon:
             return
         stale = None
         key = payload
-        if command == b"local" and not conn.privileged:
+        if command in LOCAL_COMMANDS and not conn.privileged:
             # a worker checks that USER is this peer's own account; what is cached
             # here was checked for this very uid
             key = b"uid=%d\0" % conn.uid + payload

@@ -30,6 +30,8 @@ checks, by the name they report under:
   helper-qmail-dir      helpers built (conf-qmail) for another qmail home
   daemon-not-running / daemon-not-answering
   alias-user-missing
+  quota-over / quota-maildirsize-unreadable / schema-quota
+                        Maildir++ quotas (qmailsql/quota.py)
 
 Speed: each table is read ONCE, streamed with a server-side cursor (SSCursor) on a
 connection of its own; every path is stat()ed once (a bounded cache), and the
@@ -589,6 +591,7 @@ class Doctor:
             alias_found = self.scan_mailbox(columns["mailbox"], estimates.get("mailbox"),
                                             users_table, virtual_targets, case_sensitive)
             self.check_alias_user(alias_found)
+            self.check_quotas()
         self.check_virtual_targets(virtual_targets)
         if "virtual" in columns and "rcpthosts" in columns:
             self.check_control_files()
@@ -895,6 +898,13 @@ class Doctor:
         self.report_shadows(shadows)
         self.flush_search_findings()
         return alias_found
+
+    def check_quotas(self):
+        """Mailboxes over quota, maildirsize files that cannot be read (quota.py)."""
+        from qmailsql import quota
+        for check, severity, what, fix in quota.doctor_findings(self.directory,
+                                                                self.config.quota_overflow):
+            self.add(check, severity, what, fix)
 
     # ---- homes
 

@@ -1,4 +1,5 @@
-"""The tables (SPEC section 3): `qmailsql initdb` creates them, `migrate` widens them.
+"""The tables (SPEC section 3): `qmailsql initdb` creates them, `migrate` widens them
+and adds what later releases added (the quota columns and table).
 
 Column names are the original patch's, so existing dumps load unchanged.
 DDL cannot take parameters; the only thing formatted into it is USERLEN, an int.
@@ -14,6 +15,8 @@ TABLES = {
   password_type ENUM('Password','Crypt-Password','MySQL-Password') NOT NULL
     DEFAULT 'Crypt-Password',
   suspended ENUM('N','Y') NOT NULL DEFAULT 'N',
+  quota_size BIGINT UNSIGNED NULL DEFAULT NULL,
+  quota_count BIGINT UNSIGNED NULL DEFAULT NULL,
   PRIMARY KEY (username)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
     "alias": """CREATE TABLE IF NOT EXISTS alias (
@@ -38,6 +41,20 @@ TABLES = {
   host VARCHAR(255) NOT NULL,
   PRIMARY KEY (host)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
+    # Maildir++ quota defaults of a virtual domain (qmailsql/quota.py)
+    "domain_quota": """CREATE TABLE IF NOT EXISTS domain_quota (
+  host VARCHAR(255) NOT NULL,
+  quota_size BIGINT UNSIGNED NULL DEFAULT NULL,
+  quota_count BIGINT UNSIGNED NULL DEFAULT NULL,
+  PRIMARY KEY (host)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
+}
+
+# columns added after the first release: `migrate` adds them to existing tables
+# (NULL: no limit of the mailbox's own; see qmailsql/quota.py)
+ADDED_COLUMNS = {
+    "mailbox": [("quota_size", "BIGINT UNSIGNED NULL DEFAULT NULL"),
+                ("quota_count", "BIGINT UNSIGNED NULL DEFAULT NULL")],
 }
 
 # columns that hold user names, widened by --userlen
@@ -75,11 +92,14 @@ def column_widths(directory):
     return {(t, c): w for t, c, w in rows}
 
 
-def migrate(directory, userlen):
-    """Widen the username columns to USERLEN (never narrows). Returns the changes."""
+def migrate(directory, userlen=None):
+    """Add missing tables and columns; widen the username columns to USERLEN (never
+    narrows; None: leave the widths). Returns the changes."""
+    changes = add_missing(directory, userlen or 32)
+    if userlen is None:
+        return changes
     userlen = check_userlen(userlen)
     widths = column_widths(directory)
-    changes = []
     for table, columns in USERNAME_COLUMNS.items():
         for column in columns:
             width = widths.get((table, column))
@@ -91,4 +111,22 @@ def migrate(directory, userlen):
                 directory.query("ALTER TABLE `%s` MODIFY `%s` VARCHAR(%d) NOT NULL%s"
                                 % (table, column, userlen, default), write=True)
                 changes.append("%s.%s: %d -> %d" % (table, column, width, userlen))
+    return changes
+
+
+def add_missing(directory, userlen=32):
+    """Create the tables and add the ADDED_COLUMNS that an older schema lacks."""
+    widths = column_widths(directory)
+    tables = {t for t, _ in widths}
+    changes = []
+    if not ({"mailbox", "alias", "virtual", "rcpthosts"} & tables):
+        return changes  # no schema at all: that is initdb's job
+    for name in initdb(directory, userlen):
+        changes.append("created table %s" % name)
+    for table, columns in ADDED_COLUMNS.items():
+        for column, ddl in columns:
+            if table in tables and (table, column) not in widths:
+                directory.query("ALTER TABLE `%s` ADD `%s` %s" % (table, column, ddl),
+                                write=True)
+                changes.append("added %s.%s" % (table, column))
     return changes

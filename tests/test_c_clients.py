@@ -436,6 +436,10 @@ def standin(sockdir):
     return S
 
 
+# the `localq` answer's first line for a mailbox without a quota (PROTOCOL.md)
+LOCALQ_OK = b"0\x000 0 90 bounce\n"
+
+
 def local_args(homedir, dash="-", ext="foo-bar"):
     local = "alice" + dash + ext
     return ["--", "alice", homedir, local, dash, ext, "example.com", "sender@example.org",
@@ -451,19 +455,19 @@ def b(args):
 
 
 def test_local_no_rows_execs_stock_unchanged(progs, peer, standin):
-    p = peer(b"0\x00")
+    p = peer(LOCALQ_OK)
     args = local_args(standin.homedir)
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
     assert standin.argv() == b(args)
     assert standin.env() == [b"PWD=" + os.getcwd().encode(), b"MARK=kept"]
-    assert p.received == [b"local\x00alice\x00" + standin.homedir.encode()
+    assert p.received == [b"localq\x00alice\x00" + standin.homedir.encode()
                           + b"\x00alice-foo-bar\x00-\x00foo-bar\x00example.com\x00"]
 
 
 def test_local_rows_go_to_aliasempty(progs, peer, standin):
     lines = b"./Maildir/\n&bob@example.net\n|/usr/bin/prog \"$EXT\" foo-bar\n"
-    p = peer(b"0\x00" + lines)
+    p = peer(LOCALQ_OK + lines)
     args = local_args(standin.homedir)
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
@@ -476,7 +480,7 @@ def test_local_rows_go_to_aliasempty(progs, peer, standin):
 def test_local_dot_qmail_shadows_rows(progs, peer, standin, name):
     dot = Path(standin.homedir) / name
     dot.write_text("./Mailbox\n")
-    p = peer(b"0\x00./Maildir/\n")
+    p = peer(LOCALQ_OK + b"./Maildir/\n")
     r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
     assert r.returncode == 111
     assert not standin.ran()
@@ -487,7 +491,7 @@ def test_local_dot_qmail_shadows_rows(progs, peer, standin, name):
 
 def test_local_dangling_dot_qmail_symlink_still_shadows(progs, peer, standin):
     (Path(standin.homedir) / ".qmail").symlink_to("/nonexistent/target")
-    p = peer(b"0\x00./Maildir/\n")
+    p = peer(LOCALQ_OK + b"./Maildir/\n")
     r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
     assert r.returncode == 111
     assert not standin.ran()
@@ -495,7 +499,7 @@ def test_local_dangling_dot_qmail_symlink_still_shadows(progs, peer, standin):
 
 def test_local_dot_qmail_without_rows_is_stock_business(progs, peer, standin):
     (Path(standin.homedir) / ".qmail").write_text("./Mailbox\n")
-    p = peer(b"0\x00")
+    p = peer(LOCALQ_OK)
     args = local_args(standin.homedir, dash="", ext="")
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
@@ -530,17 +534,36 @@ def test_local_peer_closes_defers(progs, peer, standin):
 
 @pytest.mark.parametrize("body", [b"./Maildir/", b"./Maildir/\n\x00x\n"])
 def test_local_malformed_lines_defer(progs, peer, standin, body):
-    p = peer(b"0\x00" + body)
+    p = peer(LOCALQ_OK + body)
     r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
     assert r.returncode == 111
     assert not standin.ran()
     assert "malformed local answer" in err(r)
 
 
+@pytest.mark.parametrize("line", [b"", b"0 0 90\n", b"x 0 90 bounce\n", b"0 0 90 bounce",
+                                  b"0 0 90 burn\n", b"0 0 90 bounce \n"])
+def test_local_malformed_quota_line_defers(progs, peer, standin, line):
+    p = peer(b"0\x00" + line)
+    r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
+    assert r.returncode == 111
+    assert not standin.ran()
+    assert "malformed localq answer" in err(r)
+
+
+def test_local_older_daemon_gets_local(progs, peer, standin):
+    """A qmailsqld without `localq` says "unknown command": the wrapper asks `local`."""
+    p = peer(b"100\x00unknown command localq", b"0\x00./Maildir/\n")
+    r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
+    assert r.returncode == 42, err(r)
+    assert [m.split(b"\x00")[0] for m in p.received] == [b"localq", b"local"]
+    assert standin.argv()[-1] == b"./Maildir/\n"
+
+
 @pytest.mark.parametrize("opts", [["-n"], ["-N"], ["-nN"], ["-n", "-N"]])
 def test_local_options_passed_through(progs, peer, standin, opts):
     lines = b"./Maildir/\n"
-    p = peer(b"0\x00", b"0\x00" + lines)
+    p = peer(LOCALQ_OK, LOCALQ_OK + lines)
     args = opts + local_args(standin.homedir)
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
@@ -554,7 +577,7 @@ def test_local_options_passed_through(progs, peer, standin, opts):
 
 
 def test_local_without_double_dash(progs, peer, standin):
-    p = peer(b"0\x00./Maildir/\n")
+    p = peer(LOCALQ_OK + b"./Maildir/\n")
     args = local_args(standin.homedir)[1:]
     r = run(progs, "qmail-local", ["-n"] + args, local_env(p, standin))
     assert r.returncode == 42, err(r)
@@ -565,7 +588,7 @@ def test_local_without_double_dash(progs, peer, standin):
 @pytest.mark.parametrize("args", [[], ["--", "alice"], ["-x", "--", "a", "/h", "a", "", "", "d", "s", ""],
                                   ["--", "a", "/h", "a", "", "", "d", "s", "", "extra"]])
 def test_local_bad_usage_goes_to_stock(progs, peer, standin, args):
-    p = peer(b"0\x00./Maildir/\n")
+    p = peer(LOCALQ_OK + b"./Maildir/\n")
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
     assert standin.argv() == b(args)
@@ -573,7 +596,7 @@ def test_local_bad_usage_goes_to_stock(progs, peer, standin, args):
 
 
 def test_local_stock_missing(progs, peer, standin, sockdir):
-    p = peer(b"0\x00")
+    p = peer(LOCALQ_OK)
     env = local_env(p, standin)
     env["QMAILSQL_QMAIL_LOCAL"] = str(sockdir / "no-such-qmail-local")
     r = run(progs, "qmail-local", local_args(standin.homedir), env)
@@ -586,7 +609,7 @@ def test_local_default_stock_path(progs, peer, standin):
     stock = qmail_dir() + "/bin/qmail-local.orig"
     if os.path.exists(stock):
         pytest.skip("a real %s exists" % stock)
-    p = peer(b"0\x00")
+    p = peer(LOCALQ_OK)
     env = env_for(p.path)
     r = run(progs, "qmail-local", local_args(standin.homedir), env)
     assert r.returncode == 111
@@ -595,7 +618,7 @@ def test_local_default_stock_path(progs, peer, standin):
 
 def test_local_under_softlimit(progs, peer, standin, recorder):
     # the stand-in must be static too: a dynamic /bin/sh cannot start under softlimit -m 2000000
-    p = peer(b"0\x00./Maildir/\n", b"111\x00database unreachable")
+    p = peer(LOCALQ_OK + b"./Maildir/\n", b"111\x00database unreachable")
     env = local_env(p, standin)
     env["QMAILSQL_QMAIL_LOCAL"] = recorder
     args = local_args(standin.homedir)

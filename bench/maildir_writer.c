@@ -1,0 +1,129 @@
+/* A stand-in for qmail's stock qmail-local, for tests and benchmarks only (env
+ * QMAILSQL_QMAIL_LOCAL): `-- user homedir local dash ext domain sender aliasempty`.
+ *
+ * It delivers the way stock qmail-local does, so the files and their sizes are the
+ * real ones: in HOMEDIR, the lines of HOMEDIR/.qmail when dash is empty and that file
+ * exists, else aliasempty; a line ending in '/' is a Maildir: the message from fd 0
+ * (read from its start), after "Return-Path: <sender>" and "Delivered-To:
+ * local@domain", goes into tmp/, is fsync()ed, linked into new/ and removed from tmp/.
+ * `|command` runs /bin/sh -c command on the message (99 stops, 100 bounces, other
+ * failures 111); a forward (`&addr` or `addr`) is appended to $QMAILSQL_STANDIN_LOG
+ * as "forward addr". Prints "did F+W+P" like stock. Exit 0, 100 or 111. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static char *rp, *dt;
+static int files, forwards, programs, seq;
+
+static int put(int fd, const char *s, size_t n)
+{
+  while (n) {
+    ssize_t w = write(fd, s, n);
+    if (w == -1) { if (errno == EINTR) continue; return -1; }
+    s += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+static int maildir(const char *home, const char *dir)
+{
+  char tmp[4096], new[4096], host[64], buf[65536];
+  ssize_t r;
+  int fd, ok;
+
+  host[0] = 0;
+  gethostname(host, sizeof host - 1);
+  snprintf(tmp, sizeof tmp, "%s/%s/tmp/%ld.%ld_%d.%s", home, dir, (long)time(0),
+           (long)getpid(), seq++, host);
+  snprintf(new, sizeof new, "%s/%s/new/%s", home, dir, strrchr(tmp, '/') + 1);
+  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd == -1) return -1;
+  ok = put(fd, rp, strlen(rp)) == 0 && put(fd, dt, strlen(dt)) == 0
+       && lseek(0, 0, SEEK_SET) == 0;
+  while (ok && (r = read(0, buf, sizeof buf)) > 0) ok = put(fd, buf, (size_t)r) == 0;
+  ok = ok && r == 0 && fsync(fd) == 0;
+  if (close(fd) || !ok || link(tmp, new)) { unlink(tmp); return -1; }
+  unlink(tmp);
+  files++;
+  return 0;
+}
+
+static int program(const char *cmd)
+{
+  int st;
+  pid_t pid;
+  if (lseek(0, 0, SEEK_SET) != 0) return 111;
+  pid = fork();
+  if (pid == 0) { execl("/bin/sh", "sh", "-c", cmd, (char *)0); _exit(111); }
+  if (pid == -1 || waitpid(pid, &st, 0) == -1 || !WIFEXITED(st)) return 111;
+  programs++;
+  st = WEXITSTATUS(st);
+  return st == 0 || st == 99 || st == 100 ? st : 111;
+}
+
+static void forward(const char *addr)
+{
+  const char *log = getenv("QMAILSQL_STANDIN_LOG");
+  FILE *f = log ? fopen(log, "a") : 0;
+  if (f) { fprintf(f, "forward %s\n", addr); fclose(f); }
+  forwards++;
+}
+
+int main(int argc, char **argv)
+{
+  static char lines[65536];
+  char *home, *local, *dash, *domain, *sender, *s;
+  size_t len;
+  int a = 1, fd;
+
+  if (a < argc && !strcmp(argv[a], "--")) a++;
+  if (argc - a != 8) return 100;
+  home = argv[a + 1]; local = argv[a + 2]; dash = argv[a + 3];
+  domain = argv[a + 5]; sender = argv[a + 6];
+  rp = malloc(strlen(sender) + 20);
+  dt = malloc(strlen(local) + strlen(domain) + 20);
+  sprintf(rp, "Return-Path: <%s>\n", sender);
+  sprintf(dt, "Delivered-To: %s@%s\n", local, domain);
+  if (chdir(home)) return 111;
+
+  len = 0;
+  if (!*dash && (fd = open(".qmail", O_RDONLY)) != -1) {
+    ssize_t r;
+    while ((r = read(fd, lines + len, sizeof lines - 1 - len)) > 0) len += (size_t)r;
+    close(fd);
+  }
+  if (!len) {
+    len = strlen(argv[a + 7]);
+    if (len >= sizeof lines - 1) return 111;
+    memcpy(lines, argv[a + 7], len);
+  }
+  if (lines[len - 1] != '\n') lines[len++] = '\n';
+  lines[len] = 0;
+
+  for (s = lines; *s; ) {
+    char *eol = strchr(s, '\n'), *e = eol;
+    int r = 0;
+    *eol = 0;
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t')) *--e = 0;
+    if (*s == '#' || !*s) ;
+    else if (*s == '.' || *s == '/') {
+      if (e[-1] != '/' || maildir(home, s)) return 111;  /* (no mbox here) */
+    } else if (*s == '|') {
+      r = program(s + 1);
+      if (r == 100 || r == 111) return r;
+    } else
+      forward(*s == '&' ? s + 1 : s);
+    if (r == 99) break;
+    s = eol + 1;
+  }
+  printf("did %d+%d+%d\n", files, forwards, programs);
+  return 0;
+}
