@@ -4,8 +4,9 @@
  * It delivers the way stock qmail-local does, so the files and their sizes are the
  * real ones: in HOMEDIR, the lines of HOMEDIR/.qmail when dash is empty and that file
  * exists, else aliasempty; a line ending in '/' is a Maildir: the message from fd 0
- * (read from its start), after "Return-Path: <sender>" and "Delivered-To:
- * local@domain", goes into tmp/, is fsync()ed, linked into new/ and removed from tmp/.
+ * (read from its start), after "Return-Path: <sender>" (the local part quoted where
+ * RFC 821 needs it) and "Delivered-To: local@domain", goes into tmp/, is fsync()ed,
+ * linked into new/ and removed from tmp/.
  * `|command` runs /bin/sh -c command on the message (99 stops, 100 bounces, other
  * failures 111); a forward (`&addr` or `addr`) is appended to $QMAILSQL_STANDIN_LOG
  * as "forward addr". Prints "did F+W+P" like stock. Exit 0, 100 or 111. */
@@ -77,6 +78,31 @@ static void forward(const char *addr)
   forwards++;
 }
 
+/* "Return-Path: <sender>\n" with the local part quoted as qmail's quote2() does */
+static char *return_path(const char *sender)
+{
+  const char *at = strrchr(sender, '@');
+  size_t n = at ? (size_t)(at - sender) : strlen(sender), i;
+  char *out = malloc(2 * strlen(sender) + 24), *o = out;
+  int quote = *sender && (!n || sender[0] == '.' || sender[n - 1] == '.');
+
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)sender[i];
+    if (c < 33 || c > 126 || strchr("()<>@,;:\\\"[]", c)) quote = 1;
+    if (c == '.' && sender[i + 1] == '.') quote = 1;
+  }
+  o += sprintf(o, "Return-Path: <");
+  if (quote) *o++ = '"';
+  for (i = 0; i < n; i++) {
+    char c = sender[i];
+    if (quote && (c == '\r' || c == '\n' || c == '"' || c == '\\')) *o++ = '\\';
+    *o++ = c == '\n' ? '_' : c;
+  }
+  if (quote) *o++ = '"';
+  sprintf(o, "%s>\n", sender + n);
+  return out;
+}
+
 int main(int argc, char **argv)
 {
   static char lines[65536];
@@ -88,9 +114,8 @@ int main(int argc, char **argv)
   if (argc - a != 8) return 100;
   home = argv[a + 1]; local = argv[a + 2]; dash = argv[a + 3];
   domain = argv[a + 5]; sender = argv[a + 6];
-  rp = malloc(strlen(sender) + 20);
+  rp = return_path(sender);
   dt = malloc(strlen(local) + strlen(domain) + 20);
-  sprintf(rp, "Return-Path: <%s>\n", sender);
   sprintf(dt, "Delivered-To: %s@%s\n", local, domain);
   if (chdir(home)) return 111;
 

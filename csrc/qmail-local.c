@@ -6,6 +6,7 @@
  * into HOME/Maildir. Any doubt: exit 111 and the message stays queued. */
 #include <errno.h>
 #include <fcntl.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,8 @@
 #include "qsclient.h"
 
 #define MAXOPTS 64
+
+extern char **environ;
 #define LOCK_WAIT 300          /* seconds to wait for another delivery into the Maildir */
 #define DOTQMAIL_MAX 65536     /* a longer dot-qmail file is not accounted for */
 
@@ -296,11 +299,10 @@ static void counted(char **argv, char **op, const char *lines, size_t len, struc
            " (qmail-local deferred the message)", (char *)0);
   if (mds_over(&m, add, n)) full(q, &m, add, op[2], op[5]);
 
-  pid = fork();
-  if (pid == -1)
-    qs_die(111, "unable to fork: ", strerror(errno), " (qmail-local deferred the message)",
-           (char *)0);
-  if (pid == 0) run(argv);
+  errno = posix_spawn(&pid, stock(), 0, 0, argv, environ);  /* vfork+exec: cheap */
+  if (errno)
+    qs_die(111, "unable to run the stock qmail-local ", stock(), ": ", strerror(errno),
+           " (qmail-local deferred the message)", (char *)0);
   while (waitpid(pid, &status, 0) == -1)
     if (errno != EINTR)
       qs_die(111, "lost the stock qmail-local: ", strerror(errno), (char *)0);

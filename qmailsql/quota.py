@@ -258,14 +258,15 @@ def describe(size, count):
 
 
 def all_limits(directory, users=None):
-    """[(username, home, Limits)] for USERS (every mailbox with a limit when None)."""
+    """[(username, uid, gid, home, Limits)] for USERS (every mailbox with a limit when
+    None)."""
+    columns = "SELECT username, uid, gid, home, quota_size, quota_count FROM mailbox "
     if users:
         marks = ",".join(["%s"] * len(users))
-        rows = directory.query("SELECT username, home, quota_size, quota_count FROM mailbox "
-                               "WHERE username IN (" + marks + ")", list(users))
+        rows = directory.query(columns + "WHERE username IN (" + marks + ")", list(users))
     else:
         rows = directory.query(
-            "SELECT username, home, quota_size, quota_count FROM mailbox "
+            columns +
             "WHERE quota_size IS NOT NULL OR quota_count IS NOT NULL "
             "OR username IN (SELECT v.username FROM virtual v "
             "JOIN domain_quota d ON d.host = v.virtual_host)")
@@ -274,7 +275,8 @@ def all_limits(directory, users=None):
             "SELECT v.username, d.host, d.quota_size, d.quota_count FROM virtual v "
             "JOIN domain_quota d ON d.host = v.virtual_host ORDER BY d.host"):
         domains.setdefault(username.lower(), (host, dsize, dcount))
-    return [(name, home, combine(s, c, domains.get(name.lower()))) for name, home, s, c in rows]
+    return [(name, uid, gid, home, combine(s, c, domains.get(name.lower())))
+            for name, uid, gid, home, s, c in rows]
 
 
 def domain_members(directory):
@@ -458,12 +460,12 @@ def report(directory, users=None):
     rows = []
     limits = all_limits(directory, users)
     if users:
-        known = {n.lower() for n, _, _ in limits}
+        known = {row[0].lower() for row in limits}
         missing = [u for u in users if u.lower() not in known]
         if missing:
             raise QuotaError("no mailbox %s (qmailsql mailbox list)" % ", ".join(
                 repr(u) for u in missing))
-    for name, home, lim in limits:
+    for name, _, _, home, lim in limits:
         u = usage(home, lim)
         rows.append(Row(name, os.path.join(home, "Maildir"), u.bytes, u.count, lim.size,
                         lim.count, lim.source, round(percent(lim, u.bytes, u.count), 1),
@@ -532,14 +534,21 @@ def doctor_findings(directory, overflow="bounce"):
             return
         raise
     what = "bounced (#5.2.2)" if overflow == "bounce" else "deferred (#4.2.2)"
-    for name, home, lim in limits:
+    for name, uid, gid, home, lim in limits:
         u = usage(home, lim)
-        if u.error:
+        path = os.path.join(home, "Maildir", MAILDIRSIZE)
+        try:
+            owner = os.lstat(path).st_uid
+        except OSError:
+            owner = uid
+        if u.error or owner != uid:
+            why = u.error or "%s belongs to uid %d, not the mailbox's uid %d" % (path, owner,
+                                                                                  uid)
             yield ("quota-maildirsize-unreadable", "error",
-                   "mailbox %r: cannot read %s: deliveries to it are deferred until it can"
-                   % (name, u.error),
-                   "chown the Maildir to the mailbox's uid, or remove the file (it is "
-                   "recalculated): rm %s/Maildir/%s" % (home, MAILDIRSIZE))
+                   "mailbox %r: cannot read %s: the wrapper (running as uid %d) defers its "
+                   "mail until it can" % (name, why, uid),
+                   "rm -r %s  (the next delivery recalculates it), or chown %d:%d %s"
+                   % (path, uid, gid, path))
         if over(lim, u.bytes, u.count):
             yield ("quota-over", "warning",
                    "mailbox %r is over quota: %s of %s, %d of %s messages; new mail is %s"

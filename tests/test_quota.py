@@ -40,8 +40,9 @@ def writer():
     d = Path(tempfile.mkdtemp(prefix="qsw", dir="/tmp"))
     os.chmod(d, 0o755)
     out = d / "qmail-local.orig"
-    r = subprocess.run(["cc", "-O2", "-o", str(out), str(ROOT / "bench" / "maildir_writer.c")],
-                       capture_output=True, text=True)
+    # static, like stock qmail-local, so it starts under softlimit -m 2000000 too
+    r = subprocess.run(["cc", "-O2", "-static", "-o", str(out),
+                        str(ROOT / "bench" / "maildir_writer.c")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     yield str(out)
     shutil.rmtree(d, ignore_errors=True)
@@ -92,13 +93,14 @@ class Mail:
         os.chown(path, UID, GID)
 
     def deliver(self, user, message=MESSAGE, local=None, domain="example.org", dash="",
-                ext="", sender=SENDER, uid=UID):
+                ext="", sender=SENDER, uid=UID, prefix=()):
         home = self.homes[user]
         msg = self.top / ("msg.%d.%d" % (os.getpid(), threading.get_ident()))
         msg.write_bytes(message)
         with open(msg, "rb") as f:
-            r = subprocess.run([self.local, "--", user, home, local or user, dash, ext, domain,
-                                sender, "./Maildir/"], stdin=f, capture_output=True,
+            r = subprocess.run(list(prefix) + [self.local, "--", user, home, local or user, dash,
+                                               ext, domain, sender, "./Maildir/"],
+                               stdin=f, capture_output=True,
                                env=self.env, user=uid, group=GID, extra_groups=[],
                                timeout=120)
         msg.unlink()
@@ -448,6 +450,26 @@ def test_dot_qmail_file_lines_are_counted(mail):
     assert consistent(home)[2] == 4
 
 
+def test_quota_path_under_softlimit(mail):
+    """qmail's helpers run under `softlimit -m 2000000` (SPEC 8), the quota path too:
+    recalculation, check, child, record, warning."""
+    softlimit = shutil.which("softlimit") or "/usr/bin/softlimit"
+    home = mail.mailbox("una", count=3, folders=("Lists",))
+    mail.put(home, ".Lists/cur/1700000000.1.host:2,S", b"l" * 100)
+    limit = (softlimit, "-m", "2000000")
+    assert [mail.deliver("una", prefix=limit).returncode for _ in range(3)] == [0, 0, 100]
+    assert consistent(home)[2] == 3
+
+
+def test_sender_quoted_as_stock_does(mail):
+    """The recorded size includes Return-Path as stock qmail-local writes it, with the
+    local part quoted where RFC 821 needs it."""
+    home = mail.mailbox("vera", size=10 ** 6)
+    for sender in ("", "#@[]", "a b@example.net", 'q"uote@x', "x..y@z", "@nohost"):
+        assert mail.deliver("vera", sender=sender).returncode == 0
+    consistent(home)
+
+
 def test_no_quota_leaves_the_maildir_alone(mail):
     home = mail.mailbox("quinn")
     for _ in range(2):
@@ -548,6 +570,14 @@ def test_quota_command_reports_largest_first(mail):
     del home_t
 
 
+def test_mailbox_replace_keeps_the_quota(mail):
+    from qmailsql import admin
+    mail.mailbox("zoe", size=5000, count=7)
+    admin.add_mailbox(mail.q.directory, "zoe", UID, GID, "/elsewhere", replace=True)
+    assert mail.sql("SELECT home, quota_size, quota_count FROM mailbox WHERE username='zoe'") \
+        == (("/elsewhere", 5000, 7),)
+
+
 def test_quota_command_errors(mail):
     r = run_cli(mail, "quota", "set", "nobody-here", "--size", "1M")
     assert r.returncode == 100 and "no mailbox 'nobody-here'" in r.stderr
@@ -576,6 +606,14 @@ def test_doctor_reports_over_quota_and_unreadable_maildirsize(mail):
     # the wrapper defers (never bounces, never loses) while it cannot read it
     r = mail.deliver("wes")
     assert r.returncode == 111 and b"maildirsize" in r.stderr
+    # one that root made (root can read it, the mailbox's uid cannot)
+    (home_w / "Maildir" / "maildirsize").rmdir()
+    (home_w / "Maildir" / "maildirsize").write_text("1000000S\n0 0\n")
+    os.chmod(home_w / "Maildir" / "maildirsize", 0o600)
+    assert mail.deliver("wes").returncode == 111
+    bad = doctor.run(mail.root).by_check("quota-maildirsize-unreadable")
+    assert len(bad) == 1 and "belongs to uid 0, not the mailbox's uid %d" % UID in bad[0].what
+    assert bad[0].fix.startswith("rm -r %s/Maildir/maildirsize" % home_w)
 
 
 def test_unmigrated_schema_means_no_quota_and_migrate_adds_it(mail):
