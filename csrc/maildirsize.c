@@ -125,9 +125,8 @@ static int read_file(struct mds *m, const char *path, int *lines, time_t *mtime)
   }
   if (fstat(m->fd, &st) == -1) return fail(path);
   if (got >= sizeof buf || memchr(buf, 0, got)) return 0;
+  if (!got || buf[got - 1] != '\n') return 0;  /* an append would run two lines together */
   end = buf + got;
-  while (end > buf && end[-1] != '\n') end--;   /* a line without its newline: not counted */
-  if (end == buf) return 0;
   eol = memchr(buf, '\n', (size_t)(end - buf));
   quota_line(buf, eol, &qb, &qc);
   if (qb != m->limit_bytes || qc != m->limit_count) return 0;

@@ -63,10 +63,12 @@ def explain_local(args, delivery, local):
     """What the qmail-local wrapper would be told for this delivery (SPEC section 5)."""
     from qmailsql import aliases
     from qmailsql.resolve import Refusal
+    from qmailsql import quota
     try:
         with session(args) as q:
             lines = aliases.delivery_lines(q.directory, q.config, delivery.user, delivery.home,
                                            local, delivery.dash, delivery.ext, b"")
+            print("qmail-local: %s" % quota.explain(q.directory, q.config, delivery.user))
     except Refusal as r:
         return die(r.code, "qmail-local would defer (exit %d): %s" % (r.code, r.message))
     if not lines:

@@ -9,8 +9,9 @@ hands the connection back to the loop, so requests on one connection are answere
 in order.
 
 Who may ask (SO_PEERCRED): `getpw`, `auth` and `flush` only uid 0, the daemon's own
-uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local` (qmail-local runs
-as the mailbox's uid) also that account's own uid, for its own home; `ping` anyone.
+uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local` and `localq` (the
+same with the mailbox's quota; qmail-local runs as the mailbox's uid) also that
+account's own uid, for its own home; `ping` anyone.
 
 Hostile local clients (the socket is 0666) can cost a temporary failure, never a
 stall: a uid not in that list may hold at most $QMAILSQL_MAX_CONN_PER_UID (128)

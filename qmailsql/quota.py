@@ -19,7 +19,8 @@ their sum. Writers append one line with one write(2) on an O_APPEND descriptor.
 The file is recalculated (every message in new/ and cur/ of the Maildir and of each
 Maildir++ folder `.Name/`, except `.Trash`; the size from `,S=<n>` in the file name,
 else stat()) and replaced through tmp/ and rename when it is missing, 5120 bytes or
-longer, unparsable (a NUL, a line that is not two numbers, a negative sum), when its
+longer, unparsable (a NUL, a line that is not two numbers, no newline at the end, a
+negative sum), when its
 quota line differs from the limits, and when it says a delivery would go over quota
 but it is not a single, less than 15 minutes old, recalculated line. The same rules
 are in csrc/maildirsize.c (deliveries) and here (reports: `qmailsql quota`, doctor),
@@ -208,6 +209,17 @@ def answer_line(directory, config, user):
                                config.quota_overflow.encode("ascii"))
 
 
+def explain(directory, config, user):
+    """One sentence for `qmailsql getpw --explain`: USER's (bytes) limits."""
+    limits = mailbox_limits(directory, os.fsdecode(user))
+    if not limits:
+        return "no quota"
+    return "quota %s, %s messages (from %s); over it, mail is %s" % (
+        format_size(limits.size) if limits.size else "no size limit",
+        limits.count or "no limit on", limits.source,
+        "bounced (#5.2.2)" if config.quota_overflow == "bounce" else "deferred (#4.2.2)")
+
+
 def _write(directory, sql, params):
     return directory.query(sql, params, write=True)
 
@@ -333,10 +345,9 @@ def read_maildirsize(path):
         return "%d bytes or longer" % RECALC_BYTES
     if b"\0" in data:
         return "holds a NUL byte"
-    end = data.rfind(b"\n")
-    if end < 0:
-        return "no complete quota line"
-    lines = data[:end].split(b"\n")  # a last line without its newline is not counted
+    if not data.endswith(b"\n"):  # appending to it would run two lines together
+        return "does not end in a newline"
+    lines = data[:-1].split(b"\n")
     total_b = total_c = 0
     for line in lines[1:]:
         m = _DELTA.fullmatch(line)

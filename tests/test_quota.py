@@ -182,14 +182,13 @@ def test_combine_each_limit_on_its_own():
 
 def test_spec_example_is_read_as_the_spec_says(tmp_path):
     """README.maildirquota: `10000000S,1000C` then `bytes count` lines, summed; Courier
-    pads its lines with blanks; a last line without its newline does not count."""
+    pads its lines with blanks."""
     f = tmp_path / "maildirsize"
-    f.write_bytes(b"10000000S,1000C\n" + b"%12d %12d\n" % (4096, 2) + b"1200 1\n-1200 -1\n"
-                  + b"77 1")
+    f.write_bytes(b"10000000S,1000C\n" + b"%12d %12d\n" % (4096, 2) + b"1200 1\n-1200 -1\n")
     line, nbytes, count, nlines, _ = quota.read_maildirsize(str(f))
     assert (line, nbytes, count, nlines) == ("10000000S,1000C", 4096, 2, 3)
     for bad in (b"1000S\n12 x\n", b"1000S\n-50 -1\n", b"1000S\n1\x000 1\n",
-                b"1000S\n" + b"1 1\n" * 1300):
+                b"1000S\n" + b"1 1\n" * 1300, b"1000S\n77 1", b"1000S"):
         f.write_bytes(bad)
         assert isinstance(quota.read_maildirsize(str(f)), str), bad
 
@@ -355,6 +354,29 @@ def test_corrupt_maildirsize_is_recalculated_and_the_mail_kept(mail, junk):
     assert len(messages(home)) == 2
     each = len(MESSAGE) + envelope_size("ivy", "example.org")
     assert consistent(home) == ("1000000S", 1234 + each, 2)
+
+
+@pytest.mark.parametrize("data", [
+    "%12d %12d\n" % (100, 1),            # Courier's padding
+    "100 1\n\t-40\t-1 \n40 1\n",         # tabs and trailing blanks
+    "100 1\n7 1",                        # no newline at the end: an append would merge
+    "100 1\n\n",                         # an empty line
+    "+100 1\n", "100 1 2\n", "100\n", "100 1\r\n", "1%s 1\n" % ("0" * 18),
+    "100 1\n" * 800,                      # 5120 bytes or more
+])
+def test_wrapper_and_report_read_maildirsize_alike(mail, data):
+    """For each file, what the wrapper does (append to it, or recalculate it) is what
+    quota.read_maildirsize (the reports' reader) says of it."""
+    home = mail.mailbox("abe", size=10 ** 9)
+    text = "1000000000S\n" + data
+    mail.put(home, "maildirsize", text)
+    usable = isinstance(quota.read_maildirsize(str(home / "Maildir" / "maildirsize")), tuple)
+    assert mail.deliver("abe").returncode == 0
+    each = len(MESSAGE) + envelope_size("abe", "example.org")
+    if usable:
+        assert maildirsize(home) == text + "%d 1\n" % each
+    else:
+        assert maildirsize(home) == "1000000000S\n0 0\n%d 1\n" % each
 
 
 def test_quota_line_changed_recalculates(mail):
@@ -576,6 +598,14 @@ def test_mailbox_replace_keeps_the_quota(mail):
     admin.add_mailbox(mail.q.directory, "zoe", UID, GID, "/elsewhere", replace=True)
     assert mail.sql("SELECT home, quota_size, quota_count FROM mailbox WHERE username='zoe'") \
         == (("/elsewhere", 5000, 7),)
+
+
+def test_getpw_explain_tells_the_quota(mail):
+    mail.mailbox("cleo", size=500 * 1024 ** 2)
+    r = run_cli(mail, "getpw", "--explain", "cleo")
+    assert r.returncode == 0, r.stderr
+    assert "qmail-local: quota 500M, no limit on messages (from mailbox); over it, mail is " \
+        "bounced (#5.2.2)" in r.stdout
 
 
 def test_quota_command_errors(mail):
