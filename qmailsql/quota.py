@@ -511,13 +511,14 @@ def _limit_text(used, limit, fmt):
 def print_report(rows, domains, out=None):
     out = out or sys.stdout
     w = max([len("mailbox")] + [len(r.user) for r in rows])
-    out.write("%-*s  %15s  %15s  %6s  %-14s  %s\n" % (w, "mailbox", "size", "messages", "use",
-                                                   "limit from", "usage from"))
+    f = max([len("limit from")] + [len(r.limit_from) for r in rows])
+    out.write("%-*s  %15s  %15s  %6s  %-*s  %s\n" % (w, "mailbox", "size", "messages", "use",
+                                                  f, "limit from", "usage from"))
     for r in rows:
         flag = " OVER QUOTA" if r.over else ""
-        out.write("%-*s  %15s  %15s  %5.1f%%  %-14s  %s%s\n" % (
+        out.write("%-*s  %15s  %15s  %5.1f%%  %-*s  %s%s\n" % (
             w, r.user, _limit_text(r.bytes, r.size_limit, format_size),
-            _limit_text(r.messages, r.count_limit, str), r.percent, r.limit_from or "-",
+            _limit_text(r.messages, r.count_limit, str), r.percent, f, r.limit_from or "-",
             r.source + (" [%s]" % r.error if r.error else ""), flag))
     if domains:
         out.write("\n%-30s  %9s  %10s  %10s  %13s  %s\n" % (
