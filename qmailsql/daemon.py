@@ -9,11 +9,12 @@ hands the connection back to the loop, so requests on one connection are answere
 in order.
 
 Who may ask (SO_PEERCRED): `getpw`, `auth` and `flush` only uid 0, the daemon's own
-uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local` (qmail-local runs
-as the mailbox's uid) also that account's own uid, for its own home, and the uid
-users/cdb names for the delivery asked about (it is answered "no rows": the account
-is not the DB's); Dovecot's `passdb`, `userdb` and `iterate` (qmailsql/dovecot.py) also Dovecot's own user
-(`dovecot`) and the uids in $QMAILSQL_DOVECOT_UIDS, which may ask nothing else
+uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local`, `localq` (the same
+with the mailbox's quota) and `local-confirm` (qmail-local runs as the mailbox's uid)
+also that account's own uid, for its own home, and the uid users/cdb names for the
+delivery asked about (it is answered "no rows", and no quota: the account is not the
+DB's); Dovecot's `passdb`, `userdb` and `iterate` (qmailsql/dovecot.py) also Dovecot's
+own user (`dovecot`) and the uids in $QMAILSQL_DOVECOT_UIDS, which may ask nothing else
 (no getpw, no flush); `ping` anyone.
 
 Hostile local clients (the socket is 0666) can cost a temporary failure, never a
@@ -43,7 +44,7 @@ import threading
 import time
 
 from qmailsql import (aliases, auth as authmod, config as configmod, db, dovecot, importers,
-                      resolve)
+                      quota, resolve)
 from qmailsql.hotpath import (IMPLEMENTATION, ConfigError, ResponseCache, cache_times,
                               decode_frame, encode_response, split_fields)
 from qmailsql.resolve import EXIT_TEMP, Refusal, shown
@@ -65,15 +66,17 @@ TASK_DEADLINE = 55.0          # queued longer than this: 111 unasked (the helper
 REFUSAL_LOG_EVERY = 10.0      # "too many connections" logged once per uid this often
 
 # commands a peer not in the client uid list may send
-OPEN_COMMANDS = frozenset([b"local", b"local-confirm", b"ping"])
+OPEN_COMMANDS = frozenset([b"local", b"localq", b"local-confirm", b"ping"])
 # and Dovecot's auth user (dovecot_uids())
 DOVECOT_PEER_COMMANDS = OPEN_COMMANDS | dovecot.COMMANDS
 # request fields each command takes (auth: a 4th, the service, is optional, so a
 # checkpassword built before service bars keeps working)
-NARGS = {b"getpw": (1,), b"local": (6,), b"local-confirm": (6,), b"auth": (3, 4),
-         b"ping": (0,), b"flush": (0,),
+NARGS = {b"getpw": (1,), b"local": (6,), b"localq": (6,), b"local-confirm": (6,),
+         b"auth": (3, 4), b"ping": (0,), b"flush": (0,),
          b"passdb": (4,), b"userdb": (1,), b"iterate": (1,)}
 AUTH_POOL = frozenset([b"auth", b"passdb"])  # password hashes: the auth workers' queue
+# `localq` is `local` with the mailbox's quota in front of the lines (quota.answer_line)
+LOCAL_COMMANDS = frozenset([b"local", b"localq"])
 
 PONG = encode_response(0, b"pong")
 FLUSHED = encode_response(0, b"")
@@ -360,7 +363,7 @@ class Worker:
         command = task.command
         if command == b"getpw":
             self.getpw(task)
-        elif command == b"local":
+        elif command in LOCAL_COMMANDS:
             self.local(task)
         elif command == b"local-confirm":
             self.local(task, confirm=True)
@@ -392,15 +395,20 @@ class Worker:
         self.daemon.db_failed_at = -1e9  # the DB answers again
 
     def local(self, task, confirm=False):
-        """`local`, and `local-confirm`: the same, but no rows would be final (the
+        """`local`; `localq`: the same with the mailbox's quota line in front
+        (quota.answer_line); `local-confirm`: rows only, and no rows would be final (the
         wrapper found no dot-qmail file; stock qmail-local would bounce the mail)."""
         user, homedir, local, dash, ext, domain = task.args
         try:
-            if not task.conn.privileged and not self.own_account(task.conn.uid, *task.args[:5]):
-                task.status, task.body = 0, b""  # not the DB's account: stock, unchanged
-                return
-            body = aliases.delivery_lines(self.directory, self.config, user, homedir, local,
-                                          dash, ext, domain, confirm)
+            body, limits = b"", quota.Limits()
+            if task.conn.privileged or self.own_account(task.conn.uid, *task.args[:5]):
+                body = aliases.delivery_lines(self.directory, self.config, user, homedir,
+                                              local, dash, ext, domain, confirm)
+                if task.command == b"localq":
+                    limits = quota.mailbox_limits(self.directory, user)
+            # else: not the DB's account: stock, unchanged, and no quota
+            if task.command == b"localq":
+                body = quota.answer_line(self.config, limits) + (body or b"")
         except Refusal as r:
             task.status, task.body = r.code, _bytes(r.message)
             log("local %s %s: %s" % (shown(user), shown(ext), r.message))
@@ -764,7 +772,7 @@ class Daemon:
             if frame is not None:
                 self.send(conn, frame)
                 return
-        elif command == b"local" and not conn.privileged:
+        elif command in LOCAL_COMMANDS and not conn.privileged:
             # a worker checks that USER is this peer's own account; what is cached
             # here was checked for this very uid
             key = b"uid=%d\0" % conn.uid + payload

@@ -160,7 +160,8 @@ def test_initdb_creates_the_database(qhome, admin_env, sandbox):
         assert "created database qs_initdb_test" in r.stdout
         tables = sb.root_sql(paths, [("SELECT table_name FROM information_schema.tables "
                                       "WHERE table_schema = 'qs_initdb_test'", ())])
-        assert {t for (t,) in tables} == {"mailbox", "alias", "virtual", "rcpthosts"}
+        assert {t for (t,) in tables} == {"mailbox", "alias", "virtual", "rcpthosts",
+                                             "domain_quota"}
         r = qmailsql_cmd("--qmail-dir", str(qhome), "initdb", env=with_file)
         assert r.returncode == 0 and "nothing (all tables exist)" in r.stdout, r.stderr
         assert "created database" not in r.stdout
