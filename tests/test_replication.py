@@ -322,7 +322,7 @@ def test_peers_without_write_server_never_confirm(repl, tmp_path):
     load_world(repl)
     home = qmail_home(tmp_path, [tcp(replica), tcp(primary)], base=replica)
     before = selects(primary)
-    with qmailsql.connect(str(home)) as q:
+    with qmailsql.connect(str(home), admin=False) as q:  # the daemon's own login
         for local, user, dash, ext in HITS:
             d = q.getpw(local.encode())
             assert (d.user, d.dash, d.ext) == (user, dash, ext), local
