@@ -517,21 +517,26 @@ def test_stock_failure_is_passed_through_and_not_recorded(mail):
     assert maildirsize(home) == "1000000S\n0 0\n" and len(messages(home)) == 1
 
 
-def test_old_daemon_without_localq(mail):
-    """A qmailsqld older than the wrapper answers `unknown command`: the wrapper asks
-    `local` and delivers without quotas."""
-    import socket as socketmod
-    from qmailsql.hotpath import decode_frame, encode_response
-    path = str(mail.top / "old.sock")  # reachable by the mailbox's uid
-    srv = socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_STREAM)
-    srv.bind(path)
-    os.chmod(path, 0o666)
-    srv.listen(4)
-    asked = []
+class FakeDaemon:
+    """A qmailsqld stand-in on a socket the mailbox's uid reaches, answering each request
+    with ANSWER(command) -> (status, body); ASKED: the commands, in order."""
 
-    def serve():
-        for _ in range(2):
-            c, _ = srv.accept()
+    def __init__(self, mail, answer, requests):
+        import socket as socketmod
+        self.path = str(mail.top / "fake.sock")
+        self.srv = socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_STREAM)
+        self.srv.bind(self.path)
+        os.chmod(self.path, 0o666)
+        self.srv.listen(4)
+        self.asked = []
+        self.thread = threading.Thread(target=self.serve, args=(answer, requests))
+        self.thread.start()
+        mail.env["QMAILSQL_SOCKET"] = self.path
+
+    def serve(self, answer, requests):
+        from qmailsql.hotpath import decode_frame, encode_response
+        for _ in range(requests):
+            c, _ = self.srv.accept()
             buf = b""
             while True:
                 buf += c.recv(65536)
@@ -539,20 +544,44 @@ def test_old_daemon_without_localq(mail):
                 if payload is not None:
                     break
             cmd = payload.split(b"\0")[0]
-            asked.append(cmd)
-            c.sendall(encode_response(100, b"unknown command localq") if cmd == b"localq"
-                      else encode_response(0, b""))
+            self.asked.append(cmd)
+            c.sendall(encode_response(*answer(cmd)))
             c.close()
-    t = threading.Thread(target=serve)
-    t.start()
+
+    def close(self):
+        self.thread.join(10)
+        self.srv.close()
+
+
+def test_old_daemon_without_localq(mail):
+    """A qmailsqld older than the wrapper answers `unknown command`: the wrapper asks
+    `local` and delivers without quotas."""
     home = mail.mailbox("sam", count=1)
-    mail.env["QMAILSQL_SOCKET"] = path
+    fake = FakeDaemon(mail, lambda cmd: (100, b"unknown command localq") if cmd == b"localq"
+                      else (0, b""), 2)
     r = mail.deliver("sam")
-    t.join(10)
-    srv.close()
+    fake.close()
     assert r.returncode == 0, r.stderr
-    assert asked == [b"localq", b"local"]
+    assert fake.asked == [b"localq", b"local"]
     assert len(messages(home)) == 1 and not (home / "Maildir" / "maildirsize").exists()
+
+
+def test_rows_found_by_local_confirm_go_through_the_quota(mail):
+    """No rows for an address with an extension and no dot-qmail file: the wrapper asks
+    again with local-confirm (a replica may lag); the rows that answer are delivered
+    under the quota of the first (localq) answer."""
+    each = len(MESSAGE) + envelope_size("tom-x", "example.org")
+    limit = int(1.5 * each)  # one fits
+    home = mail.mailbox("tom", size=limit)
+    answers = {b"localq": (0, b"%d 0 0 bounce\n" % limit), b"local-confirm": (0, b"./Maildir/\n")}
+    fake = FakeDaemon(mail, answers.get, 4)
+    r = [mail.deliver("tom", local="tom-x", dash="-", ext="x") for _ in range(2)]
+    fake.close()
+    assert r[0].returncode == 0, r[0].stderr
+    assert r[1].returncode == 100 and b"#5.2.2" in r[1].stderr, r[1].stderr
+    assert fake.asked == [b"localq", b"local-confirm"] * 2
+    assert len(messages(home)) == 1
+    assert consistent(home) == ("%dS" % limit, each, 1)
 
 
 # ------------------------------------------------------------------ admin
