@@ -68,10 +68,12 @@ def explain_local(args, delivery, local):
     """What the qmail-local wrapper would be told for this delivery (SPEC section 5)."""
     from qmailsql.core import aliases
     from qmailsql.core.resolve import Refusal
+    from qmailsql.core import quota
     try:
         with session(args, admin=False) as q:
             lines = aliases.delivery_lines(q.directory, q.config, delivery.user, delivery.home,
                                            local, delivery.dash, delivery.ext, b"")
+            print("qmail-local: %s" % quota.explain(q.directory, q.config, delivery.user))
     except Refusal as r:
         return die(r.code, "qmail-local would defer (exit %d): %s" % (r.code, r.message))
     if not lines:
@@ -121,8 +123,8 @@ def cmd_migrate(args):
     for line in changes:
         print(line)
     if not changes:
-        print("nothing to do: every column and lookup index is there and every username "
-              "column is at least %d wide" % userlen)
+        print("nothing to do: every table, column and lookup index is there and every "
+              "username column is at least %d wide" % userlen)
     return 0
 
 
@@ -380,7 +382,8 @@ def build_parser():
     s = sub.add_parser("migrate", help="add new columns and lookup indexes, widen username "
                        "columns", description="Bring existing tables (say, the original "
                        "patch's, or an older qmailsql's) up to what this version needs: add "
-                       "the columns they lack (mailbox.deny_services), widen the username "
+                       "the columns they lack (mailbox.deny_services, quota_size, quota_count) "
+                       "and the tables (domain_quota), widen the username "
                        "columns to --userlen (never narrower) and add the indexes the lookups "
                        "use, so that a domain with many users costs no more than a small one. "
                        "Safe to run again. " + ADMIN_LOGIN)
@@ -449,6 +452,9 @@ def build_parser():
 
     from qmailsql.admin import tables as admin  # mailbox, alias, virtual, rcpthost, sync
     admin.add_commands(sub)
+
+    from qmailsql.core import quota  # quota set, quota [USER...]
+    quota.add_commands(sub)
 
     s = sub.add_parser("doctor", help="find every FAQ pitfall and say how to fix it",
                        description="Check control/sqlserver, each DB server, the schema, "

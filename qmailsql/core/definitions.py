@@ -17,6 +17,7 @@ KEY_ALIASES = {
     "system_users": "system_users", "cache_ttl": "cache_ttl",
     "negative_ttl": "negative_ttl", "stale_ttl": "stale_ttl",
     "rehash": "rehash", "default_scheme": "default_scheme",
+    "quota_overflow": "quota_overflow", "quota_warn_percent": "quota_warn_percent",
 }
 REPEATABLE = frozenset(["server"])
 
