@@ -7,6 +7,7 @@ import shlex
 import stat
 
 from qmailsql.core import config as configmod
+from qmailsql.core.problems import blank, sql_str  # noqa: F401 (the areas import them from here)
 
 STAT_CACHE_MAX = 200000
 
@@ -40,11 +41,6 @@ class Context:
         except OSError as e:
             self.no_access(e.filename or "a file", e, check.__name__.replace("_", " "))
             return None
-
-
-def sql_str(value):
-    """VALUE as an SQL string literal, for fix lines a human pastes (never executed here)."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def q(path):
@@ -86,10 +82,6 @@ def parents(path):
     for i in range(1, len(parts)):
         out.append("/" + "/".join(parts[:i]))
     return out
-
-
-def blank(value):
-    return value is None or str(value).strip() == ""
 
 
 def effective(data):
