@@ -753,7 +753,7 @@ def test_daemon_not_answering(qdir, monkeypatch):
     t = threading.Thread(target=mute, daemon=True)
     t.start()
     monkeypatch.setenv("QMAILSQL_SOCKET", str(sock))
-    monkeypatch.setattr(doctor, "PING_TIMEOUT", 0.5)
+    monkeypatch.setattr(doctor.daemon, "PING_TIMEOUT", 0.5)
     try:
         [f] = found(run(qdir), "daemon-not-answering")
         assert "did not answer `ping`" in f.what
@@ -771,7 +771,7 @@ def test_real_daemon_answers(sandbox, db):
 # ------------------------------------------------------------------ the alias user
 
 def test_alias_user_missing(sandbox, db, homes):
-    if doctor._passwd_exists("alias"):
+    if doctor.passwd_exists("alias"):
         pytest.skip("this machine has an /etc/passwd alias user")
     [f] = found(run(sandbox), "alias-user-missing")
     assert "useradd" in f.fix and "INSERT INTO mailbox" in f.fix

@@ -269,3 +269,14 @@ def test_real_stat_error_of_a_home_defers(db, homes, name):
     assert os.strerror(getattr(errno, name)).encode() in r.stderr
     # and without the fault the same lookup is iain's
     assert getpw_cli("iain-x").stdout.split(b"\0")[:1] == [b"iain"]
+
+
+@pytest.mark.parametrize("row", [("neg", -5, 5, "/home/neg"), ("neg", 5, -1, "/home/neg"),
+                                 ("nul", 5, 5, "/home/a\0b"), ("", 5, 5, "/home/x")])
+def test_unusable_mailbox_row_is_111_for_delivery_as_for_logins(row):
+    # one rule (resolve.mailbox_row_fault) for delivery, logins and the doctor: a
+    # negative uid/gid was refused by auth but handed to qmail-lspawn by getpw
+    from qmailsql.core.resolve import account_from_row
+    with pytest.raises(Refusal) as e:
+        account_from_row(row)
+    assert e.value.code == 111 and e.value.message.startswith("misconfigured mailbox row")

@@ -42,7 +42,6 @@ PENDING = {
     ("late", "qmailsql.admin.importers"): API_LATE,
     ("late", "qmailsql.admin.sync"): API_LATE,
     ("late", "qmailsql.admin.tables"): API_LATE,
-    ("late", "qmailsql.admin.doctor"): "the doctor part of issue 17 moves these to the top",
     ("rule", "qmailsql.core.quota"):
         "core -> cli and admin in cmd_quota: the api part moves the quota admin code to admin",
     ("late", "qmailsql.core.quota"):

@@ -490,3 +490,18 @@ def test_property_never_raises_on_bad_data(kind, stored, pw):
     problem = check_stored(kind, stored)
     assert problem is None or isinstance(problem, str)
     assert is_weak(kind, stored) in (True, False)
+
+
+@pytest.mark.parametrize("ptype", ["Crypt-Password", "crypt-password "])
+def test_well_formed_shapes_agree_with_check_stored(ptype):
+    # the cheap shape test (auth's and the doctor's, once two copies that disagreed on
+    # bcrypt's $2x$) never calls a row fine that check_stored() faults
+    good = [passwords.hash_password(s, b"pw")[1] for s in ("sha512-crypt", "sha256-crypt",
+                                                          "md5-crypt", "bcrypt")]
+    for stored in good:
+        assert passwords.well_formed(ptype, stored), stored
+        assert passwords.check_stored(ptype, stored) is None
+    for stored in ("$2x$05$" + "a" * 53, "*" + "0" * 40, "", "!" + good[0], good[0][:-1]):
+        assert not passwords.well_formed(ptype, stored), stored
+    assert passwords.well_formed("MySQL-Password", "*" + "A" * 40)
+    assert not passwords.well_formed("Password", "a\0b")

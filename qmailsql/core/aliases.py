@@ -46,6 +46,8 @@ doctor. With no rows, stock qmail-local runs unchanged and reads the files as us
 import os
 
 from qmailsql.core import virtual
+from qmailsql.core.problems import Problem, sql_str
+from qmailsql.core.problems import blank as _blank
 from qmailsql.core.resolve import ALIAS_USER, EXIT_TEMP, Refusal, shown, too_long
 
 SPECIAL = (".", "/", "|")
@@ -159,9 +161,9 @@ def _row_text(row):
 def misconfigured(row, problem, fix):
     """The Refusal for a row qmail-local would misread: the log gets the row and the
     fix, the peer which row and what is wrong (resolve.Refusal.public)."""
-    return Refusal(EXIT_TEMP, "misconfigured %s: %s; fix: %s WHERE id=%s" % (
-        _row_text(row), problem, fix, row[0]), "misconfigured alias row id=%s: %s (see "
-        "qmailsqld's log)" % (row[0], problem))
+    return Refusal(EXIT_TEMP, "misconfigured %s: %s" % (_row_text(row), problem),
+                   "misconfigured alias row id=%s: %s (see qmailsqld's log)" % (row[0], problem),
+                   fix="%s WHERE id=%s" % (fix, row[0]), cause="row")
 
 
 def shell_quote(b):
@@ -299,13 +301,46 @@ def magic_forward(directory, config, user, local, dash, ext):
     return b"&" + hit.address + b"\n"
 
 
-def problems(directory):
-    """Alias rows that defer mail (for `qmailsql doctor`), as fix-it sentences."""
-    out = []
-    for row in directory.query("SELECT id, username, alias, alias_username, alias_host "
-                               "FROM alias ORDER BY id"):
+def check_row(row):
+    """The Problem of one alias row (id, username, alias, alias_username, alias_host) that
+    defers or eats mail, or None. ID None: the table has no id column (old layout)."""
+    rid, username, alias, au, ah = row
+    which = "id %s " % rid if rid is not None else ""
+    if _blank(au) and _blank(ah):
+        where = "WHERE id=%s" % rid if rid is not None else (
+            "WHERE username=%s AND alias=%s AND alias_username='' AND alias_host=''"
+            % (sql_str(username), sql_str(alias or "")))
+        return Problem("alias-blank", "error",
+                       "alias row %s(username %r, alias %r) has both alias_username and "
+                       "alias_host blank: an empty dot-qmail line (the original patch ate "
+                       "such mail; qmailsql defers it)" % (which, username, alias or ""),
+                       "DELETE FROM alias %s;  or deliver it: UPDATE alias SET "
+                       "alias_username='.', alias_host='/Maildir/' %s;" % (where, where))
+    key = (au or "").strip()
+    if len(key) > 1 and key[0] in ".|/" and "@" not in key:
+        line = key + (ah or "").strip()
+        return Problem("alias-misconfigured", "error",
+                       "alias row %s(username %r, alias %r) has the whole delivery "
+                       "instruction %r in alias_username: it becomes a forward to that "
+                       "\"address\"; the first character (., / or |) must stand alone "
+                       "(FAQ)" % (which, username, alias or "", key),
+                       "UPDATE alias SET alias_username=%s, alias_host=%s WHERE id=%s;"
+                       % (sql_str(line[0]), sql_str(line[1:]), rid))
+    if rid is not None:
         try:
             line_for(row, b"", None)
         except Refusal as r:
-            out.append(r.message)
+            return Problem("alias-misconfigured", "error", r.reason,
+                           r.fix or "correct alias row id %s" % rid)
+    return None
+
+
+def problems(directory):
+    """Alias rows that defer mail (check_row), as fix-it sentences."""
+    out = []
+    for row in directory.query("SELECT id, username, alias, alias_username, alias_host "
+                               "FROM alias ORDER BY id"):
+        problem = check_row(row)
+        if problem is not None:
+            out.append(str(problem))
     return out

@@ -39,13 +39,12 @@ What it does, in order:
 Nothing here is cached: every login asks the DB.
 """
 import os
-import re
 import threading
 import time
 from collections import deque
 
 from qmailsql.core import passwords, services, virtual
-from qmailsql.core.resolve import EXIT_TEMP, Refusal, pick_row, shown
+from qmailsql.core.resolve import EXIT_TEMP, Refusal, mailbox_row_fault, pick_row, shown
 
 __all__ = ["LoginRefused", "NoSuchMailbox", "Limiter", "LIMITER", "authenticate", "attempt",
            "response", "login_names", "set_password", "MAX_LOGIN", "MAX_PASSWORD"]
@@ -263,23 +262,10 @@ def _ip(remoteip):
     return remoteip.strip()[:64]
 
 
-# crypt(3) hashes of a shape that can verify: a refusal of such a row is a wrong
-# password, no need to ask check_stored (which would cost one more hash).
-_C = "[./0-9A-Za-z]"
-_WELL_FORMED_CRYPT = re.compile(
-    r"\A(?:\$6\$(?:rounds=[0-9]+\$)?{c}{{1,16}}\${c}{{86}}"
-    r"|\$5\$(?:rounds=[0-9]+\$)?{c}{{1,16}}\${c}{{43}}"
-    r"|\$2[aby]\$[0-9]{{2}}\${c}{{53}}"
-    r"|\$y\${c}+\${c}+\${c}{{43}}"
-    r"|\$1\${c}{{1,8}}\${c}{{22}}"
-    r"|{c}{{13}})\Z".format(c=_C))
-
-
 def _shape_problem(password_type, stored):
     """What is wrong with the row's stored password, or None (cheap for good shapes)."""
-    if (isinstance(password_type, str) and password_type.strip().lower() == "crypt-password"
-            and isinstance(stored, str) and _WELL_FORMED_CRYPT.match(stored)):
-        return None
+    if passwords.well_formed(password_type, stored):
+        return None  # a refusal of such a row is a wrong password: no hash to spend
     try:
         return passwords.check_stored(password_type, stored)
     except Exception as e:  # a diagnosis must never turn a refusal into trouble
@@ -424,17 +410,11 @@ def authenticate(directory, config, login, password, remoteip="", log=None, limi
         refuse("wrong password for %s" % who)
 
     # the password is right: a row qmail cannot use is trouble, not a bad login
-    try:
-        uid, gid = int(uid), int(gid)
-    except (TypeError, ValueError):
-        raise Refusal(EXIT_TEMP, "misconfigured mailbox row for %s: uid/gid not numbers "
-                      "(uid=%r gid=%r)" % (who, uid, gid))
-    if (not isinstance(home, str) or not home.startswith("/") or "\0" in home
-            or not isinstance(username, str) or "\0" in username or not username):
-        raise Refusal(EXIT_TEMP, "misconfigured mailbox row for %s: an absolute home is "
-                      "required (home=%r)" % (who, home))
-    if uid < 0 or gid < 0:
-        raise Refusal(EXIT_TEMP, "misconfigured mailbox row for %s: negative uid/gid" % who)
+    fault = mailbox_row_fault(username, uid, gid, home)
+    if fault is not None:
+        raise Refusal(EXIT_TEMP, "misconfigured mailbox row for %s: %s (uid=%r gid=%r "
+                      "home=%r)" % (who, fault, uid, gid, home), cause="row")
+    uid, gid = int(uid), int(gid)
 
     limiter.success(name, ip)
     if getattr(config, "rehash", False) and passwords.is_weak(password_type, stored):

@@ -138,9 +138,28 @@ def _int(key, value, filename, low=0):
     return n
 
 
+def world_readable(st):
+    """True when users other than owner and group may read the file of ST."""
+    return bool(st.st_mode & stat.S_IROTH)
+
+
+def read_file(path):
+    """(stat, contents) of control/sqlserver, through one descriptor; OSError as raised."""
+    with open(path, "rb") as f:
+        return os.fstat(f.fileno()), f.read()
+
+
+def read_password_file(pw_path):
+    """(password, stat) from a password_file: the first line of its first 4096 bytes,
+    UTF-8. OSError as raised; ValueError for a NUL in the path or a non-UTF-8 password."""
+    with open(pw_path, "rb") as f:
+        st = os.fstat(f.fileno())
+        return f.read(4096).split(b"\n")[0].decode("utf-8"), st
+
+
 def check_private(path, st):
     """Refuse a credentials file that users other than owner and group can read."""
-    if st.st_mode & stat.S_IROTH:
+    if world_readable(st):
         raise ConfigError(str(path), 0, "holds the DB password but is readable by every "
                           "local user; fix: " + FIX_PERMS.format(path=path))
 
@@ -209,9 +228,7 @@ def load(qmail_home=None, path=None):
     qmail_home = qmail_dir(qmail_home)
     path = Path(path or os.path.join(qmail_home, "control", "sqlserver"))
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
+        st, data = read_file(path)
     except FileNotFoundError:
         raise ConfigError(str(path), 0, "missing; create it (see `qmailsql --help` and the "
                           "README) or point --qmail-dir / QMAILSQL_QMAIL_DIR at your qmail")
@@ -228,9 +245,8 @@ def load(qmail_home=None, path=None):
             raise ConfigError(str(path), 0, "give `password` or `password_file`, not both")
         pw_path = values["password_file"]
         try:
-            with open(pw_path, "rb") as f:
-                check_private(pw_path, os.fstat(f.fileno()))
-                values["password"] = f.read(4096).split(b"\n")[0].decode("utf-8")
+            values["password"], pst = read_password_file(pw_path)
+            check_private(pw_path, pst)
         except OSError as e:
             raise ConfigError(pw_path, 0, "password_file cannot be read: %s" % e.strerror)
         except ConfigError:

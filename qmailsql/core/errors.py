@@ -16,13 +16,19 @@ class Refusal(Exception):
 
     PUBLIC (default: the message itself) is what a peer without rights may be told:
     a refusal that quotes a row says which row and what is wrong with it there, and
-    leaves the row's values to the log."""
+    leaves the row's values to the log. FIX, what to do about it, ends the message;
+    CAUSE says whose trouble it is: "db", "row", "usage", ... or None."""
 
-    def __init__(self, code, message, public=None):
+    def __init__(self, code, message, public=None, fix=None, cause=None):
+        self.reason = message  # what went wrong; MESSAGE (logged, sent to qmail) adds the fix
+        if fix:
+            message = "%s; fix: %s" % (message, fix)
         Exception.__init__(self, message)
         self.code = code
         self.message = message
         self.public = message if public is None else public
+        self.fix = fix
+        self.cause = cause
 
 
 def shown(local, limit=64):

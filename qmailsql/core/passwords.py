@@ -227,6 +227,34 @@ def check_stored(password_type: StrOrBytes, stored: Optional[StrOrBytes]) -> Opt
     return None
 
 
+# Stored values of a shape that can verify (the cheap test; check_stored() runs crypt(3)
+# and says what is wrong). bcrypt's buggy $2x$ is left to check_stored.
+_B64 = "[./0-9A-Za-z]"
+_WELL_FORMED_CRYPT = re.compile(
+    r"(?:\$6\$(?:rounds=[0-9]+\$)?{c}{{1,16}}\${c}{{86}}"
+    r"|\$5\$(?:rounds=[0-9]+\$)?{c}{{1,16}}\${c}{{43}}"
+    r"|\$2[aby]\$[0-9]{{2}}\${c}{{53}}"
+    r"|\$y\${c}+\${c}+\${c}{{43}}"
+    r"|\$1\${c}{{1,8}}\${c}{{22}}"
+    r"|{c}{{13}})\Z".format(c=_B64))
+_WELL_FORMED_MYSQL = re.compile(r"(?:\*[0-9A-Fa-f]{40}|[0-9A-Fa-f]{16})\Z")
+_SHAPES = {
+    "Crypt-Password": lambda s, m=_WELL_FORMED_CRYPT.match: m(s) is not None,
+    "MySQL-Password": lambda s, m=_WELL_FORMED_MYSQL.match: m(s) is not None,
+    "Password": lambda s: "\0" not in s,
+}
+
+
+def well_formed(password_type, stored) -> bool:
+    """True when STORED (text) has a shape that verifies for PASSWORD_TYPE: then
+    check_stored() has nothing to say. Cheap (no crypt(3)): for every row of a scan
+    and before each diagnosis of a refused login; False means "ask check_stored"."""
+    if type(stored) is not str:
+        return False
+    shape = _SHAPES.get(password_type) or _SHAPES.get(_canon_type(password_type))
+    return shape is not None and shape(stored)
+
+
 def is_weak(password_type: StrOrBytes, stored: Optional[StrOrBytes]) -> bool:
     """True for stored passwords worth rehashing after a successful login:
     plain text, MySQL (either form), DES and $1$ (and other legacy crypt hashes).

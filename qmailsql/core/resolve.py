@@ -81,20 +81,34 @@ class Delivery:
                                            self.home, self.dash, self.ext))
 
 
-def account_from_row(row):
-    """A mailbox row -> Account; a row qmail cannot use is a misconfiguration (111)."""
-    username, uid, gid, home = row[:4]
-    public = "misconfigured mailbox row for %r (see qmailsqld's log)" % (username,)
-    if uid is None or gid is None or not home or not str(home).startswith("/"):
-        raise Refusal(EXIT_TEMP, "misconfigured mailbox row for %r: uid, gid and an absolute "
-                      "home are required (uid=%r gid=%r home=%r)" % (username, uid, gid, home),
-                      public)
+def mailbox_row_fault(username, uid, gid, home):
+    """Why qmail cannot use a mailbox row (a phrase), or None: the one rule for
+    delivery (account_from_row), logins (auth) and `qmailsql doctor`."""
+    if not isinstance(username, str) or not username.strip() or "\0" in username:
+        return "a username without NUL is required"
+    if uid is None or gid is None or not isinstance(home, str) or not home.startswith("/"):
+        return "uid, gid and an absolute home are required"
+    if "\0" in home:
+        return "NUL in home"
     try:
         uid, gid = int(uid), int(gid)
     except (TypeError, ValueError):
-        raise Refusal(EXIT_TEMP, "misconfigured mailbox row for %r: uid/gid not numbers"
-                      % (username,), public)
-    return Account(username, uid, gid, home, "mailbox")
+        return "uid/gid not numbers"
+    if uid < 0 or gid < 0:
+        return "negative uid/gid"
+    return None
+
+
+def account_from_row(row):
+    """A mailbox row -> Account; a row qmail cannot use is a misconfiguration (111)."""
+    username, uid, gid, home = row[:4]
+    fault = mailbox_row_fault(username, uid, gid, home)
+    if fault is not None:
+        raise Refusal(EXIT_TEMP, "misconfigured mailbox row for %r: %s (uid=%r gid=%r "
+                      "home=%r)" % (username, fault, uid, gid, home),
+                      "misconfigured mailbox row for %r (see qmailsqld's log)" % (username,),
+                      cause="row")
+    return Account(username, int(uid), int(gid), home, "mailbox")
 
 
 def passwd_account(name):

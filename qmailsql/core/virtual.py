@@ -52,6 +52,8 @@ import unicodedata
 from collections import namedtuple
 
 from qmailsql.core.errors import EXIT_TEMP, Refusal, shown
+from qmailsql.core.problems import Problem, sql_str
+from qmailsql.core.problems import blank as _blank
 
 HOST_SEP = b"-"       # qmail-send.c rewrite(): prefix + "-" + address
 FORWARD_USER = "forward"
@@ -173,10 +175,6 @@ def pattern_takes(row, user):
     if row.like is None:
         return like(row.virtual_username, user)
     return row.like is not False and row.like == user
-
-
-def _blank(value):
-    return value is None or str(value).strip() == ""
 
 
 def _same(a, b):
@@ -370,27 +368,82 @@ def ambiguous_hosts(hosts):
     return [(a, b) for a in hs for b in hs if b.startswith(a + "-")]
 
 
+class Checker:
+    """The virtual table's Problems for `qmailsql doctor`, row by row as the rows stream
+    past (row()), then those of the table as a whole (finish(): funky catch-alls,
+    magic-forward loops). Keeps the rows for the loop search."""
+
+    def __init__(self, config):
+        self.config = config
+        self.rows = []
+        self.blank_catchall = []
+
+    def row(self, rid, row):
+        """Problems of one Row; RID: its id, or None (the fix names the address then)."""
+        cfg = self.config
+        self.rows.append(row)
+        vuser, vhost = row.virtual_username, row.virtual_host
+        addr = "%s@%s" % (vuser or "", vhost or "")
+        where = ("WHERE id=%s" % rid if rid is not None else "WHERE virtual_host=%s AND "
+                 "virtual_username=%s" % (sql_str(vhost or ""), sql_str(vuser or "")))
+        if _blank(row.username):
+            return [Problem("virtual-blank-username", "error",
+                            "virtual row %s (id %s) has a blank username: mail to it is "
+                            "deferred (\"MySQL misconfiguration\")" % (addr, rid),
+                            "UPDATE virtual SET username=%s %s;" % (sql_str("<local user>"),
+                                                                   where))]
+        if _blank(vuser) and cfg.funky_queries:
+            self.blank_catchall.append(vhost)
+        if not cfg.funky_queries and vuser and is_pattern(vuser):
+            return [Problem("virtual-pattern", "warning",
+                            "virtual row %s looks like a LIKE pattern but funky_queries is "
+                            "off: it only matches that literal name" % addr,
+                            "add `funky_queries yes` to %s, or UPDATE virtual SET "
+                            "virtual_username='' %s;  (a blank name is the catch-all)"
+                            % (cfg.path or "control/sqlserver", where))]
+        return []
+
+    def finish(self):
+        out = []
+        n = len(self.blank_catchall)
+        if n:
+            hosts = sorted({h for h in self.blank_catchall if h})
+            out.append(Problem(
+                "virtual-funky-catchall", "warning",
+                "funky_queries is on and %d virtual catch-all row%s ha%s a blank "
+                "virtual_username (%s): the original patch's FUNKY QUERIES ignore them, so "
+                "every other host sharing this DB bounces those domains' mail"
+                % (n, "" if n == 1 else "s", "s" if n == 1 else "ve",
+                   ", ".join(hosts[:5]) + (" ..." if len(hosts) > 5 else "")),
+                "update virtual set virtual_username='%' where virtual_username='';"))
+        if self.config.magic_forwarding:
+            for loop in find_forward_loops(self.rows, self.config.funky_queries):
+                user, _, host = loop[0].rpartition("@")
+                out.append(Problem(
+                    "virtual-forward-loop", "error",
+                    "magic-forward loop: %s -> %s: mail to these addresses circulates until "
+                    "qmail bounces it (\"too many hops\")" % (" -> ".join(loop), loop[0]),
+                    "point one of them elsewhere, e.g. UPDATE virtual SET ext=%s WHERE "
+                    "virtual_username=%s AND virtual_host=%s;"
+                    % (sql_str("someone@elsewhere.example"), sql_str(user), sql_str(host))))
+        return out
+
+
 def problems(directory, config=None):
-    """Human-readable virtual-table problems for `qmailsql doctor` (empty list: none)."""
+    """Human-readable virtual-table problems (empty list: none): the doctor's (Checker)
+    plus two it does not report: magic forwards with a blank ext and overlapping hosts."""
     config = config or directory.config
-    rows = all_rows(directory)
+    checker = Checker(config)
     out = []
-    for r in rows:
-        addr = "%s@%s" % (r.virtual_username, r.virtual_host)
-        if _blank(r.username):
-            out.append("virtual row %s has a blank username; mail to it is deferred" % addr)
-        if not config.funky_queries and r.virtual_username and is_pattern(r.virtual_username):
-            out.append("virtual row %s looks like a LIKE pattern but funky_queries is off: it "
-                       "only matches that literal name; set `funky_queries yes` in "
-                       "control/sqlserver or use a blank virtual_username for a catch-all"
-                       % addr)
-        if (r.username or "").strip().lower() == FORWARD_USER:
-            if config.magic_forwarding and _blank(r.ext):
-                out.append("virtual row %s is a magic forward with a blank ext (the target "
-                           "address); mail to it is deferred" % addr)
-    for loop in find_forward_loops(rows, config.funky_queries):
-        out.append("magic-forward loop: %s -> %s" % (" -> ".join(loop), loop[0]))
-    for a, b in ambiguous_hosts({r.virtual_host for r in rows}):
+    for r in all_rows(directory):
+        out.extend(str(p) for p in checker.row(None, r))
+        if (config.magic_forwarding and (r.username or "").strip().lower() == FORWARD_USER
+                and _blank(r.ext)):
+            out.append("virtual row %s@%s is a magic forward with a blank ext (the target "
+                       "address); mail to it is deferred" % (r.virtual_username,
+                                                             r.virtual_host))
+    out.extend(str(p) for p in checker.finish())
+    for a, b in ambiguous_hosts({r.virtual_host for r in checker.rows}):
         out.append("virtual hosts %s and %s overlap: mail for x-u@%s is read as u@%s "
                    "(longest host wins)" % (a, b, a, b))
     return out
