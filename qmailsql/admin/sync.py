@@ -241,17 +241,3 @@ def stale(qmail_dir, directory):
         return [str(e)]
     return ["control/%s is out of date with the DB; run `qmailsql sync`" % name
             for name, _, _ in p.changed()]
-
-
-def cmd_sync(args):
-    from qmailsql.cli import session
-    from qmailsql.core.config import qmail_dir
-    home = qmail_dir(args.qmail_dir)
-    try:
-        with session(args) as q:
-            sync(home, q.directory, reload=not args.no_reload)
-    except SyncError as e:
-        import sys
-        sys.stderr.write("qmailsql sync: %s\n" % e)
-        return 1
-    return 0
