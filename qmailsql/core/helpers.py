@@ -3,7 +3,7 @@ import os
 from pathlib import Path
 
 # the compiled helpers; setup.py keeps its own copy (it runs before the package is
-# importable), held equal by tests/test_layout_api.py
+# importable), held equal by tests/test_api.py
 NAMES = ("qmail-getpw", "qmail-local", "checkpassword")
 # built by setup.py at the top of the package, beside conf-qmail
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
