@@ -45,7 +45,6 @@ searchability of a home's parents is computed once per (parent, uid, gid).
 Findings of one kind are capped (`limit`, default 20 shown; the counts are exact).
 """
 import errno
-import json
 import os
 import pwd
 import re
@@ -56,7 +55,7 @@ import struct
 import sys
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from qmailsql.core import aliases, cdb, client, passwords, schema, virtual
 from qmailsql.admin import sync
@@ -1450,19 +1449,3 @@ def _add_column_sql(schema, table, col, userlen):
 def run(qmail_dir=None, limit=20, progress=None):
     """Run every check; a Report (findings, counts, rows scanned, elapsed)."""
     return Doctor(qmail_dir, limit=limit, progress=progress).run()
-
-
-def cmd_doctor(args):
-    limit = None if getattr(args, "all", False) else 20
-    report = run(getattr(args, "qmail_dir", None), limit=limit)
-    findings = report.capped()
-    if args.json:
-        json.dump([asdict(f) for f in findings], sys.stdout, indent=1)
-        sys.stdout.write("\n")
-        sys.stderr.write(report.summary() + "\n")
-    else:
-        for f in findings:
-            print("%s [%s] %s" % (f.severity.upper(), f.check, f.what))
-            print("    fix: %s" % f.fix)
-        print(report.summary())
-    return 0 if report.healthy else 1

@@ -12,6 +12,7 @@ import shutil
 
 from qmailsql.core import config as configmod
 from qmailsql.core.helpers import INSTALLED, HelperMissing, helper_path
+from qmailsql.admin.sync import read_if_exists
 
 DAEMON_USER = "qmailsql"
 
@@ -23,14 +24,6 @@ class InstallError(Exception):
 def is_ours(data, new):
     """A file in QMAIL/bin is one of our helpers (any build) rather than stock qmail's."""
     return data == new or b"QMAILSQL_SOCKET" in data
-
-
-def _read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
 
 
 def bin_dir(qmail_dir):
@@ -54,7 +47,7 @@ def undo(qmail_dir=None, out=print):
         elif stock:
             out("%s: no %s to restore; left as it is" % (dst, orig))
         elif os.path.exists(dst):
-            if not is_ours(_read(dst) or b"", b""):
+            if not is_ours(read_if_exists(dst) or b"", b""):
                 out("%s: not qmailsql's helper; left as it is" % dst)
                 continue
             os.unlink(dst)
@@ -73,11 +66,11 @@ def _owner():
 
 def install_one(name, dst, stock, uid, gid, out):
     try:
-        new = _read(helper_path(name))
+        new = read_if_exists(helper_path(name))
     except HelperMissing as e:
         raise InstallError(str(e))
     orig = dst + ".orig"
-    old = _read(dst)
+    old = read_if_exists(dst)
     foreign = old is not None and stock and not is_ours(old, new)
     if foreign and os.path.lexists(orig):
         raise InstallError("%s is not qmailsql's helper and %s exists already (a qmail "

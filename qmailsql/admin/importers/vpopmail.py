@@ -34,6 +34,8 @@ import os
 import pwd
 from collections import OrderedDict
 
+import MySQLdb
+
 from qmailsql.core import passwords
 from qmailsql.core.users import lower_ascii
 from qmailsql.admin.importers.mysqldump import parse_dump
@@ -90,7 +92,6 @@ def vpopmail_tables(tables):
 
 def read_db(conn_args, database):
     """The vpopmail tables of a live database, in parse_dump's shape."""
-    import MySQLdb
     conn = MySQLdb.connect(charset="utf8mb4", use_unicode=True, **conn_args)
     try:
         cur = conn.cursor()
