@@ -3,7 +3,7 @@
     python bench/dovecot_login.py [--logins 200]
 
 Brings up a sandbox (private MariaDB + qmailsqld) with one mailbox (sha512-crypt, the
-default scheme) and four private Dovecots (qmailsql.core.private_dovecot.Private, IMAP only):
+default scheme) and four private Dovecots (qmailsql.sandbox.dovecot.Private, IMAP only):
 
   static         Dovecot's static passdb/userdb: what a login costs Dovecot itself
   lua_uncached   `qmailsql dovecot-config`: every login asks qmailsqld, which checks

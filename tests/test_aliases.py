@@ -4,6 +4,7 @@ import os
 import subprocess
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from qmailsql.core import aliases
 from qmailsql.core import config as configmod
@@ -24,31 +25,100 @@ def lines(q, user, dash, ext, local=None, config=None):
 
 # ------------------------------------------------------------------ search order
 
-def names(dash, ext):
-    return [(s.decode(), None if d is None else d.decode()) for _, s, d in
-            aliases.levels(dash.encode(), ext.encode())]
+def old_levels(dash, ext):
+    """qmail-local's search order the slow way (a copy of every prefix): the oracle."""
+    if not dash:
+        return [(b"", None)]
+    sx = aliases.safe(ext)
+    out = []
+    if ext:
+        out.append((sx, ext[-7:] if sx.endswith(b"default") else None))
+    for i in range(len(sx), -1, -1):
+        if i == 0 or sx[i - 1:i] == b"-":
+            out.append((sx[:i] + b"default", ext[i:]))
+    seen, uniq = set(), []
+    for s, default in out:
+        if s not in seen:
+            seen.add(s)
+            uniq.append((s, default))
+    return uniq
+
+
+def names(dash, ext, candidates):
+    """CANDIDATES (alias names) that qmail-local looks for, in its order, with DEFAULT."""
+    found = []
+    for name in candidates:
+        level = aliases.level_of(dash.encode(), ext.encode(), name.encode())
+        if level is not None:
+            rank, start = level
+            found.append((rank, aliases.safe(name.encode()).decode(),
+                          None if start is None else ext[start:]))
+    return [(n, d) for _, n, d in sorted(found)]
+
+
+EVERY = ["a-b-c", "a-b-default", "a-default", "default", "a-", "a", "", "b-c-default",
+         "a-b-c-default", "-default", "A-B-Default", "foo-default", "john:smith-x",
+         "john.smith-default", "John.Smith-X", "x-default"]
 
 
 def test_levels_follow_qmail_local():
     # qmail-local.c's own comment: "-/" "a-b-c": "-/a-b-c" "-/a-b-default" "-/a-default" ...
-    assert names("-", "a-b-c") == [("a-b-c", None), ("a-b-default", "c"),
-                                   ("a-default", "b-c"), ("default", "a-b-c")]
-    assert names("-", "a-") == [("a-", None), ("a-default", ""), ("default", "a-")]
-    assert names("-", "a") == [("a", None), ("default", "a")]
-    assert names("", "") == [("", None)]
-    assert names("-", "") == [("default", "")]
+    assert names("-", "a-b-c", EVERY) == [("a-b-c", None), ("a-b-default", "c"),
+                                          ("a-b-default", "c"), ("a-default", "b-c"),
+                                          ("default", "a-b-c")]
+    assert names("-", "a-", EVERY) == [("a-", None), ("a-default", ""), ("default", "a-")]
+    assert names("-", "a", EVERY) == [("a", None), ("default", "a")]
+    assert names("", "", EVERY) == [("", None)]
+    assert names("-", "", EVERY) == [("default", "")]
 
 
 def test_levels_case_and_dots():
-    assert names("-", "John.Smith-X") == [("john:smith-x", None), ("john:smith-default", "X"),
-                                          ("default", "John.Smith-X")]
-    raw = [r for r, _, _ in aliases.levels(b"-", b"John.Smith-X")]
-    assert raw == [b"John.Smith-X", b"John.Smith-default", b"default"]
+    assert names("-", "John.Smith-X", EVERY) == [("john:smith-x", None), ("john:smith-x", None),
+                                                 ("john:smith-default", "X"),
+                                                 ("default", "John.Smith-X")]
 
 
 def test_levels_ext_ending_in_default():
-    assert names("-", "foo-default") == [("foo-default", "default"), ("default",
-                                                                      "foo-default")]
+    assert names("-", "foo-default", EVERY) == [("foo-default", "default"),
+                                                ("default", "foo-default")]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from([b"-", b""]),
+       st.lists(st.sampled_from([b"a", b"B", b"-", b".", b":", b"default", b"x"]),
+                max_size=8).map(b"".join),
+       st.lists(st.sampled_from([b"a", b"b", b"-", b".", b":", b"default", b"DEFAULT", b"x"]),
+                max_size=6).map(b"".join))
+def test_level_of_is_the_old_search(dash, ext, name):
+    """level_of() (linear) ranks a name exactly where the old prefix-copying walk put it."""
+    order = [s for s, _ in old_levels(dash, ext)]
+    level = aliases.level_of(dash, ext, name)
+    s = aliases.safe(name)
+    if s not in order:
+        assert level is None
+        return
+    k = order.index(s)
+    ranks = [aliases.level_of(dash, ext, o)[0] for o in order]
+    assert ranks == sorted(set(ranks))  # the same order, no two levels tied
+    rank, start = level
+    assert rank == ranks[k]
+    assert (None if start is None else ext[start:]) == old_levels(dash, ext)[k][1]
+
+
+def test_long_extension_is_one_short_statement(db):
+    """16,000 dashes: one query no longer than the extension twice over (no
+    `-default` name per dash), the `default` row found."""
+    arow(db, "iain", "default", ".", "/Maildir/")
+    seen = []
+    real = db.directory.query
+
+    def spy(sql, params=(), write=False):
+        seen.append(len(sql) + sum(len(str(p)) for p in params))
+        return real(sql, params, write)
+    db.directory.query = spy
+    ext = "-" * 16000
+    assert aliases.lines_for(db.directory, b"iain", b"-", ext.encode())[2][0][2] == "default"
+    assert seen and max(seen) < 2 * len(ext) + 1000
 
 
 # ------------------------------------------------------------------ lines of a row

@@ -349,7 +349,10 @@ def test_db_killed_is_111(own_sandbox):
 
 # ---------------------------------------------------------------- the limiter
 
-def test_limiter_blocks_a_login_after_n_failures(db):
+def test_limiter_holds_back_the_guessing_addresses_not_the_owner(db):
+    """Five wrong passwords for one login from five addresses: the owner still logs in
+    from an address that has not failed; an address that fails for the login now is
+    held back for that login (even with the right password), for a capped back-off."""
     add_mailbox(db, "alice", "pw")
     clock = Clock()
     lim = Limiter(max_failures=5, window=300, base_delay=5, max_delay=60, clock=clock)
@@ -358,15 +361,56 @@ def test_limiter_blocks_a_login_after_n_failures(db):
         clock.t += 1
         assert "wrong password" in refused(db, b"alice", b"guess%d" % i, lim,
                                            ip="192.0.2.%d" % i, logs=logs)
-    assert logs == ["auth limiter: login 'alice' blocked for 5 s after 5 failures in 300 s"]
-    # even the right password, from yet another address
-    assert "too many failures" in refused(db, b"ALICE", b"pw", lim, ip="192.0.2.99")
+    assert logs == ["auth limiter: login 'alice' held back at '192.0.2.4' for 5 s after 5 "
+                    "failures in 300 s"]
+    assert login(db, b"ALICE", b"pw", lim, ip="192.0.2.99")[0] == "alice"
+    reason = refused(db, b"alice", b"pw", lim, ip="192.0.2.4")
+    assert reason == "too many failures (login 'alice' held back at '192.0.2.4' for 5 more s)"
+    # another guess from an address that guessed before: held back too
+    assert "wrong password" in refused(db, b"alice", b"guess", lim, ip="192.0.2.0")
+    assert "too many failures" in refused(db, b"alice", b"pw", lim, ip="192.0.2.0")
+    # other logins from those addresses are not affected (below the address limit)
+    add_mailbox(db, "bob", "pw2")
+    assert login(db, b"bob", b"pw2", lim, ip="192.0.2.4")[0] == "bob"
     clock.t += 5.5
-    assert login(db, b"alice", b"pw", lim, ip="192.0.2.99")[0] == "alice"
-    # the success reset it: five more failures are needed for a block
-    for i in range(4):
-        refused(db, b"alice", b"x", lim)
-    assert login(db, b"alice", b"pw", lim)[0] == "alice"
+    assert login(db, b"alice", b"pw", lim, ip="192.0.2.4")[0] == "alice"
+
+
+def test_limiter_never_locks_the_owner_out():
+    """The lock-out of issue 12: five wrong passwords from five addresses, then one more
+    each time a block ends, for an hour. The owner is let in from any address where
+    they have not failed, every time; where they typed one wrong password, within
+    max_delay of it, whatever the guessing does."""
+    clock = Clock()
+    lim = Limiter(max_failures=5, window=300, base_delay=5, max_delay=60, clock=clock)
+    guessers = ["192.0.2.%d" % i for i in range(1, 6)]
+    for ip in guessers:
+        lim.failure("victim", ip)
+    typo_at = None
+    waited = []
+    late_guesses = 0
+    for step in range(1, 3601):
+        clock.t += 1
+        for ip in guessers:  # one more guess from each address as soon as it may
+            if lim.blocked("victim", ip) is None:
+                lim.failure("victim", ip)
+                if step > 3000:
+                    late_guesses += 1
+        assert lim.blocked("victim", "198.51.100.%d" % (step % 250 + 1)) is None
+        if step % 600 == 100:  # the owner mistypes at home, then tries until let in
+            lim.failure("victim", "203.0.113.7")
+            typo_at = clock.t
+        if typo_at is not None and lim.blocked("victim", "203.0.113.7") is None:
+            waited.append(clock.t - typo_at)
+            lim.success("victim", "203.0.113.7")
+            typo_at = None
+    print("owner let in at home %s s after a typo" % waited)
+    assert len(waited) == 6 and max(waited) <= lim.max_delay
+    # the guessing addresses are the ones refused: in the last 10 minutes, at most one
+    # guess per address per max_delay
+    print("guesses in the last 600 s: %d from %d addresses" % (late_guesses, len(guessers)))
+    assert late_guesses <= len(guessers) * (600 // lim.max_delay + 1)
+    assert all(lim.blocked("victim", ip) is not None for ip in guessers)
 
 
 def test_limiter_blocks_an_address(db):
@@ -405,18 +449,19 @@ def test_limiter_backoff_grows_and_is_capped():
     lim = Limiter(max_failures=3, window=1000, base_delay=5, max_delay=60, clock=clock)
     delays = []
     for _ in range(2):
-        assert lim.failure("bob") == []
+        assert lim.failure("bob", "192.0.2.1") == []
     for _ in range(7):
-        started = lim.failure("bob")
-        assert len(started) == 1
-        key, delay = started[0]
-        assert key == ("login", "bob")
+        started = lim.failure("bob", "192.0.2.1")
+        what = {k[0]: (k, d) for k, d in started}
+        key, delay = what["login"]
+        assert key == ("login", "bob", "192.0.2.1")
+        assert what["ip"][1] == delay  # the address is blocked in step
         delays.append(delay)
         clock.t += delay - 0.5
-        assert lim.blocked("bob") is not None
+        assert lim.blocked("bob", "192.0.2.1") is not None
         # attempts refused by the limiter do not extend the block
         clock.t += 1
-        assert lim.blocked("bob") is None
+        assert lim.blocked("bob", "192.0.2.1") is None
     assert delays == [5, 10, 20, 40, 60, 60, 60]
     assert max(delays) <= 60
 
@@ -426,11 +471,12 @@ def test_limiter_forgets_after_a_quiet_window():
     lim = Limiter(max_failures=3, window=300, clock=clock)
     for _ in range(3):
         lim.failure("bob", "192.0.2.1")
-    assert lim.blocked("bob") is not None
+    assert lim.blocked("bob", "192.0.2.1") is not None
+    assert lim.blocked("bob", "192.0.2.2") is None
     clock.t += 301
     assert lim.blocked("bob", "192.0.2.1") is None
     assert len(lim) == 0
-    assert lim.failure("bob") == []  # strikes reset with the record
+    assert lim.failure("bob", "192.0.2.1") == []  # strikes reset with the record
 
 
 def test_limiter_is_bounded():
@@ -453,7 +499,7 @@ def test_limiter_threads():
         t.start()
     for t in threads:
         t.join(30)
-    assert len(lim) == 7 + 8
+    assert len(lim) == 7 + 8  # a record per login and per address, none lost
 
 
 # ---------------------------------------------------------------- rehash

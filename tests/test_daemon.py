@@ -335,6 +335,29 @@ def test_local_refusal_costs_the_same_for_known_and_unknown_names(sandbox, db, h
         d.ep.close()
     assert done[b"iain"] == done[b"nobody-at-all"]
     assert ("getpwnam",) in done[b"iain"][0] and ("users/cdb",) in done[b"iain"][0]
+def test_sandbox_daemon_log_is_private(sandbox):
+    """The daemon's log (users, addresses, row values) is readable by its owner only."""
+    mode = os.stat(sb.Paths(sandbox).daemon_log).st_mode
+    assert mode & 0o077 == 0, oct(mode)
+
+
+def test_peer_without_rights_never_sees_row_values(faq, sandbox, homes):
+    """A misconfigured row's values (uid, gid, home) are in the daemon's log, not in
+    the 111 an unprivileged peer gets; a privileged peer gets the whole story."""
+    os.chmod(sandbox, 0o755)
+    paths = sb.Paths(sandbox)
+    os.chmod(paths.run, 0o755)
+    faq.directory.query("REPLACE INTO mailbox (username, uid, gid, home, password, "
+                        "password_type, suspended) VALUES ('broken', %s, 100, "
+                        "'relative/secret-place', '', 'Password', 'N')", (OTHER_UID,),
+                        write=True)
+    local = [b"local", b"broken", b"/home/broken", b"broken", b"", b"", b"example.org"]
+    status, body = raw_as(OTHER_UID, paths.daemon_socket, local)
+    assert status == 111 and b"broken" in body, body
+    assert b"secret-place" not in body and b"%d" % OTHER_UID not in body, body
+    assert "relative/secret-place" in log_text(sandbox)
+    status, body = request(paths.daemon_socket, [b"getpw", b"broken"])
+    assert status == 111 and b"relative/secret-place" in body
 
 
 HOLD_CLIENT = r"""
@@ -642,12 +665,18 @@ def test_oversize_request_refused_largest_accepted(faq, sandbox):
     path = sb.Paths(sandbox).daemon_socket
     out, closed = raw_exchange(path, b"70000:" + b"x" * 70001)
     assert closed and b"malformed request" in out
-    # the largest legal payload is answered
+    # the largest legal frame is read, and refused for what it holds: a local part
+    # longer than stock qmail ever passes (qmail-smtpd: 900 bytes) is a clear 111
     local = b"y" * (65536 - len(b"getpw\0\0"))
     status, body = request(path, [b"getpw", local])
-    assert status == 111 and b"too long" in body  # the alias answer would not fit
-    status, body = request(path, [b"getpw", b"z" * 60000])
+    assert status == 111 and body == (b"local part of %d bytes is longer than qmailsql's "
+                                      b"limit of %d (qmail-smtpd takes addresses of at most "
+                                      b"900 bytes)" % (len(local), daemon.MAX_FIELD))
+    # the longest local part accepted is answered
+    status, body = request(path, [b"getpw", b"z" * daemon.MAX_FIELD])
     assert status == 0 and body.startswith(b"alias\0")
+    status, body = request(path, [b"getpw", b"z" * (daemon.MAX_FIELD + 1)])
+    assert status == 111 and b"limit" in body
     assert ping_ok(path)
 
 
@@ -662,6 +691,19 @@ def test_unknown_command_and_wrong_arity(sandbox):
     assert ping_ok(path)
 
 
+def pipelined(path, reqs, rounds=1, timeout=10):
+    """REQS sent in one write, ROUNDS times on one connection: each round's answers."""
+    out = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        buf = [b""]
+        for _ in range(rounds):
+            s.sendall(b"".join(encode_frame(r) for r in reqs))
+            out.append([read_response(s, buf) for _ in reqs])
+    return out
+
+
 def test_pipelined_requests_answered_in_order(faq, sandbox):
     path = sb.Paths(sandbox).daemon_socket
     assert request(path, [b"getpw", b"iain-sanity"])[0] == 0  # cached; the rest are not
@@ -670,18 +712,67 @@ def test_pipelined_requests_answered_in_order(faq, sandbox):
             [b"getpw", b"iain-sanity"], [b"ping"]]
     want = [request(path, r) for r in reqs]
     flush(sandbox)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(str(path))
-        s.sendall(b"".join(encode_frame(r) for r in reqs))
-        buf = [b""]
-        got = [read_response(s, buf) for _ in reqs]
-        # and again on the same connection, now from the cache
-        s.sendall(b"".join(encode_frame(r) for r in reqs))
-        again = [read_response(s, buf) for _ in reqs]
+    # and twice on the same connection: the second time from the cache
+    got, again = pipelined(path, reqs, rounds=2)
     assert got == want and again == want
     assert [g[0] for g in got] == [0, 0, 0, 0, 0, 0, 100, 0, 0]
     assert got[1][1].endswith(b"-\0slowlaris\0") and got[3][1].startswith(b"alias\0")
+
+
+def test_long_pipelines_answered_in_order_across_turns(faq, sandbox):
+    """Thousands of requests in one write, far more than one turn of the loop
+    (daemon.TURN_FRAMES), some answered by a worker: all answered, in order."""
+    path = sb.Paths(sandbox).daemon_socket
+    kinds = [[b"ping"], [b"getpw", b"iain-slowlaris"], [b"getpw", b"nobody-%d"],
+             [b"frob"], [b"getpw", b"iain"]]
+    reqs = []
+    for i in range(3000):
+        r = kinds[i % len(kinds)]
+        reqs.append([r[0], r[1] % i] if b"%d" in r[-1] else r)
+    assert len(reqs) > 100 * daemon.TURN_FRAMES
+    want = {tuple(r): request(path, r) for r in reqs[:len(kinds)]}
+    got, = pipelined(path, reqs, timeout=60)
+    for r, g in zip(reqs, got):
+        if r[-1].startswith(b"nobody-"):
+            assert g == (0, fields(b"alias", b"%d" % (demo.FAQ_UID + 1), b"%d" % demo.FAQ_GID,
+                                   g[1].split(b"\0")[3], b"-", r[1])), (r, g)
+        else:
+            assert g == want[tuple(r)], (r, g)
+
+
+def test_a_client_that_does_not_read_is_not_read(faq, sandbox):
+    """Requests whose answers are not read: once daemon.OUT_LIMIT of answers wait, the
+    daemon stops reading that connection (its requests wait in the kernel, not in the
+    daemon's memory); others are served; reading the answers resumes it."""
+    path = sb.Paths(sandbox).daemon_socket
+    ping = encode_frame([b"ping"])
+    burst = ping * 8192
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(path))
+        s.setblocking(False)
+        sent = 0
+        while sent < 256 << 20:  # far more than kernel buffers and the cap together
+            try:
+                sent += s.send(burst[sent % len(burst):])
+                continue
+            except BlockingIOError:
+                pass
+            _, writable, _ = select.select([], [s], [], 2.0)
+            if not writable:
+                break  # nobody has read for two seconds: the daemon stopped reading
+        print("accepted %d bytes of pings before the daemon stopped reading" % sent)
+        assert sent < 64 << 20, "the daemon read %d bytes whose answers nobody read" % sent
+        assert getpw_helper("iain-slowlaris").returncode == 0
+        # reading the answers: every ping accepted is answered, in order
+        s.setblocking(True)
+        s.settimeout(60)
+        want = sent // len(ping)
+        data = bytearray()
+        while len(data) < want * len(daemon.PONG):
+            chunk = s.recv(1 << 20)
+            assert chunk
+            data += chunk
+        assert bytes(data[:want * len(daemon.PONG)]) == daemon.PONG * want
 
 
 def test_byte_by_byte_and_half_sent_frames(faq, sandbox):
@@ -708,7 +799,7 @@ def test_byte_by_byte_and_half_sent_frames(faq, sandbox):
 
 
 def test_large_request_byte_by_byte(faq, sandbox):
-    """A 60 kB request sent one byte per send() is still answered (the partial frame
+    """A 60 kB request sent one byte per send() is still read whole (the partial frame
     is kept in a bytearray, not re-copied on every read)."""
     path = sb.Paths(sandbox).daemon_socket
     frame = encode_frame([b"getpw", b"z" * 60000])
@@ -718,15 +809,15 @@ def test_large_request_byte_by_byte(faq, sandbox):
         for i in range(len(frame)):
             s.sendall(frame[i:i + 1])
         status, body = read_response(s)
-    assert status == 0 and body.startswith(b"alias\0")
+    # all of it arrived as one request: refused for its length, which the answer names
+    assert status == 111 and body.startswith(b"local part of 60000 bytes is longer than")
     assert ping_ok(path)
 
 
 def restart_daemon_with(paths, **env):
     """Restart the sandbox's daemon with ENV added to its environment."""
     sb.stop_daemon(paths)
-    with environ(env):
-        sb.start_daemon(paths)
+    sb.start_daemon(paths, env)
 
 
 def test_frame_deadline_closes_slow_loris(own_sandbox):
@@ -951,3 +1042,54 @@ def test_install_and_undo(tmp_path):
     r = subprocess.run([sys.executable, "-m", "qmailsql", "install", "--qmail-dir",
                         str(tmp_path / "none")], capture_output=True, text=True)
     assert r.returncode == 111 and "bin" in r.stderr
+
+
+# ---------------------------------------------------------------- loop parts
+
+class FakeConn:
+    def __init__(self, uid, privileged):
+        self.uid, self.privileged = uid, privileged
+
+
+class FakeTask:
+    def __init__(self, name, uid, privileged=False):
+        self.name, self.conn = name, FakeConn(uid, privileged)
+
+
+def test_task_queue_privileged_first_uids_in_turn():
+    """Workers take privileged peers' requests first, then one uid's after another's,
+    and never have all of themselves on unprivileged requests."""
+    q = daemon.TaskQueue(workers=3)
+    for t in [FakeTask("a1", 1), FakeTask("a2", 1), FakeTask("a3", 1), FakeTask("b1", 2),
+              FakeTask("root1", 0, True), FakeTask("c1", 3), FakeTask("root2", 0, True)]:
+        q.put(t)
+    got = [q.get(), q.get(), q.get(), q.get()]
+    assert [t.name for t in got] == ["root1", "root2", "a1", "b1"]
+    # two workers are on unprivileged requests: the third waits for a privileged one
+    import threading
+    taken = []
+    worker = threading.Thread(target=lambda: taken.append(q.get()))
+    worker.start()
+    worker.join(0.5)
+    assert worker.is_alive() and not taken  # c1 and a2 wait: one worker stays free
+    q.put(FakeTask("root3", 0, True))
+    worker.join(10)
+    assert [t.name for t in taken] == ["root3"]
+    q.done(got[2])  # a1 done: an unprivileged request may go again, the next uid's
+    assert q.get().name == "c1"
+    q.done(got[3])
+    assert q.get().name == "a2"
+
+
+def test_refusal_log_is_bounded_per_uid_and_kind(monkeypatch):
+    lines = []
+    monkeypatch.setattr(daemon, "log", lines.append)
+    refusals = daemon.RefusalLog(every=10.0, burst=3)
+    for i in range(1000):
+        refusals(5, "command", "refused %d" % i)
+    refusals(5, "malformed", "a different kind")
+    refusals(6, "command", "another uid")
+    assert lines == ["refused 0", "refused 1", "refused 2", "a different kind", "another uid"]
+    refusals.sweep(time.monotonic() + 11)
+    assert lines[-1].startswith("997 more refusal(s) of uid 5 (command) not logged")
+    assert not refusals.seen

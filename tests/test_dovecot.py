@@ -536,6 +536,7 @@ def test_dovecots_auth_cache_is_flushed_by_admin_commands(world):
     assert "auth_cache_size = 1M" in server.fragment
     cached = World(world.root, top)
     cached.server = server
+    cached.source = next(World.sources)  # its failures to itself (the limiter, per address)
     env = {"QMAILSQL_DOVECOT_CONFIG": server.conf}
     try:
         assert cached.imap("alice", "alice pw") == "ok"
@@ -545,6 +546,9 @@ def test_dovecots_auth_cache_is_flushed_by_admin_commands(world):
         r = world.qmailsql("passwd", "alice", stdin=b"new alice pw\n", **env)
         assert r.returncode == 0 and b"warning" not in r.stderr, r.stderr
         assert cached.imap("alice", "alice pw").startswith("[AUTHENTICATIONFAILED]")
+        # a refused login counts against its address: when earlier tests have failed for
+        # alice often, the limiter holds that address back for alice (issue 12)
+        cached.source = next(World.sources)
         assert cached.imap("alice", "new alice pw") == "ok"
         for change, undo in ((["--deny", "imap"], ["--allow", "imap"]),
                              (["--suspend"], ["--unsuspend"])):
@@ -553,6 +557,7 @@ def test_dovecots_auth_cache_is_flushed_by_admin_commands(world):
             assert r.returncode == 0 and b"warning" not in r.stderr, r.stderr
             assert cached.imap("alice", "new alice pw").startswith("[AUTHENTICATIONFAILED]")
             world.qmailsql("mailbox", "set", "alice", *undo, **env)
+            cached.source = next(World.sources)
     finally:
         server.stop()
         shutil.rmtree(top, ignore_errors=True)

@@ -440,3 +440,37 @@ def test_primary_down_daemon_keeps_delivering(cluster, users, homes, tmp_path):
     rc, argv, err = run_local_helper(replica, standin, users[0], str(homes / users[0]), "-",
                                      "nosuch")
     assert rc == 111 and "qmail-local: " in err, (rc, err)
+# ---------------------------------------------------------------- a refused statement
+
+def test_oversized_statement_does_not_fail_the_server(sandbox):
+    """A statement too big for the server (or for qmailsql's own bound) is that
+    statement's trouble: 111 for it, and the server stays in use for everyone else.
+    (Marking it failed skipped it for 30 s: every delivery waited.)"""
+    paths = sb.Paths(sandbox)
+    cfg = configmod.load(str(sandbox))
+    server = cfg.servers[0]
+    for size in (17 << 20, 64 << 20):  # past the server's max_allowed_packet (16 MB)
+        d = db.Directory(cfg)
+        try:
+            assert d.query("SELECT 1") == ((1,),)
+            with pytest.raises(db.DirectoryUnavailable) as e:
+                d.query("SELECT %s", ["x" * size])
+            print(size, e.value)
+            assert not d.health.cooling(server), "a %d-byte statement failed the server" % size
+            assert d.query("SELECT 1") == ((1,),)
+        finally:
+            d.close()
+    # a server whose limit was lowered: the same for its new connections
+    root = sb.root_connect(paths)
+    try:
+        root.cursor().execute("SET GLOBAL max_allowed_packet=65536")
+        d = db.Directory(cfg)
+        try:
+            with pytest.raises(db.DirectoryUnavailable, match="max_allowed_packet"):
+                d.query("SELECT %s", ["x" * 100000])
+            assert not d.health.cooling(server)
+        finally:
+            d.close()
+    finally:
+        root.cursor().execute("SET GLOBAL max_allowed_packet=16777216")
+        root.close()

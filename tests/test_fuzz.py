@@ -117,15 +117,19 @@ frame_bytes = st.one_of(
 
 @pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__.split(".")[-1])
 @settings(max_examples=1500, deadline=None)
-@given(buf=frame_bytes, limit=st.sampled_from([0, 5, 100, 65536]))
-def test_decode_frame_result_or_value_error(impl, buf, limit):
+@given(buf=frame_bytes, limit=st.sampled_from([0, 5, 100, 65536]), skip=st.binary(max_size=5))
+def test_decode_frame_result_or_value_error(impl, buf, limit, skip):
+    """At offset len(SKIP) of a bytearray (as the daemon reads) or of bytes."""
+    start = len(skip)
+    whole = bytearray(skip + buf) if start % 2 else skip + buf
     try:
-        payload, used = impl.decode_frame(buf, limit)
+        payload, end = impl.decode_frame(whole, limit, start)
     except ValueError:
         return
     if payload is None:
-        assert used == 0
+        assert end == 0
         return
+    used = end - start
     head = buf[:used - len(payload) - 2]
     assert head.isdigit() and int(head) == len(payload) <= limit
     assert buf[len(head):len(head) + 1] == b":" and buf[used - 1:used] == b","
@@ -150,17 +154,17 @@ def test_split_fields_result_or_value_error(impl, payload):
                                   min_size=1, max_size=5), min_size=1, max_size=4),
        tail=st.binary(max_size=10))
 def test_frames_in_a_stream_come_apart_as_sent(impl, requests, tail):
-    stream = b"".join(impl.encode_frame(r) for r in requests) + tail
+    stream = bytearray(b"".join(impl.encode_frame(r) for r in requests) + tail)
     got = []
+    at = 0
     while True:
         try:
-            payload, used = impl.decode_frame(stream)
+            payload, at = impl.decode_frame(stream, 65536, at)
         except ValueError:
             break
         if payload is None:
             break
         got.append(impl.split_fields(payload))
-        stream = stream[used:]
     assert got[:len(requests)] == requests
 
 

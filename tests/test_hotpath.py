@@ -46,13 +46,27 @@ locals_ = st.lists(st.sampled_from([b"a", b"B", b"-", b"+", b"\xff", b"'", b"%",
 @settings(max_examples=1500, deadline=None)
 @given(locals_, st.sampled_from([b"-", b"+", b""]), st.integers(min_value=0, max_value=40))
 def test_candidates_equal(local, brk, userlen):
-    assert fallback.candidates(local, brk, userlen) == _hot.candidates(local, brk, userlen)
+    assert fallback.candidates(local, brk, userlen) == _hot.candidates(local, brk, userlen) \
+        == every_prefix(local, brk, userlen)
+
+
+def every_prefix(local, brk, userlen):
+    """qmail-getpw's walk done the slow way: every position of LOCAL, longest first."""
+    out = []
+    for p in range(len(local), 0, -1):
+        if p < userlen and (p == len(local) or local[p:p + 1] == brk[:1] != b""):
+            out.append((local[:p].lower(), b"-" if p < len(local) else b"",
+                        local[p + 1:]))
+    return out
 
 
 @settings(max_examples=1500, deadline=None)
-@given(st.binary(max_size=40), st.integers(min_value=0, max_value=30))
-def test_decode_frame_equal(buf, limit):
-    assert outcome(fallback.decode_frame, buf, limit) == outcome(_hot.decode_frame, buf, limit)
+@given(st.binary(max_size=40), st.integers(min_value=0, max_value=30),
+       st.integers(min_value=0, max_value=8), st.booleans())
+def test_decode_frame_equal(buf, limit, start, mutable):
+    buf = bytearray(buf) if mutable else buf
+    assert outcome(fallback.decode_frame, buf, limit, start) == \
+        outcome(_hot.decode_frame, buf, limit, start)
 
 
 @settings(max_examples=500, deadline=None)
@@ -92,3 +106,8 @@ def test_frame_errors(impl):
         impl.decode_frame(b"1:ab")
     with pytest.raises(ValueError):
         impl.split_fields(b"getpw\0x")
+    # at an offset, in a bytearray (the daemon's input buffer): the same frames
+    buf = bytearray(b"5:ping\0,12:getpw\0alice\0,1")
+    assert impl.decode_frame(buf, 65536, 0) == (b"ping\0", 8)
+    assert impl.decode_frame(buf, 65536, 8) == (b"getpw\0alice\0", 24)
+    assert impl.decode_frame(buf, 65536, 24) == (None, 0)

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from qmailsql.core import _hot, fallback
 from qmailsql.daemon import server as daemon
-from qmailsql.core.hotpath import decode_frame, split_fields
+from qmailsql.core.hotpath import PRIVILEGED, STALE, decode_frame, split_fields
 
 
 def test_daemon_uses_the_compiled_twins():
@@ -96,11 +96,15 @@ def test_cache_times_policy():
 
 # ---------------------------------------------------------------- the cache
 
-KEYS = st.sampled_from([b"getpw\0a\0", b"getpw\0b\0", b"local\0a\0", b"k", b"", b"z" * 50])
+KEYS = st.sampled_from([b"getpw\0a\0", b"getpw\0b\0", b"local\0a\0", b"k", b"", b"z" * 50,
+                        b"uid=1\0local\0a\0", b"uid=2\0local\0b\0", b"y" * 1500])
 TIME = st.floats(0, 1000, allow_nan=False).map(lambda x: round(x, 3))
+OWNERS = st.sampled_from([PRIVILEGED, PRIVILEGED, 0, 1, 2])
+RESPONSES = st.one_of(st.binary(max_size=8), st.sampled_from([b"r" * 1100, b"s" * 3000]))
 OPS = st.lists(st.one_of(
-    st.tuples(st.just("put"), KEYS, st.binary(max_size=8), TIME,
-              st.sampled_from([-1, 0, 0.5, 1, 5, 100]), st.sampled_from([-1, 0, 1, 50])),
+    st.tuples(st.just("put"), KEYS, RESPONSES, TIME,
+              st.sampled_from([-1, 0, 0.5, 1, 5, 100]), st.sampled_from([-1, 0, 1, 50]),
+              OWNERS),
     st.tuples(st.just("get"), KEYS, TIME),
     st.tuples(st.just("get_stale"), KEYS, TIME),
     st.tuples(st.just("clear")),
@@ -123,43 +127,82 @@ def apply(cache, ops):
         else:
             out.append(len(cache))
         out.append(cache.generation)
+        out.append([cache.share_cost(o) for o in (STALE, PRIVILEGED, 0, 1, 2)])
     return out
 
 
 @settings(max_examples=2000, deadline=None)
-@given(st.integers(1, 5), OPS)
-def test_cache_equal(max_entries, ops):
-    """Same answers, same evictions, same generations, on random operation sequences
-    (a small bound, so eviction happens often)."""
-    assert apply(_hot.ResponseCache(max_entries), ops) == \
-        apply(fallback.ResponseCache(max_entries), ops)
+@given(st.integers(1, 6), st.integers(0, 4), st.integers(0, 6), OPS)
+def test_cache_equal(max_entries, uid_entries, unprivileged_entries, ops):
+    """Same answers, same evictions, same shares, same generations, on random operation
+    sequences (small bounds, so eviction happens often)."""
+    args = (max_entries, uid_entries, unprivileged_entries)
+    assert apply(_hot.ResponseCache(*args), ops) == \
+        apply(fallback.ResponseCache(*args), ops)
 
 
-def test_cache_semantics():
-    for m in (_hot, fallback):
-        c = m.ResponseCache(4)
-        assert c.put(b"a", b"A", 10.0, 5, 100) is True
-        assert c.get(b"a", 14.9) == b"A" and c.get(b"a", 15.0) is None
-        assert c.get_stale(b"a", 114.9) == b"A" and c.get_stale(b"a", 115.0) is None
-        assert c.put(b"n", b"N", 10.0, 5, 0) and c.get_stale(b"n", 15.0) is None
-        assert c.put(b"never", b"X", 10.0, 0, 100) is False and c.get(b"never", 10) is None
-        for k in (b"b", b"c"):
-            c.put(k, k, 10.0, 5)
-        assert len(c) == 4
-        c.put(b"d", b"d", 10.0, 5)  # full: the older half goes
-        assert len(c) == 3
-        assert c.get(b"a", 11.0) is None and c.get(b"n", 11.0) is None
-        assert c.get(b"d", 11.0) == b"d" and c.get(b"c", 11.0) == b"c"
-        # re-putting a key makes it the newest
-        c.put(b"b", b"B2", 11.0, 5)
-        c.put(b"e", b"e", 11.0, 5)
-        c.put(b"f", b"f", 11.0, 5)  # evicts the older half: c and d
-        assert c.get(b"b", 12.0) == b"B2" and c.get(b"c", 12.0) is None
-        g = c.generation
-        c.clear()
-        assert len(c) == 0 and c.generation == g + 1
-        with pytest.raises(ValueError):
-            m.ResponseCache(0)
+@pytest.mark.parametrize("m", [_hot, fallback], ids=["cython", "python"])
+def test_cache_semantics(m):
+    c = m.ResponseCache(4, uid_entries=2, unprivileged_entries=3)
+    assert c.put(b"a", b"A", 10.0, 5, 100) is True
+    assert c.get(b"a", 14.9) == b"A" and c.get(b"a", 15.0) is None
+    assert c.get_stale(b"a", 114.9) == b"A" and c.get_stale(b"a", 115.0) is None
+    assert c.put(b"n", b"N", 10.0, 5, 0) and c.get_stale(b"n", 15.0) is None
+    assert c.put(b"never", b"X", 10.0, 0, 100) is False and c.get(b"never", 10) is None
+    # a full share drops its oldest entry, one per new entry
+    for k in (b"b", b"c", b"d"):
+        c.put(k, k, 10.0, 5)
+    assert len(c) == 5 and c.share_cost(PRIVILEGED) == 4 and c.share_cost(STALE) == 1
+    c.put(b"e", b"e", 10.0, 5)
+    assert c.get(b"n", 11.0) is None and c.get(b"b", 11.0) == b"b" and len(c) == 5
+    # re-putting a key makes it the newest
+    c.put(b"b", b"B2", 11.0, 5)
+    c.put(b"f", b"f", 11.0, 5)
+    assert c.get(b"b", 12.0) == b"B2" and c.get(b"c", 12.0) is None
+    # the stale store is a share of its own: privileged fresh-only answers never evict it
+    assert c.get_stale(b"a", 100.0) == b"A"
+    # each unprivileged uid has its share, all of them together a bound
+    assert c.put(b"u7-1", b"x", 10.0, 5, 50, owner=7)
+    assert c.get_stale(b"u7-1", 20.0) is None  # no stale time for unprivileged answers
+    c.put(b"u7-2", b"x", 10.0, 5, owner=7)
+    c.put(b"u7-3", b"x", 10.0, 5, owner=7)
+    assert c.get(b"u7-1", 11.0) is None and c.share_cost(7) == 2
+    c.put(b"u8-1", b"x", 10.0, 5, owner=8)
+    c.put(b"u8-2", b"x", 10.0, 5, owner=8)  # 4 unprivileged > 3: the oldest of all goes
+    assert c.get(b"u7-2", 11.0) is None and c.share_cost(7) == 1 and c.share_cost(8) == 2
+    assert c.get_stale(b"a", 100.0) == b"A" and c.get(b"f", 11.0) == b"f"
+    # bigger entries count more; one bigger than its whole share is not kept
+    assert c.put(b"big", b"x" * 2048, 10.0, 5) and c.share_cost(PRIVILEGED) == 4
+    assert len([k for k in (b"b", b"d", b"e", b"f", b"big") if c.get(k, 11.0)]) == 2
+    assert c.put(b"huge", b"x" * 5000, 10.0, 5) is False
+    g = c.generation
+    c.clear()
+    assert len(c) == 0 and c.generation == g + 1 and c.share_cost(STALE) == 0
+    with pytest.raises(ValueError):
+        m.ResponseCache(0)
+
+
+@pytest.mark.parametrize("m", [_hot, fallback], ids=["cython", "python"])
+def test_cache_memory_stays_bounded(m):
+    """Past its bounds, the cache's memory stops growing (tracemalloc sees both
+    implementations' allocations): the table is never rebuilt, nothing creeps."""
+    import tracemalloc
+    c = m.ResponseCache(2000, uid_entries=50, unprivileged_entries=1000)
+    response = b"x" * 60
+    tracemalloc.start()
+    try:
+        sizes = []
+        for rnd in range(4):
+            for i in range(20000):
+                c.put(b"getpw\0user%d-%d\0" % (rnd, i), response, 1.0, 300, 3600)
+                c.put(b"getpw\0gone%d-%d\0" % (rnd, i), response, 1.0, 10)
+                c.put(b"uid=%d\0local\0%d\0" % (i % 40, i), response, 1.0, 300, owner=i % 40)
+            sizes.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+    print("traced memory after each round of 60,000 puts: %s" % sizes)
+    assert len(c) == 2000 + 2000 + 40 * 25  # every share full, none over
+    assert sizes[3] <= sizes[1] * 1.05
 
 
 def test_split_fields_of_requests():

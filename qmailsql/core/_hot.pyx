@@ -4,6 +4,9 @@
 Per-delivery work lives here: request framing, local-part splitting, and the
 control/sqlserver parser the daemon runs at start and on reload.
 """
+cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
 from qmailsql.core.fallback import ConfigError, KEY_ALIASES, REPEATABLE
 
 
@@ -110,14 +113,14 @@ def parse_sqlserver(data, filename="control/sqlserver"):
 def candidates(bytes local, bytes auto_break=b"-", Py_ssize_t userlen=32):
     cdef list out = []
     cdef const unsigned char *s = local
-    cdef Py_ssize_t n = len(local), p = n
+    cdef Py_ssize_t n = len(local), p
     cdef int brk = auto_break[0] if auto_break else -1
+    if 0 < n < userlen:
+        out.append((local.lower(), b"", b""))
+    p = (n if n < userlen else userlen) - 1
     while p > 0:
-        if p < userlen and (p == n or s[p] == brk):
-            if p == n:
-                out.append((local.lower(), b"", b""))
-            else:
-                out.append((local[:p].lower(), b"-", local[p + 1:]))
+        if s[p] == brk:
+            out.append((local[:p].lower(), b"-", local[p + 1:]))
         p -= 1
     return out
 
@@ -127,31 +130,32 @@ def encode_frame(fields):
     return b"%d:%s," % (len(payload), payload)
 
 
-def decode_frame(buf, Py_ssize_t limit=65536):
-    cdef bytes b = buf if type(buf) is bytes else bytes(buf)
-    cdef const unsigned char *s = b
-    cdef Py_ssize_t n = len(b), i = 0, length = 0, end
+def decode_frame(buf, Py_ssize_t limit=65536, Py_ssize_t start=0):
+    cdef const unsigned char[:] view = buf
+    cdef Py_ssize_t n = view.shape[0], i = start, length = 0, end
     cdef unsigned char c
+    if start < 0:
+        raise ValueError("negative start")
     while i < n:
-        c = s[i]
+        c = view[i]
         if c == 0x3A:
             break
-        if c < 0x30 or c > 0x39 or i >= 6:
+        if c < 0x30 or c > 0x39 or i - start >= 6:
             raise ValueError("malformed frame length")
         length = length * 10 + c - 0x30
         i += 1
     else:
         return None, 0
-    if i == 0:
+    if i == start:
         raise ValueError("malformed frame length")
     if length > limit:
         raise ValueError("frame of %d bytes exceeds the limit of %d" % (length, limit))
     end = i + 1 + length
     if n <= end:
         return None, 0
-    if s[end] != 0x2C:
+    if view[end] != 0x2C:
         raise ValueError("frame not terminated by ','")
-    return b[i + 1:end], end + 1
+    return PyBytes_FromStringAndSize(<const char *>&view[i + 1], length), end + 1
 
 
 def split_fields(bytes payload):
@@ -194,59 +198,183 @@ def cache_times(bytes request, long status, bytes body, cache_ttl, negative_ttl,
     return (0, 0)
 
 
+PRIVILEGED = -1
+STALE = -2
+cdef enum:
+    SHARDS = 64  # as in fallback.py
+
+
+cpdef Py_ssize_t entry_cost(bytes key, bytes response):
+    return 1 + ((len(key) + len(response)) >> 10)
+
+
+@cython.no_gc
+@cython.final
 cdef class _Entry:
+    # bytes, floats and ints only: never in a cycle, so the GC need not walk 100,000s
     cdef bytes response
     cdef double fresh
     cdef double stale
+    cdef long share
+    cdef Py_ssize_t cost
+    cdef bytes prev, next, uprev, unext  # neighbours in the share's and the uids' lists
+
+
+@cython.no_gc
+@cython.final
+cdef class _Chain:
+    cdef bytes oldest, newest
+    cdef Py_ssize_t cost
 
 
 cdef class ResponseCache:
-    cdef dict _d
+    cdef list _tables
+    cdef Py_ssize_t _size
+    cdef dict _shares
+    cdef _Chain _unprivileged
     cdef public Py_ssize_t max_entries
+    cdef public Py_ssize_t uid_entries
+    cdef public Py_ssize_t unprivileged_entries
     cdef public long generation
 
-    def __init__(self, Py_ssize_t max_entries=100000):
+    def __init__(self, Py_ssize_t max_entries=100000, Py_ssize_t uid_entries=0,
+                 Py_ssize_t unprivileged_entries=0):
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
+        self.uid_entries = uid_entries if uid_entries > 0 else max(1, max_entries // 100)
+        self.unprivileged_entries = (unprivileged_entries if unprivileged_entries > 0
+                                     else max_entries)
         self.generation = 0
-        self._d = {}
+        self._reset()
+
+    cdef _reset(self):
+        self._tables = [{} for _ in range(SHARDS)]
+        self._size = 0
+        self._shares = {}
+        self._unprivileged = _Chain.__new__(_Chain)
+
+    cdef inline dict _table(self, bytes key):
+        return <dict>self._tables[hash(key) & (SHARDS - 1)]
+
+    cdef inline _Entry _at(self, bytes key):
+        return <_Entry>self._table(key)[key]
 
     def __len__(self):
-        return len(self._d)
+        return self._size
+
+    def share_cost(self, long owner):
+        cdef object share = self._shares.get(owner)
+        return (<_Chain>share).cost if share is not None else 0
 
     cpdef object get(self, bytes key, double now):
-        cdef object e = self._d.get(key)
+        cdef object e = self._table(key).get(key)
         if e is not None and now < (<_Entry>e).fresh:
             return (<_Entry>e).response
         return None
 
     cpdef object get_stale(self, bytes key, double now):
-        cdef object e = self._d.get(key)
+        cdef object e = self._table(key).get(key)
         if e is not None and now < (<_Entry>e).stale:
             return (<_Entry>e).response
         return None
 
-    cpdef bint put(self, bytes key, bytes response, double now, double ttl, double stale=0):
+    cpdef bint put(self, bytes key, bytes response, double now, double ttl, double stale=0,
+                   long owner=PRIVILEGED):
         cdef _Entry e
+        cdef _Chain share
+        cdef object old, found
+        cdef dict table
+        cdef long share_id
+        cdef Py_ssize_t cap, cost
         if ttl <= 0:
             return False
-        if key in self._d:
-            del self._d[key]
-        elif len(self._d) >= self.max_entries:
-            self._evict()
+        table = self._table(key)
+        old = table.pop(key, None)
+        if old is not None:
+            self._size -= 1
+            self._unlink(<_Entry>old)
+        if owner >= 0:
+            share_id = owner
+            cap = min(self.uid_entries, self.unprivileged_entries)
+            stale = 0
+        elif stale > 0:
+            share_id = STALE
+            cap = self.max_entries
+        else:
+            share_id = PRIVILEGED
+            cap = self.max_entries
+        cost = entry_cost(key, response)
+        if cost > cap:
+            return False
+        found = self._shares.get(share_id)
+        if found is None:
+            share = _Chain.__new__(_Chain)
+            self._shares[share_id] = share
+        else:
+            share = <_Chain>found
         e = _Entry.__new__(_Entry)
         e.response = response
         e.fresh = now + ttl
         e.stale = e.fresh + (stale if stale > 0 else 0)
-        self._d[key] = e
+        e.share = share_id
+        e.cost = cost
+        table[key] = e
+        self._size += 1
+        self._append(share, key, e, False)
+        if owner >= 0:
+            self._append(self._unprivileged, key, e, True)
+        while share.cost > cap:
+            self._drop(share.oldest)
+        while self._unprivileged.cost > self.unprivileged_entries:
+            self._drop(self._unprivileged.oldest)
         return True
 
-    cdef _evict(self):
-        cdef Py_ssize_t keep = self.max_entries // 2
-        cdef list items = list(self._d.items())
-        self._d = dict(items[len(items) - keep:]) if keep else {}
+    cdef _append(self, _Chain chain, bytes key, _Entry e, bint uids):
+        cdef bytes newest = chain.newest
+        if uids:
+            e.uprev = newest
+        else:
+            e.prev = newest
+        if newest is None:
+            chain.oldest = key
+        elif uids:
+            self._at(newest).unext = key
+        else:
+            self._at(newest).next = key
+        chain.newest = key
+        chain.cost += e.cost
+
+    cdef _remove(self, _Chain chain, _Entry e, bint uids):
+        cdef bytes p = e.uprev if uids else e.prev
+        cdef bytes n = e.unext if uids else e.next
+        if p is None:
+            chain.oldest = n
+        elif uids:
+            self._at(p).unext = n
+        else:
+            self._at(p).next = n
+        if n is None:
+            chain.newest = p
+        elif uids:
+            self._at(n).uprev = p
+        else:
+            self._at(n).prev = p
+        chain.cost -= e.cost
+
+    cdef _drop(self, bytes key):
+        cdef _Entry e = <_Entry>self._table(key).pop(key)
+        self._size -= 1
+        self._unlink(e)
+
+    cdef _unlink(self, _Entry e):
+        cdef _Chain share = <_Chain>self._shares[e.share]
+        self._remove(share, e, False)
+        if e.share >= 0:
+            self._remove(self._unprivileged, e, True)
+            if share.oldest is None:
+                del self._shares[e.share]
 
     def clear(self):
-        self._d = {}
+        self._reset()
         self.generation += 1

@@ -1,7 +1,7 @@
 """Dot-qmail lines kept in the `alias` table (SPEC section 5).
 
 For qmail-local's (user, dash, ext) the rows are searched in qmail-local's own order
-(qmail-local.c qmesearch()):
+(qmail-local.c qmesearch(); level_of()):
 
   dash '-':  `ext`, then `prefix-default` for every prefix of ext ending in '-', longest
              first, then `default` (ext '' has no row of its own: stock qmail-local
@@ -45,7 +45,7 @@ doctor. With no rows, stock qmail-local runs unchanged and reads the files as us
 """
 import os
 
-from qmailsql.core.resolve import ALIAS_USER, EXIT_TEMP, Refusal, shown
+from qmailsql.core.resolve import ALIAS_USER, EXIT_TEMP, Refusal, shown, too_long
 
 SPECIAL = (".", "/", "|")
 
@@ -65,25 +65,27 @@ def safe(b):
     return lower_ascii(b).replace(b".", b":")
 
 
-def levels(dash, ext):
-    """[(level name as written in ext, safe level, DEFAULT or None)] in search order."""
-    dash, ext = _b(dash), _b(ext)
+def level_of(dash, ext, name):
+    """Where the alias level NAME comes in qmail-local's search for (DASH, EXT), all
+    bytes: (rank, start of DEFAULT in EXT or None), rank 0 searched first; None if
+    qmail-local never looks for it. Linear in the lengths: nothing is copied per '-'.
+
+    dash '-': EXT itself (rank 0), then each prefix of EXT ending in '-' (and the empty
+    prefix) + `default`, longest first; DEFAULT is the rest of EXT. dash '': only ''.
+    NAME and EXT are compared as qmail-local compares file names (safe()).
+    """
+    dash, ext, name = _b(dash), _b(ext), safe(_b(name))
     if not dash:
-        return [(b"", b"", None)]
+        return (0, None) if name == b"" else None
     sx = safe(ext)
-    out = []
-    if ext:
-        out.append((ext, sx, ext[-7:] if sx.endswith(b"default") else None))
-    for i in range(len(sx), -1, -1):
-        if i == 0 or sx[i - 1:i] == b"-":
-            out.append((ext[:i] + b"default", sx[:i] + b"default", ext[i:]))
-    seen = set()
-    uniq = []
-    for raw, s, default in out:
-        if s not in seen:
-            seen.add(s)
-            uniq.append((raw, s, default))
-    return uniq
+    if ext and name == sx:  # ext itself; when it ends in default, DEFAULT is that word
+        return 0, (len(ext) - 7 if sx.endswith(b"default") else None)
+    if not name.endswith(b"default"):
+        return None
+    i = len(name) - 7  # the prefix's length
+    if i > len(sx) or (i and name[i - 1] != 0x2D) or sx[:i] != name[:i]:
+        return None
+    return 1 + len(sx) - i, i
 
 
 def search_path(dash, ext):
@@ -133,18 +135,32 @@ def shadowing_file(home, dash, ext):
     return None
 
 
-def fetch(directory, user, names):
+def fetch(directory, user, ext_names, defaults):
     """alias rows (id, username, alias, alias_username, alias_host) of USER whose alias
-    is one of NAMES (text), in id order; the caller filters exactly."""
-    marks = ",".join(["%s"] * len(names))
+    is one of EXT_NAMES (text) or, with DEFAULTS, ends in `default`, in id order; the
+    caller picks the level. The statement is as long as the extension, never longer:
+    the `-default` levels are not listed one by one."""
+    cond = ["alias IN (" + ",".join(["%s"] * len(ext_names)) + ")"] if ext_names else []
+    params = [user] + list(ext_names)
+    if defaults:
+        cond.append("alias LIKE %s")
+        params.append("%default")
     return directory.query(
         "SELECT id, username, alias, alias_username, alias_host FROM alias "
-        "WHERE username=%s AND alias IN (" + marks + ") ORDER BY id", [user] + list(names))
+        "WHERE username=%s AND (" + " OR ".join(cond) + ") ORDER BY id", params)
 
 
 def _row_text(row):
     return "alias row id=%s (username=%r, alias=%r, alias_username=%r, alias_host=%r)" % (
         row[0], row[1], row[2], row[3], row[4])
+
+
+def misconfigured(row, problem, fix):
+    """The Refusal for a row qmail-local would misread: the log gets the row and the
+    fix, the peer which row and what is wrong (resolve.Refusal.public)."""
+    return Refusal(EXIT_TEMP, "misconfigured %s: %s; fix: %s WHERE id=%s" % (
+        _row_text(row), problem, fix, row[0]), "misconfigured alias row id=%s: %s (see "
+        "qmailsqld's log)" % (row[0], problem))
 
 
 def shell_quote(b):
@@ -171,20 +187,19 @@ def line_for(row, ext, default):
     """The dot-qmail line (bytes, with "\\n") for one alias row; Refusal for a bad row."""
     au = row[3] if row[3] is not None else ""
     ah = row[4] if row[4] is not None else ""
-    fix = " WHERE id=%s" % row[0]
     if au.strip() == "" and ah.strip() == "":
-        raise Refusal(EXIT_TEMP, "misconfigured %s: both alias_username and alias_host blank "
-                      "(an empty dot-qmail line would eat the mail); fix: UPDATE alias SET "
-                      "alias_username='.', alias_host='/Maildir/'%s" % (_row_text(row), fix))
+        raise misconfigured(row, "both alias_username and alias_host blank (an empty "
+                            "dot-qmail line would eat the mail)", "UPDATE alias SET "
+                            "alias_username='.', alias_host='/Maildir/'")
     if "\n" in au + ah or "\0" in au + ah:
-        raise Refusal(EXIT_TEMP, "misconfigured %s: newline or NUL in alias_username/"
-                      "alias_host; fix: UPDATE alias SET ...%s" % (_row_text(row), fix))
+        raise misconfigured(row, "newline or NUL in alias_username/alias_host",
+                            "UPDATE alias SET ...")
     key, ah = au.strip(), ah.strip()
     if key in SPECIAL:
         if ah == "":
-            raise Refusal(EXIT_TEMP, "misconfigured %s: %r needs the rest of the delivery "
-                          "instruction in alias_host (e.g. '/Maildir/'); fix: UPDATE alias "
-                          "SET alias_host='...'%s" % (_row_text(row), key, fix))
+            raise misconfigured(row, "%r needs the rest of the delivery instruction in "
+                                "alias_host (e.g. '/Maildir/')" % key,
+                                "UPDATE alias SET alias_host='...'")
         line = key.encode("utf-8") + ah.encode("utf-8")
         if key == "|":
             if b"\n" in ext or b"\0" in ext:
@@ -193,9 +208,8 @@ def line_for(row, ext, default):
             line = b"|" + ext_env(ext, default) + ah.encode("utf-8")
         return line + b"\n"
     if key == "":
-        raise Refusal(EXIT_TEMP, "misconfigured %s: alias_username blank but alias_host set "
-                      "(a forward needs the mailbox part); fix: UPDATE alias SET "
-                      "alias_username='...'%s" % (_row_text(row), fix))
+        raise misconfigured(row, "alias_username blank but alias_host set (a forward needs "
+                            "the mailbox part)", "UPDATE alias SET alias_username='...'")
     target = key + ("@" + ah if ah else "")
     return b"&" + target.encode("utf-8") + b"\n"
 
@@ -207,25 +221,31 @@ def lines_for(directory, user, dash, ext):
         user_t = user.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    lv = levels(dash, ext)
+    wanted = (ext, safe(ext)) if dash else (b"",)
     names = []
-    for raw, s, _ in lv:
-        for variant in (raw, s):
-            try:
-                t = variant.decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-            if t not in names:
-                names.append(t)
-    if not names:
+    for variant in wanted:  # the DB collation folds case; '.' and ':' it does not
+        try:
+            t = variant.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if t not in names:
+            names.append(t)
+    rows = fetch(directory, user_t, names, defaults=bool(dash))
+    best = None
+    for r in rows:
+        if lower_ascii(_b(r[1])) != lower_ascii(user):
+            continue
+        level = level_of(dash, ext, _b(r[2] if r[2] is not None else ""))
+        if level is None:
+            continue
+        if best is None or level[0] < best[0][0]:
+            best = (level, [r])
+        elif level[0] == best[0][0]:
+            best[1].append(r)
+    if best is None:
         return None
-    rows = fetch(directory, user_t, names)
-    rows = [r for r in rows if lower_ascii(_b(r[1])) == lower_ascii(user)]
-    for raw, s, default in lv:
-        here = [r for r in rows if safe(_b(r[2] if r[2] is not None else "")) == s]
-        if here:
-            return s, default, here
-    return None
+    (rank, start), here = best
+    return safe(_b(here[0][2])), (None if start is None else ext[start:]), here
 
 
 def delivery_lines(directory, config, user, homedir, local, dash, ext, domain,
@@ -247,6 +267,10 @@ def delivery_lines(directory, config, user, homedir, local, dash, ext, domain,
 
 def _lines(directory, config, user, local, dash, ext):
     user, local, dash, ext = _b(user), _b(local), _b(dash), _b(ext)
+    for what, value in (("user", user), ("local part", local), ("ext", ext)):
+        problem = too_long(what, value)
+        if problem:
+            raise Refusal(EXIT_TEMP, problem)
     try:
         if config.magic_forwarding:
             fwd = magic_forward(directory, config, user, local, dash, ext)

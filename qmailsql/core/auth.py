@@ -20,8 +20,9 @@ reason, never the password. Underneath, :func:`authenticate` returns
 
 What it does, in order:
 
-1. The failed-login :class:`Limiter` (per login and per remote address): a login or
-   address with too many recent failures is refused at once ("too many failures").
+1. The failed-login :class:`Limiter`: an address with too many recent failures,
+   or one that failed for a login being guessed at, is refused at once ("too many
+   failures"); an address that has not failed is never refused for the login.
 2. ``user@host`` logins are resolved through the ``virtual`` table (the exact
    ``virtual_username`` at ``virtual_host``, never a catch-all), then one
    parameterised query fetches the mailbox row; usernames are compared lower-cased
@@ -84,19 +85,30 @@ class _Record:
 
 
 class Limiter:
-    """Refuses logins and remote addresses with too many recent failures.
+    """Slows password guessing down without ever locking the owner out for long.
 
-    Failures are counted per login and per remote address (when known).
-    `max_failures` failures of one key within `window` seconds block that key for a
-    back-off that starts at `base_delay` and doubles with each further block, capped
-    at `max_delay` seconds. While failures keep coming inside the window, each new
-    failure after a block has ended blocks again (longer); a window with no failure
-    forgets the key. Attempts refused by the limiter are not failures themselves, so
-    nobody can keep a user locked out for longer than `max_delay` at a time.
+    Per remote address: `max_failures` failures from one address within `window`
+    seconds block that address, for every login, for a back-off that starts at
+    `base_delay` and doubles with each further block, capped at `max_delay`.
 
-    A successful login forgets that login's record, and at its address only that
-    login's failures (a user's own typos are forgiven; an attacker's successful login
-    to their own account does not wipe the count of their guesses at others).
+    Per login: a login with `max_failures` failures within `window` from anywhere
+    (guesses spread over many addresses) is being guessed at. Then each address that
+    fails for it is held back, for that login only, for a back-off of its own
+    (base_delay, doubling with each failure of that address for that login, capped
+    at max_delay): every address gets one guess per back-off. The login itself is
+    never blocked: an address that has not failed for it is not held back.
+
+    Attempts refused by the limiter are not failures. So the worst case for the real
+    owner is bounded: from an address where they have not failed (nor has anyone
+    else, max_failures times), they are let in at once; from one where they typed a
+    wrong password, at most max_delay after the last one. A window with no failure
+    forgets a key, and its back-off starts again at base_delay.
+
+    A successful login forgets what held that login back at that address, and at the
+    address only that login's failures (a user's own typos are forgiven; an
+    attacker's successful login to their own account does not wipe the count of
+    their guesses at others). Without a remote address (remoteip empty), all such
+    attempts count as one address.
 
     In memory, thread-safe, bounded to `max_keys` keys. `clock` (default
     time.monotonic) is injectable for tests.
@@ -112,15 +124,10 @@ class Limiter:
         self.max_delay = max_delay
         self.clock = clock
         self.max_keys = max_keys
+        # ("ip", ip): failures from an address; ("login", login): failures of a login;
+        # ("held", login, ip): that address held back for that login
         self._records = {}
         self._lock = threading.Lock()
-
-    @staticmethod
-    def _keys(login, remoteip):
-        keys = [("login", login)]
-        if remoteip:
-            keys.append(("ip", remoteip))
-        return keys
 
     def _fresh(self, key, now):
         """The record for KEY with failures older than the window dropped (or None)."""
@@ -134,46 +141,67 @@ class Limiter:
             return None
         return rec
 
+    def _record(self, key, now):
+        rec = self._fresh(key, now)
+        if rec is None:
+            if len(self._records) >= self.max_keys:
+                self._sweep(now)
+            rec = self._records[key] = _Record()
+        return rec
+
+    def _back_off(self, rec, now):
+        delay = min(self.max_delay, self.base_delay * (2 ** min(rec.strikes, 30)))
+        rec.blocked_until = now + delay
+        rec.strikes += 1
+        return delay
+
     def blocked(self, login, remoteip=""):
-        """(("login"|"ip", value), seconds left) if LOGIN or REMOTEIP is blocked, else None."""
+        """(what, seconds left) if the limiter refuses LOGIN from REMOTEIP now, else None;
+        what is ("ip", address) or ("login", login, address)."""
         now = self.clock()
         with self._lock:
-            for key in self._keys(login, remoteip):
+            for key in ((("ip", remoteip),) if remoteip else ()) + (("held", login, remoteip),):
                 rec = self._fresh(key, now)
                 if rec is not None and rec.blocked_until > now:
-                    return key, rec.blocked_until - now
+                    return (key if key[0] == "ip" else ("login",) + key[1:]), \
+                        rec.blocked_until - now
         return None
 
     def failure(self, login, remoteip=""):
-        """Count a failed login; returns [(key, delay)] for the keys blocked by it."""
+        """Count a failed login; returns [(what, delay)] for what it blocked (see
+        blocked())."""
         now = self.clock()
         started = []
         with self._lock:
-            for key in self._keys(login, remoteip):
-                rec = self._fresh(key, now)
-                if rec is None:
-                    if len(self._records) >= self.max_keys:
-                        self._sweep(now)
-                    rec = self._records[key] = _Record()
+            if remoteip:
+                rec = self._record(("ip", remoteip), now)
                 rec.failures.append((now, login))
                 while len(rec.failures) > self.max_failures:
                     rec.failures.popleft()
                 if len(rec.failures) >= self.max_failures and rec.blocked_until <= now:
-                    delay = min(self.max_delay, self.base_delay * (2 ** min(rec.strikes, 30)))
-                    rec.blocked_until = now + delay
-                    rec.strikes += 1
-                    started.append((key, delay))
+                    started.append((("ip", remoteip), self._back_off(rec, now)))
+            rec = self._record(("login", login), now)
+            rec.failures.append((now, remoteip))
+            while len(rec.failures) > self.max_failures:
+                rec.failures.popleft()
+            if len(rec.failures) >= self.max_failures:  # being guessed at
+                held = self._record(("held", login, remoteip), now)
+                held.failures.append((now, login))
+                while len(held.failures) > 1:
+                    held.failures.popleft()
+                started.append((("login", login, remoteip), self._back_off(held, now)))
         return started
 
     def success(self, login, remoteip=""):
-        """LOGIN logged in (from REMOTEIP): forget its failures."""
+        """LOGIN logged in (from REMOTEIP): forget what held it back there, and its
+        failures at that address."""
         with self._lock:
-            self._records.pop(("login", login), None)
+            self._records.pop(("held", login, remoteip), None)
             if remoteip:
                 rec = self._records.get(("ip", remoteip))
                 if rec is not None:
                     rec.failures = deque(f for f in rec.failures if f[1] != login)
-                    if not rec.failures:
+                    if not rec.failures and rec.blocked_until <= self.clock():
                         del self._records[("ip", remoteip)]
 
     def _sweep(self, now):
@@ -188,7 +216,12 @@ class Limiter:
                 del self._records[key]
 
     def __len__(self):
-        return len(self._records)
+        """How many keys it remembers (forgetting the ones a quiet window let go)."""
+        now = self.clock()
+        with self._lock:
+            for key in list(self._records):
+                self._fresh(key, now)
+            return len(self._records)
 
 
 LIMITER = Limiter()  # the daemon's, shared by its worker threads
@@ -212,6 +245,14 @@ def _show(text, limit=64):
     if isinstance(text, str):
         text = text.encode("utf-8", "surrogateescape")
     return shown(text, limit)
+
+
+def _held(what):
+    """A Limiter's (what, ...) for a log line or refusal reason."""
+    if what[0] == "ip":
+        return "ip %s blocked" % _show(what[1])
+    return "login %s held back at %s" % (_show(what[1]), _show(what[2]) if what[2]
+                                         else "addresses unknown")
 
 
 def _ip(remoteip):
@@ -329,18 +370,18 @@ def authenticate(directory, config, login, password, remoteip="", log=None, limi
         raise
     hit = limiter.blocked(name, ip)
     if hit is not None:
-        (kind, value), left = hit
-        raise LoginRefused("too many failures (%s %s blocked for %.0f more s)"
-                           % (kind, _show(value), max(left, 1)))
+        what, left = hit
+        raise LoginRefused("too many failures (%s for %.0f more s)" % (_held(what),
+                                                                     max(left, 1)))
 
     spent = []  # set once this attempt has paid for one hash of real cost
 
     def refuse(reason):
         if not spent:  # so a refusal costs the same whatever the row (or no row) holds
             passwords.dummy_verify(password, scheme)
-        for (kind, value), delay in limiter.failure(name, ip):
-            log("auth limiter: %s %s blocked for %.0f s after %d failures in %.0f s"
-                % (kind, _show(value), delay, limiter.max_failures, limiter.window))
+        for what, delay in limiter.failure(name, ip):
+            log("auth limiter: %s for %.0f s after %d failures in %.0f s"
+                % (_held(what), delay, limiter.max_failures, limiter.window))
         raise LoginRefused(reason)
 
     if not name or "\0" in name:

@@ -51,6 +51,10 @@ SERVER_GOING_AWAY = {
     4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
 }
 CR_SERVER_GONE_ERROR = 2006  # "server has gone away": also an idle connection it closed
+# ... except these, which are about the statement: too big for the server's
+# max_allowed_packet (ER_NET_PACKET_TOO_LARGE) or for the client's (CR_NET_PACKET_TOO_LARGE)
+STATEMENT_TOO_BIG = {1153, 2020}
+PACKET_ROOM = 1024  # of max_allowed_packet, kept for the packet's own header
 
 
 class DirectoryUnavailable(Exception):
@@ -133,13 +137,27 @@ def connect(config, server):
 
 
 class _Link:
-    """One connection and the server it goes to."""
-    __slots__ = ("conn", "server", "used")
+    """One connection, the server it goes to, and the longest statement that server
+    takes (a longer one makes it close the connection mid-send, which looks like a
+    dead server: it is refused here instead)."""
+    __slots__ = ("conn", "server", "used", "max_statement")
 
-    def __init__(self, conn, server):
+    def __init__(self, conn, server, max_statement):
         self.conn = conn
         self.server = server
         self.used = False
+        self.max_statement = max_statement
+
+
+def max_statement(conn):
+    """The longest statement (bytes) CONN's server takes: its max_allowed_packet."""
+    cur = conn.cursor()
+    try:
+        cur.execute("SELECT @@max_allowed_packet")
+        (value,), = cur.fetchall()
+    finally:
+        cur.close()
+    return int(value) - PACKET_ROOM
 
 
 class Directory:
@@ -191,13 +209,14 @@ class Directory:
         for server in self.health.order(servers):
             try:
                 conn = connect(self.config, server)
+                limit = max_statement(conn)
             except (MySQLdb.Error, ValueError, TypeError) as e:
                 self.health.failed(server)
                 problems.append("%s: %s" % (server, _reason(e)))
                 self.log("db %s unreachable: %s" % (server, _reason(e)))
                 continue
             self.health.ok(server)
-            return _Link(conn, server)
+            return _Link(conn, server, limit)
         why = "no DB server answered (" + "; ".join(problems) + ")"
         if self.config.admin:
             why += "; " + describe_admin(self.config)
@@ -227,8 +246,13 @@ class Directory:
         WRITE: run it on the write_server (writes, and reads that must see the newest
         data). Otherwise on the first healthy server.
         """
+        size = statement_size(sql, params)
         for attempt in (1, 2):
             link = self._link(write)
+            if size > link.max_statement:  # the statement's trouble, not the server's
+                raise DirectoryUnavailable(
+                    "statement of up to %d bytes not sent to %s: longer than its "
+                    "max_allowed_packet allows (%d)" % (size, link.server, link.max_statement))
             try:
                 cur = link.conn.cursor()
                 try:
@@ -241,8 +265,9 @@ class Directory:
                 return rows
             except MySQLdb.Error as e:
                 code = e.args[0] if e.args and isinstance(e.args[0], int) else 0
-                lost = (2000 <= code < 3000 or code in SERVER_GOING_AWAY
-                        or isinstance(e, MySQLdb.InterfaceError))
+                lost = ((2000 <= code < 3000 or code in SERVER_GOING_AWAY
+                         or isinstance(e, MySQLdb.InterfaceError))
+                        and code not in STATEMENT_TOO_BIG)
                 if not lost:
                     # the server answered: the statement is refused (read_only, lock
                     # timeout, schema problem). Another server would say the same or,
@@ -294,6 +319,19 @@ class WriteServerReads:
 
     def must_confirm(self):
         return False
+
+
+def statement_size(sql, params):
+    """An upper bound of SQL's length once PARAMS are in it, escaped and quoted."""
+    size = len(sql)
+    for p in (params.values() if isinstance(params, dict) else params or ()):
+        if isinstance(p, str):
+            p = p.encode("utf-8", "surrogatepass")
+        if isinstance(p, (bytes, bytearray)):
+            size += 2 * len(p) + 2  # every byte escaped, at worst
+        else:
+            size += len(str(p))
+    return size
 
 
 def _reason(err):

@@ -126,18 +126,18 @@ def candidates(local, auto_break=b"-", userlen=32):
 
     Yields (lower-cased name, dash, ext) for the whole of LOCAL and for each prefix
     ending just before an auto_break character, each shorter than userlen, as stock
-    qmail-getpw does; ext keeps its case. Empty names are never candidates.
+    qmail-getpw does; ext keeps its case. Empty names are never candidates. Linear in
+    len(LOCAL): only the first userlen positions can end a prefix.
     """
     out = []
     brk = auto_break[0] if auto_break else -1
     n = len(local)
-    p = n
+    if 0 < n < userlen:
+        out.append((local.lower(), b"", b""))
+    p = min(n, userlen) - 1
     while p > 0:
-        if p < userlen and (p == n or local[p] == brk):
-            if p == n:
-                out.append((local.lower(), b"", b""))
-            else:
-                out.append((local[:p].lower(), b"-", local[p + 1:]))
+        if local[p] == brk:
+            out.append((local[:p].lower(), b"-", local[p + 1:]))
         p -= 1
     return out
 
@@ -148,26 +148,27 @@ def encode_frame(fields):
     return b"%d:%s," % (len(payload), payload)
 
 
-def decode_frame(buf, limit=65536):
-    """Split one frame off the front of BUF.
+def decode_frame(buf, limit=65536, start=0):
+    """Split one frame off BUF at offset START (bytes or bytearray; nothing is copied
+    but the payload).
 
-    Returns (payload, bytes consumed), or (None, 0) when more bytes are needed.
-    Raises ValueError for a malformed or oversized frame.
+    Returns (payload, offset just after the frame), or (None, 0) when more bytes are
+    needed. Raises ValueError for a malformed or oversized frame.
     """
     n = len(buf)
-    i = 0
+    i = start
     length = 0
     while i < n:
         c = buf[i]
         if c == 0x3A:
             break
-        if not (0x30 <= c <= 0x39) or i >= 6:
+        if not (0x30 <= c <= 0x39) or i - start >= 6:
             raise ValueError("malformed frame length")
         length = length * 10 + c - 0x30
         i += 1
     else:
         return None, 0
-    if i == 0:
+    if i == start:
         raise ValueError("malformed frame length")
     if length > limit:
         raise ValueError("frame of %d bytes exceeds the limit of %d" % (length, limit))
@@ -229,56 +230,155 @@ def cache_times(request, status, body, cache_ttl, negative_ttl, stale_ttl):
     return (0, 0)
 
 
+PRIVILEGED = -1  # the owner of what privileged peers' requests put in the cache
+STALE = -2       # the share of privileged answers kept for DB outages (stale > 0)
+
+
+def entry_cost(key, response):
+    """What one cache entry counts against its share: 1, plus 1 per kB it holds."""
+    return 1 + ((len(key) + len(response)) >> 10)
+
+
+SHARDS = 64  # the cache's index is this many dicts: one that grows pauses for its size only
+
+# a cache entry: a list, with the links of the two lists it is in (by key: no cycles)
+_RESPONSE, _FRESH, _STALE, _SHARE, _COST, _PREV, _NEXT, _UPREV, _UNEXT = range(9)
+
+
 class ResponseCache:
     """Response frames keyed by request payload, each fresh until / stale until a time.
 
-    Bounded: when max_entries is reached the older half (by insertion) is dropped.
-    clear() bumps `generation`, so answers computed before a flush are not stored.
+    Shares, so that no local user can evict what deliveries depend on: privileged
+    peers' answers with a stale time (the stale store, answers for DB outages) and
+    without one (negative answers, `local` lines) each have max_entries; each
+    unprivileged uid (OWNER of put) has uid_entries (default max_entries // 100), all
+    of them together unprivileged_entries (default max_entries). An entry counts
+    entry_cost(): 1, plus 1 per kB, so memory is bounded too. A full share drops its
+    oldest entry (by insertion; re-putting a key makes it the newest).
+
+    Every operation is O(1) with no pause that grows with the cache: each share is a
+    list linked through its entries (oldest first), and the index is SHARDS dicts, so
+    a dict that grows or compacts holds a SHARDS-th of the entries. clear() bumps
+    `generation`, so answers computed before a flush are not stored.
     """
 
-    def __init__(self, max_entries=100000):
+    def __init__(self, max_entries=100000, uid_entries=0, unprivileged_entries=0):
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
+        self.uid_entries = uid_entries if uid_entries > 0 else max(1, max_entries // 100)
+        self.unprivileged_entries = (unprivileged_entries if unprivileged_entries > 0
+                                     else max_entries)
         self.generation = 0
-        self._d = {}
+        self._reset()
+
+    def _reset(self):
+        self._tables = [{} for _ in range(SHARDS)]  # key -> entry, by hash(key)
+        self._size = 0
+        self._shares = {}                           # share -> [oldest key, newest key, cost]
+        self._unprivileged = [None, None, 0]        # every unprivileged uid's entries
+
+    def _table(self, key):
+        return self._tables[hash(key) & (SHARDS - 1)]
 
     def __len__(self):
-        return len(self._d)
+        return self._size
+
+    def share_cost(self, owner):
+        """What OWNER's share holds now (PRIVILEGED, STALE or a uid), in entry_cost()s."""
+        share = self._shares.get(owner)
+        return share[2] if share is not None else 0
 
     def get(self, key, now):
         """The response for KEY if it is still fresh at NOW, else None."""
-        e = self._d.get(key)
-        if e is not None and now < e[1]:
-            return e[0]
+        e = self._table(key).get(key)
+        if e is not None and now < e[_FRESH]:
+            return e[_RESPONSE]
         return None
 
     def get_stale(self, key, now):
         """The response for KEY if it may still be given while the DB is down, else None."""
-        e = self._d.get(key)
-        if e is not None and now < e[2]:
-            return e[0]
+        e = self._table(key).get(key)
+        if e is not None and now < e[_STALE]:
+            return e[_RESPONSE]
         return None
 
-    def put(self, key, response, now, ttl, stale=0):
-        """Keep RESPONSE for KEY (fresh ttl seconds, then stale more); False if ttl <= 0."""
+    def put(self, key, response, now, ttl, stale=0, owner=PRIVILEGED):
+        """Keep RESPONSE for KEY (fresh ttl seconds, then stale more) in OWNER's share
+        (PRIVILEGED, or the uid of an unprivileged peer: no stale time then). False if
+        not kept: ttl <= 0, or bigger than the whole share."""
         if ttl <= 0:
             return False
-        d = self._d
-        if key in d:
-            del d[key]
-        elif len(d) >= self.max_entries:
-            self._evict()
-            d = self._d
+        table = self._table(key)
+        old = table.pop(key, None)
+        if old is not None:
+            self._size -= 1
+            self._unlink(old)
+        if owner >= 0:
+            share_id, cap, stale = owner, min(self.uid_entries, self.unprivileged_entries), 0
+        elif stale > 0:
+            share_id, cap = STALE, self.max_entries
+        else:
+            share_id, cap = PRIVILEGED, self.max_entries
+        cost = entry_cost(key, response)
+        if cost > cap:
+            return False
+        share = self._shares.get(share_id)
+        if share is None:
+            share = self._shares[share_id] = [None, None, 0]
         fresh = now + ttl
-        d[key] = (response, fresh, fresh + (stale if stale > 0 else 0))
+        e = [response, fresh, fresh + (stale if stale > 0 else 0), share_id, cost,
+             None, None, None, None]
+        table[key] = e
+        self._size += 1
+        self._append(share, key, e, _PREV, _NEXT)
+        if owner >= 0:
+            self._append(self._unprivileged, key, e, _UPREV, _UNEXT)
+        while share[2] > cap:
+            self._drop(share[0])
+        while self._unprivileged[2] > self.unprivileged_entries:
+            self._drop(self._unprivileged[0])
         return True
 
-    def _evict(self):
-        keep = self.max_entries // 2
-        items = list(self._d.items())
-        self._d = dict(items[len(items) - keep:]) if keep else {}
+    def _append(self, chain, key, e, prev, next_):
+        """Link entry E (KEY) in at the new end of CHAIN ([oldest, newest, cost])."""
+        newest = chain[1]
+        e[prev] = newest
+        if newest is None:
+            chain[0] = key
+        else:
+            self._table(newest)[newest][next_] = key
+        chain[1] = key
+        chain[2] += e[_COST]
+
+    def _remove(self, chain, e, prev, next_):
+        """Link entry E out of CHAIN."""
+        p, n = e[prev], e[next_]
+        if p is None:
+            chain[0] = n
+        else:
+            self._table(p)[p][next_] = n
+        if n is None:
+            chain[1] = p
+        else:
+            self._table(n)[n][prev] = p
+        chain[2] -= e[_COST]
+
+    def _drop(self, key):
+        e = self._table(key).pop(key)
+        self._size -= 1
+        self._unlink(e)
+
+    def _unlink(self, e):
+        """Take entry E (just out of the index) out of its share's accounts."""
+        share_id = e[_SHARE]
+        share = self._shares[share_id]
+        self._remove(share, e, _PREV, _NEXT)
+        if share_id >= 0:
+            self._remove(self._unprivileged, e, _UPREV, _UNEXT)
+            if share[0] is None:
+                del self._shares[share_id]
 
     def clear(self):
-        self._d = {}
+        self._reset()
         self.generation += 1

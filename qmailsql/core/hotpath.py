@@ -5,7 +5,7 @@ does not or when QMAILSQL_PUREPYTHON is set to anything but "" or "0".
 """
 import os
 
-from qmailsql.core.fallback import ConfigError  # one exception class for both
+from qmailsql.core.fallback import ConfigError, PRIVILEGED, STALE  # one of each for both
 
 if os.environ.get("QMAILSQL_PUREPYTHON", "") not in ("", "0"):
     from qmailsql.core.fallback import (ResponseCache, cache_times, candidates, decode_frame,
@@ -22,5 +22,6 @@ else:
                                        split_fields)
         IMPLEMENTATION = "python"
 
-__all__ = ["ConfigError", "IMPLEMENTATION", "ResponseCache", "cache_times", "candidates",
-           "decode_frame", "encode_frame", "encode_response", "parse_sqlserver", "split_fields"]
+__all__ = ["ConfigError", "IMPLEMENTATION", "PRIVILEGED", "STALE", "ResponseCache",
+           "cache_times", "candidates", "decode_frame", "encode_frame", "encode_response",
+           "parse_sqlserver", "split_fields"]

@@ -19,6 +19,20 @@ EXIT_TEMP = 111
 EXIT_NFS = 115
 EXIT_NOALIAS = 116
 
+# Longest local part, ext or user name accepted, in bytes: more than stock qmail ever
+# passes (qmail-smtpd refuses addresses over 900 bytes; a virtual domain's prefix adds
+# at most 256), and short enough that no lookup grows with it. Longer: exit 111.
+MAX_FIELD = 2048
+
+
+def too_long(what, value, limit=MAX_FIELD):
+    """Why VALUE (bytes) is refused for its length, or None if it is not."""
+    if len(value) <= limit:
+        return None
+    return ("%s of %d bytes is longer than qmailsql's limit of %d (qmail-smtpd takes "
+            "addresses of at most 900 bytes)" % (what, len(value), limit))
+
+
 # qmail's error_temp() (error_temp.c), the errno values that mean "try again later",
 # by name: the ones this system lacks (EPROCLIM on Linux) are left out, as qmail's
 # #ifdefs do. The one list of temporary errors in qmailsql.
@@ -39,12 +53,17 @@ def is_temporary(code):
 
 
 class Refusal(Exception):
-    """No delivery answer: EXIT code for qmail-lspawn and one line saying why."""
+    """No delivery answer: EXIT code for qmail-lspawn and one line saying why.
 
-    def __init__(self, code, message):
+    PUBLIC (default: the message itself) is what a peer without rights may be told:
+    a refusal that quotes a row says which row and what is wrong with it there, and
+    leaves the row's values to the log."""
+
+    def __init__(self, code, message, public=None):
         Exception.__init__(self, message)
         self.code = code
         self.message = message
+        self.public = message if public is None else public
 
 
 @dataclass(frozen=True)
@@ -83,14 +102,16 @@ class Delivery:
 def account_from_row(row):
     """A mailbox row -> Account; a row qmail cannot use is a misconfiguration (111)."""
     username, uid, gid, home = row[:4]
+    public = "misconfigured mailbox row for %r (see qmailsqld's log)" % (username,)
     if uid is None or gid is None or not home or not str(home).startswith("/"):
         raise Refusal(EXIT_TEMP, "misconfigured mailbox row for %r: uid, gid and an absolute "
-                      "home are required (uid=%r gid=%r home=%r)" % (username, uid, gid, home))
+                      "home are required (uid=%r gid=%r home=%r)" % (username, uid, gid, home),
+                      public)
     try:
         uid, gid = int(uid), int(gid)
     except (TypeError, ValueError):
         raise Refusal(EXIT_TEMP, "misconfigured mailbox row for %r: uid/gid not numbers"
-                      % (username,))
+                      % (username,), public)
     return Account(username, uid, gid, home, "mailbox")
 
 
@@ -195,6 +216,9 @@ class Resolver:
             local = os.fsencode(local)
         if b"\0" in local:
             raise Refusal(EXIT_USAGE, "local part contains NUL")
+        problem = too_long("local part", local)
+        if problem:
+            raise Refusal(EXIT_TEMP, problem)
         try:
             delivery = self.resolve(local, say)
             if not delivery.bounce:

@@ -17,7 +17,14 @@ Rows for `u@H`, first match wins:
      would not do);
   2. with funky_queries: LIKE patterns (virtual_username containing an unescaped `%`
      or `_`; `\\` escapes), most specific first: more literal (non-wildcard)
-     characters first, then fewer `%`, then more `_`, then the pattern's text;
+     characters first, then fewer `%`, then more `_`, then the pattern's text.
+     Whether a pattern takes u is the DB's answer: the lookup asks `u LIKE
+     virtual_username` for each host guess and tags each row it returns with the
+     guess it matched, so a pattern means what SQL LIKE means under the column's
+     collation (utf8mb4_general_ci folds case and accents: `%e%x` takes `eẋ`).
+     Nothing is matched again in Python on the delivery path, so no address can make
+     it backtrack. like() (linear, folding nearly as utf8mb4_general_ci does) serves
+     only checks on rows held in memory: doctor's and admin's forward-loop search;
   3. the catch-all: blank virtual_username (it works with funky_queries too, so the
      FAQ's "UPDATE virtual SET virtual_username='%' WHERE virtual_username=''" is
      optional; `%` then outranks the blank row, both catch everything).
@@ -40,7 +47,8 @@ An address at a known host that matches no row goes to the alias user with ext =
 stock qmail-local bounces it "no mailbox here by that name" unless the alias user has
 a default; it is never relayed.
 """
-import re
+import functools
+import unicodedata
 from collections import namedtuple
 
 from qmailsql.core.resolve import EXIT_TEMP, Refusal, shown
@@ -50,7 +58,9 @@ FORWARD_USER = "forward"
 MAX_HOST = 255        # virtual.virtual_host is VARCHAR(255)
 MAX_PREFIXES = 64     # at most this many host guesses per local part
 
-Row = namedtuple("Row", "username ext virtual_username virtual_host")
+# like: for a row from fetch(), the user part whose `LIKE virtual_username` the DB
+# answered true (False: the DB was not asked); None for rows from elsewhere (like())
+Row = namedtuple("Row", "username ext virtual_username virtual_host like", defaults=(None,))
 # kind: "local" (deliver to target), "forward" (to address), "nomatch" (alias user)
 Match = namedtuple("Match", "kind host user row target address")
 
@@ -94,41 +104,75 @@ def is_pattern(value):
     return False
 
 
-def _pattern_parts(pattern):
-    """(regex, literal count, '%' count, '_' count) of a LIKE pattern, `\\` escaping."""
-    rx = []
-    literal = percent = under = 0
+ANY = object()   # `%` in a parsed pattern
+ONE = object()   # `_`
+
+
+def parse_pattern(pattern):
+    """A LIKE pattern as a list of ANY, ONE and literal characters (`\\` escapes)."""
+    out = []
     i = 0
     while i < len(pattern):
         c = pattern[i]
         if c == "\\" and i + 1 < len(pattern):
-            rx.append(re.escape(pattern[i + 1]))
-            literal += 1
+            out.append(pattern[i + 1])
             i += 2
             continue
-        if c == "%":
-            rx.append(".*")
-            percent += 1
-        elif c == "_":
-            rx.append(".")
-            under += 1
-        else:
-            rx.append(re.escape(c))
-            literal += 1
+        out.append(ANY if c == "%" else ONE if c == "_" else c)
         i += 1
-    return "".join(rx), literal, percent, under
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def fold(c):
+    """Character C as utf8mb4_general_ci compares it, nearly: its base letter (NFD), in
+    upper case, and S for ß (tests/test_virtual.py compares with the real MariaDB)."""
+    if c == "\u00df":
+        return "S"
+    base = unicodedata.normalize("NFD", c)[:1] or c
+    upper = base.upper()
+    return upper if len(upper) == 1 else base
 
 
 def like(pattern, value):
-    """SQL LIKE, case-insensitive, no padding (what MariaDB's LIKE does here)."""
-    rx = _pattern_parts(pattern.lower())[0]
-    return re.fullmatch(rx, value.lower(), re.S) is not None
+    """SQL LIKE with utf8mb4_general_ci's folding (fold()), no padding: `%` any run,
+    `_` one character. Greedy with one resume point (the last `%`): at worst
+    len(pattern) * len(value) steps, never exponential."""
+    p = [t if t is ANY or t is ONE else fold(t) for t in parse_pattern(pattern)]
+    v = [fold(c) for c in value]
+    i = j = 0
+    star, mark = -1, 0
+    while j < len(v):
+        if i < len(p) and p[i] is ANY:
+            star, mark = i, j  # first try letting it take nothing
+            i += 1
+        elif i < len(p) and (p[i] is ONE or p[i] == v[j]):
+            i += 1
+            j += 1
+        elif star >= 0:
+            mark += 1  # the last `%` takes one more character
+            i, j = star + 1, mark
+        else:
+            return False
+    while i < len(p) and p[i] is ANY:
+        i += 1
+    return i == len(p)
 
 
 def specificity(pattern):
     """Sort key of a LIKE pattern: most specific first (see the module docstring)."""
-    _, literal, percent, under = _pattern_parts(pattern)
-    return (-literal, percent, -under, pattern)
+    parsed = parse_pattern(pattern)
+    percent = sum(1 for t in parsed if t is ANY)
+    under = sum(1 for t in parsed if t is ONE)
+    return (-(len(parsed) - percent - under), percent, -under, pattern)
+
+
+def pattern_takes(row, user):
+    """Whether ROW's LIKE pattern takes USER: the DB's answer for rows it returned
+    (fetch()), else like()."""
+    if row.like is None:
+        return like(row.virtual_username, user)
+    return row.like is not False and row.like == user
 
 
 def _blank(value):
@@ -152,7 +196,7 @@ def choose(rows, host, user, funky):
             return exact[0]
     if funky:
         pats = [r for r in here if r.virtual_username and is_pattern(r.virtual_username)
-                and like(r.virtual_username, user)]
+                and pattern_takes(r, user)]
         if pats:
             return min(pats, key=lambda r: specificity(r.virtual_username))
     blank = [r for r in here if _blank(r.virtual_username)]
@@ -165,8 +209,9 @@ def fetch(directory, pairs, funky):
     """(known hosts, candidate rows) for the (host, user) PAIRS, in one query.
 
     known hosts: lower-cased hosts among PAIRS that have any row at all. Candidate
-    rows: rows at those hosts whose virtual_username may take the user (equal, blank,
-    or with FUNKY a LIKE pattern that matches); choose() makes the final decision."""
+    rows: rows at those hosts whose virtual_username may take the user (equal or
+    blank, and with FUNKY the rows whose LIKE pattern the DB matched to a pair's
+    user, tagged with it: Row.like); choose() makes the final decision."""
     if not pairs:
         return set(), []
     hosts = list(dict.fromkeys(h for h, _ in pairs))
@@ -182,16 +227,18 @@ def fetch(directory, pairs, funky):
         params += [h, h]
     marks = ",".join(["%s"] * len(hosts))
     cond = "virtual_username IN (" + ",".join(["%s"] * (len(users) + 1)) + ")"
-    cparams = users + [""]
+    parts.append("(SELECT 1, virtual_host, username, ext, virtual_username FROM virtual "
+                 "WHERE virtual_host IN (" + marks + ") AND " + cond + ")")
+    params += hosts + users + [""]
     if funky:
-        for h, u in pairs:
+        # kind 2 + i: a row whose pattern the DB's LIKE matched to pairs[i]'s user
+        for i, (h, u) in enumerate(pairs):
             if u is None:
                 continue
-            cond += " OR (virtual_host=%s AND %s LIKE virtual_username)"
-            cparams += [h, u]
-    parts.append("(SELECT 1, virtual_host, username, ext, virtual_username FROM virtual "
-                 "WHERE virtual_host IN (" + marks + ") AND (" + cond + "))")
-    params += hosts + cparams
+            parts.append("(SELECT %d, virtual_host, username, ext, virtual_username FROM "
+                         "virtual WHERE virtual_host=%%s AND %%s LIKE virtual_username)"
+                         % (2 + i))
+            params += [h, u]
     # a miss here is never final: the resolver confirms what would bounce (db.py)
     rows = directory.query(" UNION ALL ".join(parts), params)
     known = set()
@@ -199,8 +246,10 @@ def fetch(directory, pairs, funky):
     for kind, vhost, username, ext, vuser in rows:
         if kind == 0:
             known.add(vhost.lower())
+        elif kind == 1:
+            out.append(Row(username, ext, vuser, vhost, False))
         else:
-            out.append(Row(username, ext, vuser, vhost))
+            out.append(Row(username, ext, vuser, vhost, pairs[kind - 2][1]))
     return known, out
 
 
@@ -248,24 +297,26 @@ def match(config, virtual_rows, local, say=lambda line: None):
 def from_row(config, row, host, user, say=lambda line: None):
     where = "virtual row (username=%r, ext=%r, virtual_username=%r, virtual_host=%r)" % (
         row.username, row.ext, row.virtual_username, row.virtual_host)
+    public = "misconfigured virtual row for this address (see qmailsqld's log)"
     if _blank(row.username):
         raise Refusal(EXIT_TEMP, "misconfigured %s: blank username; fix: UPDATE virtual SET "
                       "username='...' WHERE virtual_host=%r AND virtual_username=%r"
-                      % (where, row.virtual_host, row.virtual_username))
+                      % (where, row.virtual_host, row.virtual_username), public)
     if config.magic_forwarding and row.username.strip().lower() == FORWARD_USER:
         address = (row.ext or "").strip()
         if not address or any(c in address for c in "\n\r\0 \t"):
             raise Refusal(EXIT_TEMP, "misconfigured %s: a magic forward needs one address in "
                           "ext; fix: UPDATE virtual SET ext='user@example.com' WHERE "
                           "virtual_host=%r AND virtual_username=%r"
-                          % (where, row.virtual_host, row.virtual_username))
+                          % (where, row.virtual_host, row.virtual_username), public)
         say("virtual: %s: magic forward to %s" % (where, address))
         return Match("forward", host, user, row, None, address.encode("utf-8"))
     target = row.username.strip().encode("utf-8")
     if not _blank(row.ext):
         target += config.auto_break + row.ext.encode("utf-8")
     if b"\0" in target or b"\n" in target:
-        raise Refusal(EXIT_TEMP, "misconfigured %s: NUL or newline in username/ext" % where)
+        raise Refusal(EXIT_TEMP, "misconfigured %s: NUL or newline in username/ext" % where,
+                      public)
     say("virtual: %s: local part %r" % (where, target.decode("utf-8")))
     return Match("local", host, user, row, target, None)
 

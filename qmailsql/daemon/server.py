@@ -4,9 +4,9 @@ The compiled helpers (csrc/, protocol in csrc/PROTOCOL.md) ask it over a unix
 socket. One thread runs an epoll loop: accept, read, frame, dispatch. Answers the
 cache holds are sent inline; the rest go to a pool of DB worker threads (each with
 its own persistent, failing-over db.Directory), `auth` to a separate small pool so
-slow password hashes never delay deliveries. A worker sends its answer itself and
-hands the connection back to the loop, so requests on one connection are answered
-in order.
+slow password hashes never delay deliveries. A worker hands its answer back to the
+loop, which sends it; a connection's next request waits for it, so requests on one
+connection are answered in order.
 
 Who may ask (SO_PEERCRED): `getpw`, `auth` and `flush` only uid 0, the daemon's own
 uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local` (qmail-local runs
@@ -16,13 +16,25 @@ is not the DB's); Dovecot's `passdb`, `userdb` and `iterate` (qmailsql/core/dove
 (`dovecot`) and the uids in $QMAILSQL_DOVECOT_UIDS, which may ask nothing else
 (no getpw, no flush); `ping` anyone.
 
-Hostile local clients (the socket is 0666) can cost a temporary failure, never a
-stall: a uid not in that list may hold at most $QMAILSQL_MAX_CONN_PER_UID (128)
-connections (the next is answered 111 and closed); a request must be complete
-within $QMAILSQL_FRAME_TIMEOUT (10) seconds of its first byte; a connection idle
-between requests is closed after IDLE_TIMEOUT; a request that waited in a worker
-queue longer than $QMAILSQL_TASK_DEADLINE (55) seconds, more than the helpers wait
-for an answer, is answered 111 without being worked on.
+Hostile local clients (the socket is 0666) can cost themselves a temporary failure,
+never others a stall (README, "Security"):
+- work is bounded per round of the loop: a connection gets TURN_FRAMES requests per
+  turn, an unprivileged uid UID_ROUND_FRAMES for all its connections; privileged
+  peers go first, in the loop (serve()) and in the worker queues (TaskQueue), where
+  one worker is kept for them;
+- memory is bounded per connection: input is read only when the requests already
+  read are handled, and not while OUT_LIMIT of answers wait for the client to read;
+- a uid not in that list may hold at most $QMAILSQL_MAX_CONN_PER_UID (128)
+  connections (the next is answered 111 and closed); a request must be complete
+  within $QMAILSQL_FRAME_TIMEOUT (10) seconds of its first byte; no getpw/local field
+  may be longer than resolve.MAX_FIELD (homedir: MAX_HOMEDIR); a connection idle
+  between requests is closed after IDLE_TIMEOUT; a request that waited in a worker
+  queue longer than $QMAILSQL_TASK_DEADLINE (55) seconds, more than the helpers wait
+  for an answer, is answered 111 without being worked on;
+- the response cache has a share per unprivileged uid, apart from the privileged
+  answers and the stale ones (hotpath.ResponseCache);
+- refusals are logged at most REFUSAL_LOG_BURST lines per uid and kind every
+  REFUSAL_LOG_EVERY seconds (RefusalLog).
 
 Logs go to stderr, one line per event, no timestamps (multilog adds them).
 SIGTERM/SIGINT: stop accepting, finish what is in flight, remove socket and pidfile.
@@ -33,7 +45,6 @@ import collections
 import errno
 import os
 import pwd
-import queue
 import select
 import signal
 import socket
@@ -44,9 +55,9 @@ import time
 
 from qmailsql.core import aliases, auth as authmod, config as configmod, db, dovecot, resolve
 from qmailsql.core import users
-from qmailsql.core.hotpath import (IMPLEMENTATION, ConfigError, ResponseCache, cache_times,
-                              decode_frame, encode_response, split_fields)
-from qmailsql.core.resolve import EXIT_TEMP, Refusal, shown
+from qmailsql.core.hotpath import (IMPLEMENTATION, PRIVILEGED, ConfigError, ResponseCache,
+                                   cache_times, decode_frame, encode_response, split_fields)
+from qmailsql.core.resolve import EXIT_TEMP, MAX_FIELD, Refusal, shown, too_long
 
 MAX_PAYLOAD = 65536           # csrc/PROTOCOL.md, both directions
 RECV_SIZE = MAX_PAYLOAD + 16
@@ -62,7 +73,20 @@ MAX_CONN_PER_UID = 128        # per unprivileged uid (privileged: no cap); above
                               # default conf-spawn of 120 concurrent local deliveries
 FRAME_TIMEOUT = 10.0          # a request must be complete this long after its first byte
 TASK_DEADLINE = 55.0          # queued longer than this: 111 unasked (the helpers wait 60s)
-REFUSAL_LOG_EVERY = 10.0      # "too many connections" logged once per uid this often
+REFUSAL_LOG_EVERY = 10.0      # refusals: at most REFUSAL_LOG_BURST lines of a kind per uid
+REFUSAL_LOG_BURST = 8         # this often, then one line that counts the others
+MAX_HOMEDIR = 4096            # bytes of a local request's homedir (PATH_MAX); the other
+                              # getpw/local fields: resolve.MAX_FIELD
+FIELD_NAMES = {b"getpw": ("local part",),
+               b"local": ("user", "homedir", "local part", "dash", "ext", "domain"),
+               b"local-confirm": ("user", "homedir", "local part", "dash", "ext", "domain"),
+               b"userdb": ("user",)}
+TURN_FRAMES = 16              # requests of one connection handled before the next one's turn
+UID_ROUND_FRAMES = 32         # ... of all connections of one unprivileged uid per round
+OUT_LIMIT = 256 * 1024        # answers queued for a client that does not read: stop reading it
+OUT_CHUNK = 16384             # small answers are queued together up to this size
+COMPACT_AT = 65536            # handled input is cut off the buffer once it is this long
+ACCEPT_BURST = 64             # connections accepted per round of the loop
 
 # commands a peer not in the client uid list may send
 OPEN_COMMANDS = frozenset([b"local", b"local-confirm", b"ping"])
@@ -222,24 +246,107 @@ def listen(path, backlog=1024):
     return sock
 
 
-def frame_size(buf):
-    """Bytes the frame at the front of BUF takes in all, once its header is there; 0 while
-    the header is incomplete or not a legal length (decode_frame then says why)."""
-    colon = buf.find(b":", 0, 7)  # at most 6 digits
-    if colon <= 0:
-        return 0
-    head = bytes(buf[:colon])
-    if not head.isdigit() or int(head) > MAX_PAYLOAD:
-        return 0
-    return colon + int(head) + 2
+def oversized(command, args):
+    """Why a getpw or local request is refused for its size (None: it is not): no field
+    may be longer than stock qmail ever passes (resolve.too_long; homedir: PATH_MAX)."""
+    for name, value in zip(FIELD_NAMES.get(command, ()), args):
+        problem = too_long(name, value, MAX_HOMEDIR if name == "homedir" else MAX_FIELD)
+        if problem:
+            return problem
+    return None
+
+
+class RefusalLog:
+    """Log lines about refused requests: at most BURST of one kind (a short word) per uid
+    every EVERY seconds; the lines left out are counted, and the count is logged once
+    EVERY has passed (by sweep()). Thread-safe: workers refuse too."""
+
+    def __init__(self, every=REFUSAL_LOG_EVERY, burst=REFUSAL_LOG_BURST):
+        self.every = every
+        self.burst = burst
+        self.lock = threading.Lock()
+        self.seen = {}  # (uid, kind) -> [start of its window, lines logged, lines left out]
+
+    def __call__(self, uid, kind, message):
+        now = time.monotonic()
+        with self.lock:
+            seen = self.seen.get((uid, kind))
+            if seen is None:
+                seen = self.seen[(uid, kind)] = [now, 0, 0]
+            if seen[1] >= self.burst:
+                seen[2] += 1
+                return
+            seen[1] += 1
+        log(message)
+
+    def sweep(self, now):
+        lines = []
+        with self.lock:
+            for (uid, kind), seen in list(self.seen.items()):
+                if now - seen[0] >= self.every:
+                    del self.seen[(uid, kind)]
+                    if seen[2]:
+                        lines.append("%d more refusal(s) of uid %d (%s) not logged in %.0fs "
+                                     "(at most %d lines per %.0fs)" % (
+                                         seen[2], uid, kind, now - seen[0], self.burst,
+                                         self.every))
+        for line in lines:
+            log(line)
+
+
+class TaskQueue:
+    """The requests waiting for a worker: privileged peers' first, then one uid's after
+    another's in turn; at most WORKERS - 1 workers at a time on unprivileged peers'
+    requests, so that one is always free for a delivery lookup."""
+
+    def __init__(self, workers):
+        self.cond = threading.Condition(threading.Lock())
+        self.privileged = collections.deque()
+        self.by_uid = collections.OrderedDict()  # uid -> deque of its tasks
+        self.unprivileged_limit = max(1, workers - 1)
+        self.unprivileged_running = 0
+
+    def put(self, task):
+        """Queue TASK (None: one worker stops)."""
+        with self.cond:
+            if task is None or task.conn.privileged:
+                self.privileged.append(task)
+            else:
+                waiting = self.by_uid.get(task.conn.uid)
+                if waiting is None:
+                    waiting = self.by_uid[task.conn.uid] = collections.deque()
+                waiting.append(task)
+            self.cond.notify()
+
+    def get(self):
+        with self.cond:
+            while True:
+                if self.privileged:
+                    return self.privileged.popleft()
+                if self.by_uid and self.unprivileged_running < self.unprivileged_limit:
+                    uid, waiting = self.by_uid.popitem(last=False)
+                    task = waiting.popleft()
+                    if waiting:
+                        self.by_uid[uid] = waiting  # at the back: the next uid comes first
+                    self.unprivileged_running += 1
+                    return task
+                self.cond.wait()
+
+    def done(self, task):
+        """A worker is done with TASK (from get())."""
+        if task is not None and not task.conn.privileged:
+            with self.cond:
+                self.unprivileged_running -= 1
+                self.cond.notify()
 
 
 class Conn:
-    # buf: the start of a request not complete yet (a bytearray: appended to, not
-    # copied; b"" when there is none); need: its whole size once the header is in
-    # (0 = not known yet); started: when its first byte came, for FRAME_TIMEOUT
-    __slots__ = ("sock", "fd", "uid", "pid", "privileged", "commands", "buf", "need",
-                 "started", "out", "busy", "closed", "close_after", "draining", "events",
+    # inbuf[inpos:]: bytes received and not handled yet (a bytearray, appended to, read
+    # at an offset: never copied); started: when the first of them came, for
+    # FRAME_TIMEOUT; out: answers not sent yet (a deque of bytearrays, outbytes in
+    # all); queued: waiting for its turn in Daemon.serve() with requests to handle
+    __slots__ = ("sock", "fd", "uid", "pid", "privileged", "commands", "inbuf", "inpos", "started", "out",
+                 "outbytes", "busy", "queued", "closed", "close_after", "draining", "events",
                  "last")
 
     def __init__(self, sock, uid, pid, privileged, commands=OPEN_COMMANDS):
@@ -249,16 +356,22 @@ class Conn:
         self.pid = pid
         self.privileged = privileged
         self.commands = commands  # what it may ask when not privileged
-        self.buf = b""
-        self.need = 0
+        self.inbuf = bytearray()
+        self.inpos = 0
         self.started = 0.0
-        self.out = b""
+        self.out = collections.deque()
+        self.outbytes = 0
         self.busy = False
+        self.queued = False
         self.closed = False
         self.close_after = False
         self.draining = False
         self.events = 0
         self.last = 0.0
+
+    def pending(self):
+        """Bytes received and not handled yet."""
+        return len(self.inbuf) - self.inpos
 
 
 class Task:
@@ -328,33 +441,42 @@ class Worker:
             task = self.tasks.get()
             if task is None:
                 break
-            waited = time.monotonic() - task.queued
-            if waited > self.daemon.task_deadline:
-                # its client has given up by now (or soon will): answering it would
-                # only delay the requests queued behind it
-                log("%s %s: waited %.0fs in the queue; answered 111 without doing it" % (
-                    task.command.decode("ascii"), shown(task.args[0]) if task.args else "",
-                    waited))
-                task.frame = TOO_BUSY
-                self.daemon.reply(task)
-                continue
-            if task.config is not self.config:
-                self.setup(task.config)
             try:
-                self.handle(task)
-            except Exception as e:  # a bug must not kill the worker; mail waits
-                log("internal error in %s %s: %s: %s" % (task.command.decode("ascii",
-                    "replace"), shown(task.args[0]) if task.args else "", type(e).__name__, e))
-                task.status, task.body, task.frame = EXIT_TEMP, b"internal error in qmailsqld", b""
-            if not task.frame:
-                if len(task.body) > MAX_PAYLOAD - 4:  # the helpers refuse longer answers
-                    log("%s %s: answer of %d bytes is too long for the protocol" % (
-                        task.command.decode("ascii"), shown(task.args[0]), len(task.body)))
-                    task.status, task.body = EXIT_TEMP, b"answer too long for the protocol"
-                task.frame = encode_response(task.status, task.body)
-            self.daemon.reply(task)
+                self.work(task)
+            finally:
+                self.tasks.done(task)
         if self.directory is not None:
             self.directory.close()
+
+    def work(self, task):
+        """Answer TASK (the answer goes back through Daemon.reply)."""
+        waited = time.monotonic() - task.queued
+        if waited > self.daemon.task_deadline:
+            # its client has given up by now (or soon will): answering it would
+            # only delay the requests queued behind it
+            self.daemon.refusal_log(task.conn.uid, "queue", "%s %s: waited %.0fs in the "
+                                    "queue (uid %d); answered 111 without doing it" % (
+                                        task.command.decode("ascii"),
+                                        shown(task.args[0]) if task.args else "", waited,
+                                        task.conn.uid))
+            task.frame = TOO_BUSY
+            self.daemon.reply(task)
+            return
+        if task.config is not self.config:
+            self.setup(task.config)
+        try:
+            self.handle(task)
+        except Exception as e:  # a bug must not kill the worker; mail waits
+            log("internal error in %s %s: %s: %s" % (task.command.decode("ascii",
+                "replace"), shown(task.args[0]) if task.args else "", type(e).__name__, e))
+            task.status, task.body, task.frame = EXIT_TEMP, b"internal error in qmailsqld", b""
+        if not task.frame:
+            if len(task.body) > MAX_PAYLOAD - 4:  # the helpers refuse longer answers
+                log("%s %s: answer of %d bytes is too long for the protocol" % (
+                    task.command.decode("ascii"), shown(task.args[0]), len(task.body)))
+                task.status, task.body = EXIT_TEMP, b"answer too long for the protocol"
+            task.frame = encode_response(task.status, task.body)
+        self.daemon.reply(task)
 
     def handle(self, task):
         command = task.command
@@ -402,12 +524,14 @@ class Worker:
             body = aliases.delivery_lines(self.directory, self.config, user, homedir, local,
                                           dash, ext, domain, confirm)
         except Refusal as r:
-            task.status, task.body = r.code, _bytes(r.message)
-            log("local %s %s: %s" % (shown(user), shown(ext), r.message))
+            # a peer without rights never sees row details (Refusal.public)
+            task.status = r.code
+            task.body = _bytes(r.message if task.conn.privileged else r.public)
+            self.log_for(task.conn, "local %s %s: %s" % (shown(user), shown(ext), r.message))
             return
         except db.DirectoryUnavailable as e:
             task.status, task.body = EXIT_TEMP, _bytes(str(e))
-            log("local %s %s: %s" % (shown(user), shown(ext), e))
+            self.log_for(task.conn, "local %s %s: %s" % (shown(user), shown(ext), e))
             return
         task.status, task.body = 0, _bytes(body or b"")
 
@@ -430,10 +554,12 @@ class Worker:
         if self.directory.must_confirm() and self.is_owner(
                 uid, name, homedir, self.directory.on_write_server()):
             return True  # a replica that lags behind a new account
-        log("refused uid %d for local %s: not that account's uid and home" % (
-            uid, shown(user)))
-        raise Refusal(EXIT_TEMP, "qmailsqld refuses local requests from uid %d for "
-                      "another account (%s)" % (uid, shown(user)))
+        self.daemon.refusal_log(uid, "local", "refused uid %d for local %s: not that "
+                                "account's uid and home" % (uid, shown(user)))
+        # the peer learns which name was refused, nothing about the account (the log
+        # has the uid and the rest)
+        raise Refusal(EXIT_TEMP, "qmailsqld refuses local requests for another account "
+                      "(%s); its log says why" % shown(user))
 
     def is_owner(self, uid, name, homedir, directory):
         try:
@@ -443,6 +569,13 @@ class Worker:
                                               r.message))
             return False
         return acct is not None and acct.uid == uid and os.fsencode(acct.home) == homedir
+
+    def log_for(self, conn, message):
+        """A line about CONN's request: rate-limited per uid for unprivileged peers."""
+        if conn.privileged:
+            log(message)
+        else:
+            self.daemon.refusal_log(conn.uid, "local", message)
 
     def auth(self, task):
         login, password, remoteip = task.args[:3]
@@ -483,16 +616,22 @@ class Daemon:
         # qmail-lspawn reads users/cdb relative to the qmail home
         self.users_cdb = users.UsersCdb(os.path.join(config.qmail_dir, "users", "cdb"),
                                             log)
-        self.cache = ResponseCache(_env_int("QMAILSQL_CACHE_ENTRIES", CACHE_ENTRIES))
+        entries = _env_int("QMAILSQL_CACHE_ENTRIES", CACHE_ENTRIES)
+        self.cache = ResponseCache(entries, _env_int("QMAILSQL_CACHE_PER_UID",
+                                                     max(1, entries // 100)))
         self.n_db = _env_int("QMAILSQL_DB_WORKERS", DB_WORKERS)
         self.n_auth = _env_int("QMAILSQL_AUTH_WORKERS", AUTH_WORKERS)
         self.max_per_uid = _env_int("QMAILSQL_MAX_CONN_PER_UID", MAX_CONN_PER_UID)
         self.frame_timeout = _env_int("QMAILSQL_FRAME_TIMEOUT", FRAME_TIMEOUT)
         self.task_deadline = _env_int("QMAILSQL_TASK_DEADLINE", TASK_DEADLINE)
         self.per_uid = {}       # unprivileged uid -> open connections
-        self.refusals = {}      # uid -> [when last logged, refused since without a log line]
-        self.db_tasks = queue.SimpleQueue()
-        self.auth_tasks = queue.SimpleQueue()
+        self.refusal_log = RefusalLog()
+        self.db_tasks = TaskQueue(self.n_db)
+        self.auth_tasks = TaskQueue(self.n_auth)
+        self.recv_buf = bytearray(RECV_SIZE)
+        self.recv_view = memoryview(self.recv_buf)
+        self.ready_privileged = collections.deque()  # connections with requests to handle
+        self.ready_uids = collections.OrderedDict()   # uid -> deque of such connections
         self.done = collections.deque()
         self.conns = {}
         self.busy = 0
@@ -578,7 +717,8 @@ class Daemon:
                     log("stop: gave up waiting for %d request(s) in flight" % self.busy)
                     break
             try:
-                events = ep.poll(1.0)
+                # requests waiting for their turn: look for events, do not wait for them
+                events = ep.poll(0 if self.ready_privileged or self.ready_uids else 1.0)
             except InterruptedError:
                 continue
             for fd, ev in events:
@@ -592,49 +732,54 @@ class Daemon:
                         continue
                     if ev & EPOLLOUT and conn.out:
                         self.flush_out(conn)
-                    if ev & ~EPOLLOUT and not conn.closed and not conn.out:
+                    if ev & ~EPOLLOUT and conn.events & EPOLLIN and not conn.closed:
                         self.read(conn)
-                    self.rearm(conn)
+                    if not conn.queued:  # else serve() rearms it, usually to the same
+                        self.rearm(conn)
+            self.serve()
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + 1.0
                 self.sweep(now)
 
     def accept(self):
-        """One connection per event (level-triggered: more come on the next poll)."""
-        if self.listener is None:
-            return
-        try:
-            sock, _ = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                log("accept: %s; pausing for %.1fs" % (e.strerror, ACCEPT_PAUSE))
-                self.ep.unregister(self.listener.fileno())
-                self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE
-            elif e.errno not in (errno.ECONNABORTED, errno.EPROTO):
-                log("accept: %s" % e)
-            return
-        # the socket stays in blocking mode: every recv/send passes MSG_DONTWAIT
-        try:
-            pid, uid, _gid = UCRED.unpack(sock.getsockopt(SOL_SOCKET, SO_PEERCRED, UCRED.size))
-        except OSError:
-            sock.close()
-            return
-        privileged = uid in self.allowed
-        if not privileged:
-            n = self.per_uid.get(uid, 0)
-            if n >= self.max_per_uid:
-                self.refuse(sock, uid, pid, n)
+        """Up to ACCEPT_BURST connections (level-triggered: more come on the next poll)."""
+        for _ in range(ACCEPT_BURST):
+            if self.listener is None:
                 return
-            self.per_uid[uid] = n + 1
-        commands = DOVECOT_PEER_COMMANDS if uid in self.dovecot_uids else OPEN_COMMANDS
-        conn = Conn(sock, uid, pid, privileged, commands)
-        conn.last = time.monotonic()
-        self.conns[conn.fd] = conn
-        self.read(conn)  # the request is usually there already
-        self.rearm(conn)
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log("accept: %s; pausing for %.1fs" % (e.strerror, ACCEPT_PAUSE))
+                    self.ep.unregister(self.listener.fileno())
+                    self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+                elif e.errno not in (errno.ECONNABORTED, errno.EPROTO):
+                    log("accept: %s" % e)
+                return
+            # the socket stays in blocking mode: every recv/send passes MSG_DONTWAIT
+            try:
+                pid, uid, _gid = UCRED.unpack(sock.getsockopt(SOL_SOCKET, SO_PEERCRED,
+                                                              UCRED.size))
+            except OSError:
+                sock.close()
+                continue
+            privileged = uid in self.allowed
+            if not privileged:
+                n = self.per_uid.get(uid, 0)
+                if n >= self.max_per_uid:
+                    self.refuse(sock, uid, pid, n)
+                    continue
+                self.per_uid[uid] = n + 1
+            commands = DOVECOT_PEER_COMMANDS if uid in self.dovecot_uids else OPEN_COMMANDS
+            conn = Conn(sock, uid, pid, privileged, commands)
+            conn.last = time.monotonic()
+            self.conns[conn.fd] = conn
+            self.read(conn)  # the request is usually there already
+            if not conn.queued:
+                self.rearm(conn)
 
     def refuse(self, sock, uid, pid, n):
         """A connection over the per-uid cap: answer 111 and close it at once, so a
@@ -645,72 +790,111 @@ class Daemon:
         except OSError:
             pass
         sock.close()
-        now = time.monotonic()
-        seen = self.refusals.get(uid)
-        if seen is None or now - seen[0] >= REFUSAL_LOG_EVERY:
-            more = " (and %d more since the last such line)" % seen[1] if seen and seen[1] \
-                else ""
-            log("refused a connection from uid %d pid %d: it has %d open, the limit is %d "
-                "(QMAILSQL_MAX_CONN_PER_UID)%s" % (uid, pid, n, self.max_per_uid, more))
-            self.refusals[uid] = [now, 0]
-        else:
-            seen[1] += 1
+        self.refusal_log(uid, "connections", "refused a connection from uid %d pid %d: it "
+                         "has %d open, the limit is %d (QMAILSQL_MAX_CONN_PER_UID)" % (
+                             uid, pid, n, self.max_per_uid))
 
     def read(self, conn):
+        """One recv. What came is handled at once when nobody waits for a turn (one
+        turn: TURN_FRAMES requests), else queued for serve()."""
         try:
-            data = conn.sock.recv(RECV_SIZE, DONTWAIT)
+            n = conn.sock.recv_into(self.recv_buf, RECV_SIZE, DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self.close(conn)
             return
-        if not data:
+        if not n:
             self.close(conn)
             return
         now = conn.last = time.monotonic()
         if conn.close_after:
             return  # after a malformed request: dropped
-        buf = conn.buf
-        if not buf:
+        if conn.inpos == len(conn.inbuf):
             conn.started = now  # the first byte of a request
-            self.process(conn, data)
-            return
-        buf += data  # in place: a request sent a byte at a time costs no copies
-        if not conn.need:
-            conn.need = frame_size(buf)
-        if conn.need and len(buf) < conn.need:
-            return  # still incomplete
-        conn.buf = b""
-        self.process(conn, bytes(buf))
+        conn.inbuf += self.recv_view[:n]  # one buffer for every recv: no 64 kB malloc each
+        if self.ready_privileged or self.ready_uids or \
+                self.process(conn, TURN_FRAMES) == TURN_FRAMES:
+            self.ready(conn)
 
-    def process(self, conn, buf):
-        """Answer the complete requests at the front of BUF, in order; keep the rest."""
-        done = False
-        while buf:
+    def ready(self, conn):
+        """CONN has bytes to handle: queue it for its turn in serve(), and read no more
+        of it meanwhile."""
+        if conn.queued or conn.closed:
+            return
+        conn.queued = True
+        if conn.privileged:
+            self.ready_privileged.append(conn)
+        else:
+            waiting = self.ready_uids.get(conn.uid)
+            if waiting is None:
+                waiting = self.ready_uids[conn.uid] = collections.deque()
+            waiting.append(conn)
+        self.rearm(conn)
+
+    def serve(self):
+        """One round of the loop's work: each privileged connection with requests handles
+        up to TURN_FRAMES of them, first; then each unprivileged uid up to
+        UID_ROUND_FRAMES, its connections taking turns. Whoever has more left waits for
+        the next round, after the next poll: no connection and no uid holds the loop
+        for long, and while one is busy the others' requests are read and answered."""
+        ready = self.ready_privileged
+        for _ in range(len(ready)):
+            conn = ready.popleft()
+            conn.queued = False
+            if self.process(conn, TURN_FRAMES) == TURN_FRAMES:
+                self.ready(conn)  # it may have more: at the back
+            self.rearm(conn)
+        uids = self.ready_uids
+        for _ in range(len(uids)):
+            uid, waiting = uids.popitem(last=False)
+            budget = UID_ROUND_FRAMES
+            while waiting and budget > 0:
+                conn = waiting.popleft()
+                turn = min(TURN_FRAMES, budget)
+                handled = self.process(conn, turn)
+                budget -= max(handled, 1)
+                if handled < turn or conn.closed:
+                    conn.queued = False
+                else:
+                    waiting.append(conn)
+                self.rearm(conn)
+            if waiting:
+                uids[uid] = waiting  # at the back: the other uids come first
+
+    def process(self, conn, budget):
+        """Answer up to BUDGET complete requests at the front of CONN's input, in order;
+        returns how many were taken. Stops early when a worker has one, when the
+        client does not read its answers (OUT_LIMIT) or when there are no more."""
+        buf = conn.inbuf
+        handled = 0
+        while handled < budget and not (conn.busy or conn.closed or conn.close_after
+                                        or conn.outbytes >= OUT_LIMIT):
             try:
-                payload, used = decode_frame(buf, MAX_PAYLOAD)
+                payload, end = decode_frame(buf, MAX_PAYLOAD, conn.inpos)
             except ValueError as e:
-                log("malformed request from uid %d pid %d: %s" % (conn.uid, conn.pid, e))
+                self.refusal_log(conn.uid, "malformed", "malformed request from uid %d "
+                                 "pid %d: %s" % (conn.uid, conn.pid, e))
                 self.send(conn, MALFORMED)
                 conn.close_after = True
-                buf = b""
                 break
             if payload is None:
                 break
-            buf = buf[used:]
-            done = True
+            conn.inpos = end
+            handled += 1
             self.dispatch(conn, payload)
-            if conn.busy or conn.closed or conn.close_after:
-                break
-        if not buf or conn.closed or conn.close_after:
-            if conn.buf:
-                conn.buf = b""
-            conn.need = 0
-            return
-        if done:
+        if conn.closed:
+            return handled
+        if conn.close_after or conn.inpos == len(buf):
+            buf.clear()
+            conn.inpos = 0
+            return handled
+        if conn.inpos > COMPACT_AT:
+            del buf[:conn.inpos]
+            conn.inpos = 0
+        if handled:
             conn.started = time.monotonic()  # what is left is the next request
-        conn.buf = bytearray(buf)
-        conn.need = frame_size(buf)
+        return handled
 
     def dispatch(self, conn, payload):
         cache = self.cache
@@ -724,7 +908,8 @@ class Daemon:
         try:
             fields = split_fields(payload)
         except ValueError as e:
-            log("malformed request from uid %d pid %d: %s" % (conn.uid, conn.pid, e))
+            self.refusal_log(conn.uid, "malformed", "malformed request from uid %d pid %d: %s" % (
+                conn.uid, conn.pid, e))
             self.send(conn, MALFORMED)
             conn.close_after = True
             return
@@ -732,20 +917,23 @@ class Daemon:
         args = fields[1:]
         nargs = NARGS.get(command)
         if nargs is None:
-            log("unknown command %s from uid %d" % (shown(command), conn.uid))
+            self.refusal_log(conn.uid, "malformed", "unknown command %s from uid %d" % (
+                shown(command), conn.uid))
             self.send(conn, encode_response(100, b"unknown command " + _bytes(shown(command))))
             return
         if not conn.privileged and command not in conn.commands:
             cmd = command.decode("ascii")
-            log("refused uid %d for %s (pid %d; allow it with %s)" % (
-                conn.uid, cmd, conn.pid, "QMAILSQL_DOVECOT_UIDS" if command in
-                dovecot.COMMANDS else "QMAILSQL_CLIENT_UIDS"))
+            self.refusal_log(conn.uid, "command", "refused uid %d for %s (pid %d; allow it "
+                             "with %s)" % (conn.uid, cmd, conn.pid, "QMAILSQL_DOVECOT_UIDS"
+                                           if command in dovecot.COMMANDS
+                                           else "QMAILSQL_CLIENT_UIDS"))
             self.send(conn, encode_response(EXIT_TEMP, b"qmailsqld refuses %s requests from "
                                             b"uid %d" % (command, conn.uid)))
             return
         if len(args) not in nargs:
-            log("%s request from uid %d with %d fields instead of %d" % (
-                command.decode("ascii"), conn.uid, len(args), nargs[-1]))
+            self.refusal_log(conn.uid, "malformed", "%s request from uid %d with %d fields "
+                             "instead of %d" % (command.decode("ascii"), conn.uid, len(args),
+                                                nargs[-1]))
             self.send(conn, encode_response(EXIT_TEMP, b"malformed %s request: %d fields, "
                                             b"expected %d" % (command, len(args), nargs[-1])))
             return
@@ -756,6 +944,12 @@ class Daemon:
             self.cache.clear()
             log("cache flushed (uid %d)" % conn.uid)
             self.send(conn, FLUSHED)
+            return
+        problem = oversized(command, args)
+        if problem is not None:
+            self.refusal_log(conn.uid, "size", "refused %s from uid %d pid %d: %s" % (
+                command.decode("ascii"), conn.uid, conn.pid, problem))
+            self.send(conn, encode_response(EXIT_TEMP, _bytes(problem)))
             return
         stale = None
         key = payload
@@ -806,18 +1000,8 @@ class Daemon:
                                              how))
 
     def reply(self, task):
-        """Called by a worker: send the answer, then give the connection back to the loop."""
-        conn = task.conn
-        frame = task.frame
-        try:
-            n = conn.sock.send(frame, DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError:
-            n = len(frame)
-            conn.close_after = True
-        if n < len(frame):
-            conn.out = frame[n:]
+        """Called by a worker once TASK.frame is set: the loop sends it (only the loop
+        touches a connection's socket and buffers)."""
         self.done.append(task)
         self.wake()
 
@@ -842,65 +1026,86 @@ class Daemon:
                 ttl, stale = cache_times(task.payload, task.status, task.body, cfg.cache_ttl,
                                          cfg.negative_ttl, cfg.stale_ttl)
                 if ttl > 0:
-                    cache.put(task.key, task.frame, time.monotonic(), ttl, stale)
+                    cache.put(task.key, task.frame, time.monotonic(), ttl, stale,
+                              PRIVILEGED if conn.privileged else conn.uid)
             if conn.closed:
                 continue
             conn.last = time.monotonic()
-            if conn.buf:
+            if conn.pending():
                 conn.started = conn.last  # not read while a worker had it: not its fault
-            if conn.buf and not conn.out and not conn.close_after:
-                buf, conn.buf = conn.buf, b""
-                self.process(conn, bytes(buf))
-            if self.stopping and not conn.busy and not conn.buf and not conn.out:
+            self.send(conn, task.frame)
+            if conn.closed:
+                continue
+            if conn.pending() and not conn.close_after:
+                self.ready(conn)
+            if self.stopping and not conn.busy and not conn.pending() and not conn.out:
                 self.close(conn)
                 continue
             self.rearm(conn)
 
     def send(self, conn, frame):
-        if conn.out:
-            conn.out += frame
-            return
-        try:
-            n = conn.sock.send(frame, DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError:
-            self.close(conn)
-            return
-        if n < len(frame):
-            conn.out = frame[n:]
+        """Send FRAME, or queue what the socket does not take now (after what is queued)."""
+        out = conn.out
+        if not out:
+            try:
+                n = conn.sock.send(frame, DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                self.close(conn)
+                return
+            if n == len(frame):
+                return
+            frame = frame[n:]
+        if out and len(out[-1]) < OUT_CHUNK:
+            out[-1] += frame  # many small answers: few chunks, few send() calls
+        else:
+            out.append(bytearray(frame))
+        conn.outbytes += len(frame)
 
     def flush_out(self, conn):
-        try:
-            n = conn.sock.send(conn.out, DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close(conn)
-            return
-        conn.out = conn.out[n:]
+        out = conn.out
+        while out:
+            chunk = out[0]
+            try:
+                n = conn.sock.send(chunk, DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.close(conn)
+                return
+            conn.outbytes -= n
+            if n < len(chunk):
+                del chunk[:n]
+                break
+            out.popleft()
         conn.last = time.monotonic()
-        if not conn.out and conn.buf and not conn.close_after and not conn.busy:
-            buf, conn.buf = conn.buf, b""
-            self.process(conn, bytes(buf))
+        if conn.outbytes < OUT_LIMIT and conn.pending() and not conn.busy \
+                and not conn.close_after:
+            self.ready(conn)  # it reads its answers again: on with its requests
 
     def rearm(self, conn):
-        """Watch CONN for what it needs next (nothing while a worker has it)."""
+        """Watch CONN for what it needs next: writable while answers wait; readable
+        unless a worker has its request, it waits for its turn, or it does not read
+        what it was sent (then its requests wait in the kernel, not here)."""
         if conn.closed:
             return
         if conn.close_after and not conn.out and not conn.busy and not conn.draining:
             # the answer is out: stop sending, then read and drop what the client still
             # sends until it hangs up, so the answer is not lost to a reset
             conn.draining = True
-            conn.buf = b""
-            conn.need = 0
+            conn.inbuf.clear()
+            conn.inpos = 0
             conn.last = time.monotonic()
             try:
                 conn.sock.shutdown(socket.SHUT_WR)
             except OSError:
                 self.close(conn)
                 return
-        want = 0 if conn.busy else (EPOLLOUT if conn.out else EPOLLIN)
+        want = EPOLLOUT if conn.out else 0
+        if conn.draining or not (conn.busy or conn.queued or conn.close_after
+                                 or conn.outbytes >= OUT_LIMIT):
+            want |= EPOLLIN
         if want == conn.events:
             return
         try:
@@ -923,6 +1128,8 @@ class Daemon:
         conn.events = 0  # close() takes the fd out of the epoll set
         self.conns.pop(conn.fd, None)
         conn.sock.close()
+        conn.out.clear()
+        conn.outbytes = 0
         if not conn.privileged:
             n = self.per_uid.get(conn.uid, 0) - 1
             if n > 0:
@@ -939,29 +1146,23 @@ class Daemon:
                 pass
         frame_timeout = self.frame_timeout
         for conn in list(self.conns.values()):
+            if conn.busy or conn.closed or conn.queued:
+                continue
             if self.stopping:
                 idle = 0.0
             elif conn.close_after:
                 idle = DRAIN_TIMEOUT
             else:
                 idle = IDLE_TIMEOUT
-            if conn.busy or conn.closed:
-                continue
             if now - conn.last > idle and not (self.stopping and conn.out):
                 self.close(conn)
-            elif conn.buf and not conn.close_after and now - conn.started > frame_timeout \
-                    and (not conn.need or len(conn.buf) < conn.need):
-                log("closed the connection from uid %d pid %d: its request was still "
-                    "incomplete (%d bytes) %.0fs after its first byte" % (
-                        conn.uid, conn.pid, len(conn.buf), now - conn.started))
+            elif conn.pending() and not conn.close_after and now - conn.started > frame_timeout:
+                self.refusal_log(conn.uid, "incomplete", "closed the connection from uid %d "
+                                 "pid %d: its request was still incomplete (%d bytes) %.0fs "
+                                 "after its first byte" % (conn.uid, conn.pid, conn.pending(),
+                                                           now - conn.started))
                 self.close(conn)
-        if self.refusals:
-            for uid, seen in list(self.refusals.items()):
-                if now - seen[0] >= REFUSAL_LOG_EVERY:
-                    if seen[1]:
-                        log("refused %d more connection(s) from uid %d (too many open)"
-                            % (seen[1], uid))
-                    del self.refusals[uid]
+        self.refusal_log.sweep(now)
 
     def stop_listening(self):
         log("stop requested: no new connections; finishing %d request(s) in flight"

@@ -314,7 +314,8 @@ def package_parent():
     return str(PACKAGE_DIR.parent)
 
 
-def start_daemon(paths):
+def start_daemon(paths, extra_env=None):
+    """Start the sandbox's qmailsqld (EXTRA_ENV added to its environment)."""
     if _pid_alive(paths.daemon_pid):
         return
     paths.run.mkdir(parents=True, exist_ok=True)
@@ -324,8 +325,12 @@ def start_daemon(paths):
         except FileNotFoundError:
             pass
     env = dict(os.environ, QMAILSQL_QMAIL_DIR=str(paths.root),
-               QMAILSQL_SOCKET=str(paths.daemon_socket), PYTHONPATH=package_parent())
-    log = open(paths.daemon_log, "ab")
+               QMAILSQL_SOCKET=str(paths.daemon_socket), PYTHONPATH=package_parent(),
+               **(extra_env or {}))
+    # the log names users, addresses and rows: not for other local users to read
+    fd = os.open(paths.daemon_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    log = os.fdopen(fd, "ab")
     proc = subprocess.Popen([sys.executable, "-m", "qmailsql", "daemon",
                              "--pidfile", str(paths.daemon_pid)],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
