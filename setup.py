@@ -19,6 +19,7 @@ from setuptools.command.sdist import sdist
 HERE = Path(__file__).resolve().parent
 HELPERS = ["qmail-getpw", "qmail-local", "checkpassword"]
 CLIENT_SOURCES = ["csrc/qsclient.c"]
+EXTRA_SOURCES = {"qmail-local": ["csrc/maildirsize.c"]}  # Maildir++ quota
 
 
 def die(msg):
@@ -65,7 +66,7 @@ def build_helpers(out_dir):
         cmd = compiler + ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
                           '-DQMAIL_DIR="%s"' % conf, "-I", str(HERE / "csrc"),
                           "-o", str(out_dir / name), str(src)]
-        cmd += [str(HERE / s) for s in CLIENT_SOURCES] + static
+        cmd += [str(HERE / s) for s in CLIENT_SOURCES + EXTRA_SOURCES.get(name, [])] + static
         print("building helper:", " ".join(cmd))
         r = subprocess.run(cmd)
         if r.returncode:

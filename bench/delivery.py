@@ -11,14 +11,14 @@ sender aliasempty), the mailbox's uid and gid, the message on fd 0 and a report
 pipe on fds 1 and 2. It runs against three qmail homes:
 
   stock     users/cdb (qmail-users format, built here) holds every user; bin/qmail-local
-            is the stand-in (bench/qmail_local_standin.c), no qmail-getpw runs
+            is the stand-in (bench/maildir_writer.c), no qmail-getpw runs
   qmailsql  a sandbox: compiled qmail-getpw and the qmail-local wrapper, which execs
             the same stand-in; qmailsqld with its cache (warmed before timing)
   nocache   the same helpers against a second qmailsqld on the same MariaDB whose
             control/sqlserver says cache_ttl 0: every request goes to the DB
 
 The stand-in writes the message into the user's Maildir as stock qmail-local does
-(tmp/, fsync with --fsync, rename into new/), so a delivery is a real one; the bench
+(tmp/, fsync with --fsync, link into new/), so a delivery is a real one; the bench
 checks afterwards that every message arrived in the right Maildir.
 
 CPU per delivery is the harness's own CPU time plus that of all its children
@@ -71,7 +71,7 @@ class Setup:
     def __init__(self, args, work, root):
         self.args = args
         self.work = work
-        for name, src in (("harness", "lspawn_harness.c"), ("standin", "qmail_local_standin.c"),
+        for name, src in (("harness", "lspawn_harness.c"), ("standin", "maildir_writer.c"),
                           ("exec_floor", "exec_floor.c")):
             benchlib.cc(work / name, [benchlib.HERE / src], static=True)
         self.harness = work / "harness"
@@ -101,8 +101,8 @@ class Setup:
 
         self.qmailsql = sandbox.Paths(root)
         base = {k: v for k, v in os.environ.items() if not k.startswith("QMAILSQL_")}
-        if args.fsync:
-            base["STANDIN_FSYNC"] = "1"
+        if not args.fsync:
+            base["QMAILSQL_STANDIN_NOFSYNC"] = "1"
         standin = {"QMAILSQL_QMAIL_LOCAL": str(work / "standin")}
         self.env = {
             "stock": base,

@@ -54,7 +54,8 @@ from qmailsql.core import config as configmod
 LOCAL = "iain-slowlaris"
 
 # fork+exec+wait of argv, N times; one line per run: "exitstatus nanoseconds".
-# -3 DATA puts DATA on descriptor 3 of the child (a pipe), as checkpassword wants.
+# -3 DATA puts DATA on descriptor 3 of the child (a pipe), as checkpassword wants;
+# -0 FILE opens FILE as its descriptor 0 (the message, as qmail-lspawn gives it).
 TIMER_C = r"""
 #include <fcntl.h>
 #include <stdio.h>
@@ -73,17 +74,22 @@ static long long now(void)
 
 int main(int argc, char **argv)
 {
-  int n, i, a = 2, null, st;
+  int n, i, a = 2, null, in, st;
   const char *fd3 = 0;
   size_t fd3len = 0;
   if (argc < 3) return 100;
   n = atoi(argv[1]);
-  if (!strcmp(argv[2], "-3")) {
-    fd3 = argv[3];
-    fd3len = strlen(fd3) + 1;  /* "login\0password\0" is passed with \n for \0 */
-    a = 4;
+  null = in = open("/dev/null", O_RDWR);
+  if (a + 1 < argc && !strcmp(argv[a], "-0")) {
+    in = open(argv[a + 1], O_RDONLY);
+    if (in == -1) return 111;
+    a += 2;
   }
-  null = open("/dev/null", O_RDWR);
+  if (a + 1 < argc && !strcmp(argv[a], "-3")) {
+    fd3 = argv[a + 1];
+    fd3len = strlen(fd3) + 1;  /* "login\0password\0" is passed with \n for \0 */
+    a += 2;
+  }
   for (i = 0; i < n; i++) {
     int p[2] = {-1, -1};
     long long t0;
@@ -99,7 +105,7 @@ int main(int argc, char **argv)
     t0 = now();
     pid = fork();
     if (pid == 0) {
-      dup2(null, 0);
+      dup2(in, 0);
       dup2(null, 1);
       if (fd3) { dup2(p[0], 3); if (p[0] != 3) close(p[0]); }
       execv(argv[a], argv + a);
@@ -187,12 +193,16 @@ def build(work):
     benchlib.cc(work / "oneshot", [benchlib.HERE / "oneshot.c"], flags.stdout.split())
 
 
-def timed(work, argv, runs, env, fd3=None):
-    """[(exit status, ms)] of RUNS fork+exec+wait of ARGV."""
+def timed(work, argv, runs, env, fd3=None, stdin=None, **kw):
+    """[(exit status, ms)] of RUNS fork+exec+wait of ARGV (fd 0: the file STDIN, else
+    /dev/null; KW for subprocess.run, e.g. user=)."""
     cmd = [str(work / "timer"), str(runs)]
+    if stdin is not None:
+        cmd += ["-0", str(stdin)]
     if fd3 is not None:
         cmd += ["-3", fd3.replace("\0", "\n")]
-    r = subprocess.run(cmd + [str(a) for a in argv], capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd + [str(a) for a in argv], capture_output=True, text=True, env=env,
+                       **kw)
     if r.returncode:
         raise SystemExit("bench: timer failed (%d): %s" % (r.returncode, r.stderr))
     out = []

@@ -28,7 +28,7 @@ import MySQLdb
 from typing import List
 
 from qmailsql.core import aliases, auth, client, config as configmod, db, resolve, schema
-from qmailsql.core import services, virtual
+from qmailsql.core import quota, services, virtual
 from qmailsql.core.auth import LoginRefused, NoSuchMailbox
 from qmailsql.core.config import DEFAULTS_FILE_ENV, compiled_qmail_dir
 from qmailsql.core.db import DirectoryUnavailable
@@ -37,16 +37,21 @@ from qmailsql.core.hotpath import ConfigError
 from qmailsql.core.passwords import hash_password
 from qmailsql.core.resolve import Delivery, Refusal
 from qmailsql.admin import dovecot as dovecot_admin, importers, install as installmod
-from qmailsql.admin import doctor as doctormod, sync as syncmod, tables
+from qmailsql.admin import doctor as doctormod, quota as quota_admin, sync as syncmod, tables
 from qmailsql.admin.doctor import Progress
 from qmailsql.admin.importers import DumpError, ImportError_
 from qmailsql.admin.install import InstallError
+from qmailsql.admin.quota import QUOTA_HELP
+from qmailsql.core.quota import QuotaError
 from qmailsql.admin.sync import SyncError
 from qmailsql.admin.tables import AdminError
 
 HELPERS = NAMES + tuple(SCRIPTS)  # what `qmailsql helper NAME` knows
 check_userlen = schema.check_userlen  # ValueError unless 2..255
 parse_services = services.parse      # "pop3,imap" or "all" -> a set; ValueError
+parse_size = quota.parse_size        # "500M", bytes, "none" (None), "unlimited" (0)
+parse_count = quota.parse_count
+format_quota_report = quota_admin.format_report
 
 
 class ImportFailed(Exception):
@@ -126,6 +131,13 @@ class Login:
 class SyncResult:
     changed: List[str]   # control file names written
     messages: List[str]  # what `qmailsql sync` prints
+
+
+@dataclass(frozen=True)
+class QuotaReport:
+    mailboxes: list  # qmailsql.admin.quota.Row: usage against the limits, largest first
+    domains: list    # {domain, mailboxes, bytes, messages, default_size, default_count,
+                     #  over_quota}
 
 
 @dataclass
@@ -372,6 +384,26 @@ class Session:
             tables.flush_daemon(self.config, warn=lambda m: None)
         return ImportResult(plan, outcome, apply)
 
+    # -------------------------------------------------------- quotas
+
+    def quota_set(self, target, size=False, count=False):
+        """Set the Maildir++ limits of mailbox TARGET, or the default of domain '@host'.
+        SIZE (bytes) and COUNT (messages): an int (0: unlimited), None (remove: the
+        domain default applies again) or False (leave as it is). Returns what is now
+        set, as a sentence. QuotaError (a usage error, the command's exit 100)."""
+        done = quota_admin.set_limits(self.directory, target, size, count)
+        self.flush_caches()  # the wrapper's and Dovecot's answers carry the limits
+        return done
+
+    def quota_report(self, users=None):
+        """Usage against the limits of USERS (default: every mailbox with a limit), and
+        per domain. QuotaError for a user with no mailbox."""
+        return QuotaReport(*quota_admin.report(self.directory, users or None))
+
+    def quota_explain(self, user):
+        """The quota the qmail-local wrapper would enforce for USER (a sentence)."""
+        return quota.explain(self.directory, self.config, user)
+
     # -------------------------------------------------------- Dovecot
 
     def dovecot_config(self, version=None, auth_cache=None, socket=None, script=None):
@@ -441,7 +473,8 @@ def doctor(qmail_dir=None, limit=20, progress=None):
 
 __all__ = ["Access", "AdminError", "Alias", "ConfigError", "Delivery", "DirectoryUnavailable",
            "DumpError", "FlushResult", "HELPERS", "HelperMissing", "ImportError_",
-           "ImportFailed", "ImportResult", "InstallError", "Login", "LoginRefused", "Mailbox",
+           "ImportFailed", "ImportResult", "InstallError", "QUOTA_HELP", "QuotaError",
+           "QuotaReport", "Login", "LoginRefused", "Mailbox",
            "NoSuchMailbox", "PasswordSet", "Refusal", "Session", "SyncError", "SyncResult",
            "Virtual", "connect", "daemon_config", "doctor", "dovecot_config", "flush",
            "helper_path", "install", "qmail_dir", "socket_path", "warn_stderr", "DEFAULTS_FILE_ENV",

@@ -6,6 +6,7 @@ import json
 import os
 import pwd
 import sys
+import textwrap
 
 from qmailsql import __version__, api
 from qmailsql.api import DEFAULTS_FILE_ENV
@@ -76,6 +77,7 @@ def cmd_getpw(args):
         # what the qmail-local wrapper would be told for this delivery (SPEC section 5)
         try:
             lines = q.alias_lines(delivery, local)
+            print("qmail-local: %s" % q.quota_explain(delivery.user))
         except api.Refusal as r:
             return die(r.code, "qmail-local would defer (exit %d): %s" % (r.code, r.message))
     if not lines:
@@ -123,8 +125,8 @@ def cmd_migrate(args):
     for line in changes:
         print(line)
     if not changes:
-        print("nothing to do: every column and lookup index is there and every username "
-              "column is at least %d wide" % userlen)
+        print("nothing to do: every table, column and lookup index is there and every "
+              "username column is at least %d wide" % userlen)
     return 0
 
 
@@ -321,6 +323,34 @@ def cmd_sync(args):
     return 0
 
 
+# ------------------------------------------------------------------- quotas
+
+def cmd_quota(args):
+    names = list(args.names)
+    with session(args) as q:  # the administrator's login, as every admin command
+        try:
+            if names[:1] == ["set"]:
+                if len(names) != 2:
+                    raise api.QuotaError("quota set takes one USER or @DOMAIN, then --size "
+                                         "and/or --count")
+                size = False if args.size is None else api.parse_size(args.size)
+                count = False if args.count is None else api.parse_count(args.count)
+                print(q.quota_set(names[1], size, count))
+                return 0
+            if args.size is not None or args.count is not None:
+                raise api.QuotaError("--size and --count go with `qmailsql quota set`")
+            report = q.quota_report(names)
+        except api.QuotaError as e:
+            return die(100, "quota: %s" % e)
+    if args.json:
+        json.dump({"mailboxes": [dataclasses.asdict(r) for r in report.mailboxes],
+                   "domains": report.domains}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(api.format_quota_report(report.mailboxes, report.domains))
+    return 0
+
+
 # ------------------------------------------------------------------- doctor
 
 def cmd_doctor(args):
@@ -487,7 +517,8 @@ def build_parser():
     s = sub.add_parser("migrate", help="add new columns and lookup indexes, widen username "
                        "columns", description="Bring existing tables (say, the original "
                        "patch's, or an older qmailsql's) up to what this version needs: add "
-                       "the columns they lack (mailbox.deny_services), widen the username "
+                       "the columns they lack (mailbox.deny_services, quota_size, quota_count) "
+                       "and the tables (domain_quota), widen the username "
                        "columns to --userlen (never narrower) and add the indexes the lookups "
                        "use, so that a domain with many users costs no more than a small one. "
                        "Safe to run again. " + ADMIN_LOGIN)
@@ -555,6 +586,17 @@ def build_parser():
 
     add_table_commands(sub)
 
+    s = sub.add_parser("quota", help="set and show Maildir++ quotas",
+                       description=api.QUOTA_HELP + "\n" + textwrap.fill(ADMIN_LOGIN, 86),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("names", nargs="*", metavar="USER",
+                   help="mailboxes to show; or `set USER|@DOMAIN`")
+    s.add_argument("--size", metavar="SIZE", help="with set: 500M, 2G, bytes, none, unlimited")
+    s.add_argument("--count", metavar="N", help="with set: messages, none, unlimited")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    admin_options(s)
+    s.set_defaults(func=cmd_quota)
+
     s = sub.add_parser("doctor", help="find every FAQ pitfall and say how to fix it",
                        description="Check control/sqlserver, each DB server, the schema, "
                        "every mailbox home (owner, and searchable down to Maildir by its uid), "
@@ -613,7 +655,8 @@ def add_table_commands(sub):
     p.add_argument("--password-stdin", action="store_true",
                    help="read the password (first line) from stdin")
     p.add_argument("--suspended", action="store_true")
-    p.add_argument("--replace", action="store_true", help="overwrite an existing mailbox")
+    p.add_argument("--replace", action="store_true", help="overwrite an existing mailbox "
+                   "(its quota and service bars stay)")
     admin_options(p)
     p = a.add_parser("del", help="delete a mailbox")
     p.add_argument("name")

@@ -82,32 +82,37 @@ def test_connect_is_the_administrator_and_admin_false_the_daemon(sandbox):
         assert q.directory.query("SELECT CURRENT_USER()")[0][0] == "qmailsql@localhost"
 
 
-def test_admin_commands_never_use_the_daemons_login(qhome, admin_env, sandbox):
-    """control/sqlserver's login here may do everything; the commands still do not use
-    it: without an option file they log in as the OS user (root, with a password here:
-    refused), with one as its user."""
+@pytest.fixture
+def powerful_login(sandbox):
+    """control/sqlserver's login (qhome's qsadmintest) may do everything in the DB."""
     paths = sb.Paths(sandbox)
     sb.root_sql(paths, [("CREATE OR REPLACE USER qsadmintest@localhost IDENTIFIED BY "
                          "'pw-admin-test'", ()),
                         ("GRANT ALL ON qmail.* TO qsadmintest@localhost", ())])
+    yield paths
+    sb.root_sql(paths, [("DROP USER IF EXISTS qsadmintest@localhost", ())])
+
+
+def test_admin_commands_never_use_the_daemons_login(qhome, admin_env, powerful_login):
+    """control/sqlserver's login here may do everything; the commands still do not use
+    it: without an option file they log in as the OS user (root, with a password here:
+    refused), with one as its user."""
+    paths = powerful_login
     plain, with_file = admin_env
-    try:
-        for args in (["rcpthost", "list"], ["mailbox", "list"], ["initdb"], ["sync",
-                                                                              "--no-reload"]):
-            r = qmailsql_cmd("--qmail-dir", str(qhome), *args, env=plain)
-            assert r.returncode == 111, (args, r.stdout, r.stderr)
-            assert "Access denied for user 'root'@'localhost'" in r.stderr, r.stderr
-            assert "option files" in r.stderr and "--defaults-file" in r.stderr
-        r = qmailsql_cmd("--qmail-dir", str(qhome), "rcpthost", "list", env=with_file)
-        assert r.returncode == 0, r.stderr
-        r = qmailsql_cmd("--qmail-dir", str(qhome), "rcpthost", "list", "--defaults-file",
-                         str(paths.root_cnf), env=plain)
-        assert r.returncode == 0, r.stderr
-        r = qmailsql_cmd("--qmail-dir", str(qhome), "--defaults-file", "/nonexistent/my.cnf",
-                         "rcpthost", "list", env=plain)
-        assert r.returncode == 111 and "/nonexistent/my.cnf" in r.stderr, r.stderr
-    finally:
-        sb.root_sql(paths, [("DROP USER IF EXISTS qsadmintest@localhost", ())])
+    for args in (["rcpthost", "list"], ["mailbox", "list"], ["initdb"], ["sync",
+                                                                          "--no-reload"]):
+        r = qmailsql_cmd("--qmail-dir", str(qhome), *args, env=plain)
+        assert r.returncode == 111, (args, r.stdout, r.stderr)
+        assert "Access denied for user 'root'@'localhost'" in r.stderr, r.stderr
+        assert "option files" in r.stderr and "--defaults-file" in r.stderr
+    r = qmailsql_cmd("--qmail-dir", str(qhome), "rcpthost", "list", env=with_file)
+    assert r.returncode == 0, r.stderr
+    r = qmailsql_cmd("--qmail-dir", str(qhome), "rcpthost", "list", "--defaults-file",
+                     str(paths.root_cnf), env=plain)
+    assert r.returncode == 0, r.stderr
+    r = qmailsql_cmd("--qmail-dir", str(qhome), "--defaults-file", "/nonexistent/my.cnf",
+                     "rcpthost", "list", env=plain)
+    assert r.returncode == 111 and "/nonexistent/my.cnf" in r.stderr, r.stderr
 
 
 def test_grant_gives_exactly_the_readme_grants_and_takes_the_rest(qhome, admin_env, sandbox):
@@ -160,7 +165,8 @@ def test_initdb_creates_the_database(qhome, admin_env, sandbox):
         assert "created database qs_initdb_test" in r.stdout
         tables = sb.root_sql(paths, [("SELECT table_name FROM information_schema.tables "
                                       "WHERE table_schema = 'qs_initdb_test'", ())])
-        assert {t for (t,) in tables} == {"mailbox", "alias", "virtual", "rcpthosts"}
+        assert {t for (t,) in tables} == {"mailbox", "alias", "virtual", "rcpthosts",
+                                             "domain_quota"}
         r = qmailsql_cmd("--qmail-dir", str(qhome), "initdb", env=with_file)
         assert r.returncode == 0 and "nothing (all tables exist)" in r.stdout, r.stderr
         assert "created database" not in r.stdout
@@ -186,3 +192,27 @@ def test_admin_connect_args_carry_no_daemon_identity(tmp_path):
     assert args["ssl"] == {"ca": "/ca"} and args["ssl_mode"] == "VERIFY_IDENTITY"
     assert "daemon-secret" not in repr(args)
     assert dbmod.connect_args(cfg, cfg.servers[0])["ssl"]["cert"] == "/daemon.pem"
+
+
+def test_quota_commands_log_in_as_the_administrator(qhome, admin_env, powerful_login):
+    """`qmailsql quota` and `quota set` are admin commands: the option file's login,
+    never control/sqlserver's (which may do everything here)."""
+    paths = powerful_login
+    plain, with_file = admin_env
+    try:
+        for args in (["quota"], ["quota", "set", "@quota-admin.example", "--size", "1M"]):
+            r = qmailsql_cmd("--qmail-dir", str(qhome), *args, env=plain)
+            assert r.returncode == 111, (args, r.stdout, r.stderr)
+            assert "Access denied for user 'root'@'localhost'" in r.stderr, r.stderr
+        r = qmailsql_cmd("--qmail-dir", str(qhome), "quota", "set", "@quota-admin.example",
+                         "--size", "1M", "--defaults-file", str(paths.root_cnf), env=plain)
+        assert r.returncode == 0, r.stderr
+        assert sb.root_sql(paths, [("SELECT quota_size FROM qmail.domain_quota WHERE "
+                                    "host = 'quota-admin.example'", ())]) == ((1048576,),)
+        r = qmailsql_cmd("--qmail-dir", str(qhome), "--defaults-file", str(paths.root_cnf),
+                         "quota", "--json", env=plain)
+        assert r.returncode == 0, r.stderr
+        assert "quota-admin.example" in r.stdout
+    finally:
+        sb.root_sql(paths, [("DELETE FROM qmail.domain_quota WHERE host = "
+                             "'quota-admin.example'", ())])

@@ -437,6 +437,10 @@ def standin(sockdir):
     return S
 
 
+# the `localq` answer's first line for a mailbox without a quota (PROTOCOL.md)
+LOCALQ_OK = b"0\x000 0 90 bounce\n"
+
+
 def local_args(homedir, dash="-", ext="foo-bar"):
     local = "alice" + dash + ext
     return ["--", "alice", homedir, local, dash, ext, "example.com", "sender@example.org",
@@ -458,31 +462,31 @@ def test_local_no_rows_execs_stock_unchanged(progs, peer, standin):
     """No rows and no dot-qmail file for the address: stock qmail-local would bounce it,
     so the wrapper asks again with local-confirm (the daemon then asks its write_server,
     not a lagging replica); still no rows: stock, argv unchanged."""
-    p = peer(b"0\x00", b"0\x00")
+    p = peer(LOCALQ_OK, b"0\x00")
     args = local_args(standin.homedir)
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
     assert standin.argv() == b(args)
     assert standin.env() == [b"PWD=" + os.getcwd().encode(), b"MARK=kept"]
     request = LOCAL_REQUEST % standin.homedir.encode()
-    assert p.received == [b"local" + request, b"local-confirm" + request]
+    assert p.received == [b"localq" + request, b"local-confirm" + request]
 
 
 @pytest.mark.parametrize("name", [".qmail-foo-bar", ".qmail-foo-default", ".qmail-default"])
 def test_local_no_rows_with_a_dot_qmail_file_asks_once(progs, peer, standin, name):
     """A file stock qmail-local reads for the address: no bounce, nothing to confirm."""
     Path(standin.homedir, name).write_text("./Maildir/\n")
-    p = peer(b"0\x00")
+    p = peer(LOCALQ_OK)
     args = local_args(standin.homedir)
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
     assert standin.argv() == b(args)
-    assert p.received == [b"local" + LOCAL_REQUEST % standin.homedir.encode()]
+    assert p.received == [b"localq" + LOCAL_REQUEST % standin.homedir.encode()]
 
 
 def test_local_no_rows_plain_address_asks_once(progs, peer, standin):
     """dash empty: stock delivers to aliasempty (or ~/.qmail), never bounces."""
-    p = peer(b"0\x00")
+    p = peer(LOCALQ_OK)
     args = local_args(standin.homedir, dash="", ext="")
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
@@ -491,7 +495,7 @@ def test_local_no_rows_plain_address_asks_once(progs, peer, standin):
 
 
 def test_local_confirmed_rows_are_delivered(progs, peer, standin):
-    p = peer(b"0\x00", b"0\x00./Maildir/\n")
+    p = peer(LOCALQ_OK, b"0\x00./Maildir/\n")
     r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
     assert r.returncode == 42, err(r)
     assert standin.argv()[4:6] == [b"", b""] and standin.argv()[8] == b"./Maildir/\n"
@@ -502,7 +506,7 @@ def test_local_confirmed_rows_are_delivered(progs, peer, standin):
 def test_local_confirm_trouble_defers(progs, peer, standin, reply):
     """Whatever the daemon says to local-confirm (an older daemon: unknown command, 100),
     the mail is never bounced for it: 111."""
-    p = peer(b"0\x00", reply)
+    p = peer(LOCALQ_OK, reply)
     r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
     assert r.returncode == 111
     assert not standin.ran()
@@ -511,7 +515,7 @@ def test_local_confirm_trouble_defers(progs, peer, standin, reply):
 
 def test_local_rows_go_to_aliasempty(progs, peer, standin):
     lines = b"./Maildir/\n&bob@example.net\n|/usr/bin/prog \"$EXT\" foo-bar\n"
-    p = peer(b"0\x00" + lines)
+    p = peer(LOCALQ_OK + lines)
     args = local_args(standin.homedir)
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
@@ -527,7 +531,7 @@ def test_local_rows_keep_the_address_owner_file(progs, peer, standin, owner, ext
     .qmail-owner: stock gets ext = dash + ext (dash empty), so it reads the address's."""
     if owner:
         Path(standin.homedir, owner).write_text("&owner@example.net\n")
-    p = peer(b"0\x00&bob@example.net\n")
+    p = peer(LOCALQ_OK + b"&bob@example.net\n")
     r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
     assert r.returncode == 42, err(r)
     assert standin.argv()[4:6] == [b"", ext]
@@ -545,7 +549,7 @@ def test_local_wrapper_and_doctor_agree(progs, peer, standin, files):
     from qmailsql.core import aliases
     for name in files:
         Path(standin.homedir, name).write_text("./Maildir/\n")
-    p = peer(b"0\x00&bob@example.net\n")
+    p = peer(LOCALQ_OK + b"&bob@example.net\n")
     r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
     shadow = aliases.shadowing_file(standin.homedir, b"-", b"foo-bar")
     if shadow is not None:
@@ -562,7 +566,7 @@ def test_local_owner_file_with_an_odd_dash_defers(progs, peer, standin):
     args = local_args(standin.homedir)
     args[3:6] = ["aliceXfoo-bar", "X", "foo-bar"]
     Path(standin.homedir, ".qmailXfoo-bar-owner").write_text("&owner@example.net\n")
-    p = peer(b"0\x00&bob@example.net\n")
+    p = peer(LOCALQ_OK + b"&bob@example.net\n")
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 111 and not standin.ran()
     assert "has upper case or '.'" in err(r)
@@ -572,7 +576,7 @@ def test_local_owner_file_with_an_odd_dash_defers(progs, peer, standin):
 def test_local_dot_qmail_shadows_rows(progs, peer, standin, name):
     dot = Path(standin.homedir) / name
     dot.write_text("./Mailbox\n")
-    p = peer(b"0\x00./Maildir/\n")
+    p = peer(LOCALQ_OK + b"./Maildir/\n")
     r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
     assert r.returncode == 111
     assert not standin.ran()
@@ -583,7 +587,7 @@ def test_local_dot_qmail_shadows_rows(progs, peer, standin, name):
 
 def test_local_dangling_dot_qmail_symlink_still_shadows(progs, peer, standin):
     (Path(standin.homedir) / ".qmail").symlink_to("/nonexistent/target")
-    p = peer(b"0\x00./Maildir/\n")
+    p = peer(LOCALQ_OK + b"./Maildir/\n")
     r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
     assert r.returncode == 111
     assert not standin.ran()
@@ -591,7 +595,7 @@ def test_local_dangling_dot_qmail_symlink_still_shadows(progs, peer, standin):
 
 def test_local_dot_qmail_without_rows_is_stock_business(progs, peer, standin):
     (Path(standin.homedir) / ".qmail").write_text("./Mailbox\n")
-    p = peer(b"0\x00")
+    p = peer(LOCALQ_OK)
     args = local_args(standin.homedir, dash="", ext="")
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
@@ -626,17 +630,36 @@ def test_local_peer_closes_defers(progs, peer, standin):
 
 @pytest.mark.parametrize("body", [b"./Maildir/", b"./Maildir/\n\x00x\n"])
 def test_local_malformed_lines_defer(progs, peer, standin, body):
-    p = peer(b"0\x00" + body)
+    p = peer(LOCALQ_OK + body)
     r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
     assert r.returncode == 111
     assert not standin.ran()
     assert "malformed local answer" in err(r)
 
 
+@pytest.mark.parametrize("line", [b"", b"0 0 90\n", b"x 0 90 bounce\n", b"0 0 90 bounce",
+                                  b"0 0 90 burn\n", b"0 0 90 bounce \n"])
+def test_local_malformed_quota_line_defers(progs, peer, standin, line):
+    p = peer(b"0\x00" + line)
+    r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
+    assert r.returncode == 111
+    assert not standin.ran()
+    assert "malformed localq answer" in err(r)
+
+
+def test_local_older_daemon_gets_local(progs, peer, standin):
+    """A qmailsqld without `localq` says "unknown command": the wrapper asks `local`."""
+    p = peer(b"100\x00unknown command localq", b"0\x00./Maildir/\n")
+    r = run(progs, "qmail-local", local_args(standin.homedir), local_env(p, standin))
+    assert r.returncode == 42, err(r)
+    assert [m.split(b"\x00")[0] for m in p.received] == [b"localq", b"local"]
+    assert standin.argv()[-1] == b"./Maildir/\n"
+
+
 @pytest.mark.parametrize("opts", [["-n"], ["-N"], ["-nN"], ["-n", "-N"]])
 def test_local_options_passed_through(progs, peer, standin, opts):
     lines = b"./Maildir/\n"
-    p = peer(b"0\x00", b"0\x00", b"0\x00" + lines)
+    p = peer(LOCALQ_OK, b"0\x00", LOCALQ_OK + lines)
     args = opts + local_args(standin.homedir)
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
@@ -650,7 +673,7 @@ def test_local_options_passed_through(progs, peer, standin, opts):
 
 
 def test_local_without_double_dash(progs, peer, standin):
-    p = peer(b"0\x00./Maildir/\n")
+    p = peer(LOCALQ_OK + b"./Maildir/\n")
     args = local_args(standin.homedir)[1:]
     r = run(progs, "qmail-local", ["-n"] + args, local_env(p, standin))
     assert r.returncode == 42, err(r)
@@ -661,7 +684,7 @@ def test_local_without_double_dash(progs, peer, standin):
 @pytest.mark.parametrize("args", [[], ["--", "alice"], ["-x", "--", "a", "/h", "a", "", "", "d", "s", ""],
                                   ["--", "a", "/h", "a", "", "", "d", "s", "", "extra"]])
 def test_local_bad_usage_goes_to_stock(progs, peer, standin, args):
-    p = peer(b"0\x00./Maildir/\n")
+    p = peer(LOCALQ_OK + b"./Maildir/\n")
     r = run(progs, "qmail-local", args, local_env(p, standin))
     assert r.returncode == 42, err(r)
     assert standin.argv() == b(args)
@@ -669,7 +692,7 @@ def test_local_bad_usage_goes_to_stock(progs, peer, standin, args):
 
 
 def test_local_stock_missing(progs, peer, standin, sockdir):
-    p = peer(b"0\x00", b"0\x00")
+    p = peer(LOCALQ_OK, b"0\x00")
     env = local_env(p, standin)
     env["QMAILSQL_QMAIL_LOCAL"] = str(sockdir / "no-such-qmail-local")
     r = run(progs, "qmail-local", local_args(standin.homedir), env)
@@ -682,7 +705,7 @@ def test_local_default_stock_path(progs, peer, standin):
     stock = qmail_dir() + "/bin/qmail-local.orig"
     if os.path.exists(stock):
         pytest.skip("a real %s exists" % stock)
-    p = peer(b"0\x00", b"0\x00")
+    p = peer(LOCALQ_OK, b"0\x00")
     env = env_for(p.path)
     r = run(progs, "qmail-local", local_args(standin.homedir), env)
     assert r.returncode == 111
@@ -691,7 +714,7 @@ def test_local_default_stock_path(progs, peer, standin):
 
 def test_local_under_softlimit(progs, peer, standin, recorder):
     # the stand-in must be static too: a dynamic /bin/sh cannot start under softlimit -m 2000000
-    p = peer(b"0\x00./Maildir/\n", b"111\x00database unreachable")
+    p = peer(LOCALQ_OK + b"./Maildir/\n", b"111\x00database unreachable")
     env = local_env(p, standin)
     env["QMAILSQL_QMAIL_LOCAL"] = recorder
     args = local_args(standin.homedir)

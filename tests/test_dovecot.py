@@ -498,6 +498,40 @@ def test_doveadm_user_and_iteration(world):
     assert "alice INBOX" in r.stdout.splitlines()
 
 
+def doveadm_user(world, name):
+    r = world.server.doveadm("user", name)
+    assert r.returncode == 0, r.stderr
+    return dict(line.split("\t", 1) for line in r.stdout.splitlines()[1:])
+
+
+def test_doveadm_user_shows_the_quota_rule(world):
+    """The limits the qmail-local wrapper enforces (qmailsql quota set) reach Dovecot's
+    userdb as quota_rule, the mailbox's own or its domain's default, and the passdb's
+    prefetch too; a mailbox without a quota gets none."""
+    assert "quota_rule" not in doveadm_user(world, "alice")
+    try:
+        r = world.qmailsql("quota", "set", "alice", "--size", "500M", "--count", "20000")
+        assert r.returncode == 0, r.stderr
+        for name in ("alice", "al@example.com"):
+            got = doveadm_user(world, name)
+            assert got["quota_rule"] == "*:storage=512000K:messages=20000", got
+            assert got["quota_rule2"] == "Trash:ignore", got
+        status, body = client.call(world.paths.daemon_socket,
+                                   [b"passdb", b"alice", b"alice pw", b"imap", b""])
+        assert status == 0 and fields_of(body)[b"userdb_quota_rule"] == \
+            b"*:storage=512000K:messages=20000", body
+        r = world.qmailsql("quota", "set", "@example.com", "--size", "1G")
+        assert r.returncode == 0, r.stderr
+        r = world.qmailsql("quota", "set", "alice", "--size", "none", "--count", "none")
+        assert r.returncode == 0, r.stderr
+        assert doveadm_user(world, "alice")["quota_rule"] == "*:storage=1048576K"
+        assert "quota_rule" not in doveadm_user(world, "plain")  # no virtual row, no limit
+    finally:
+        world.qmailsql("quota", "set", "@example.com", "--size", "none")
+        world.qmailsql("quota", "set", "alice", "--size", "none", "--count", "none")
+    assert "quota_rule" not in doveadm_user(world, "alice")
+
+
 def test_auth_processes_run_as_dovecots_user(world):
     assert world.imap("alice", "alice pw") == "ok"  # an auth-worker exists now
     title = "qmailsql-%d/auth" % min(world.server.ports.values())

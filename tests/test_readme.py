@@ -202,6 +202,8 @@ BRIEF = {
     ".venv/bin/python bench/dovecot_login.py": ["--logins", "5", "--warmup", "1",
                                                 "--userdb", "5"],
     ".venv/bin/python bench/virtual_scale.py": ["--rows", "2000", "--runs", "5"],
+    ".venv/bin/python bench/quota.py": ["--runs", "10", "--warmup", "1", "--messages", "300",
+                                        "--recalc-runs", "1"],
 }
 # run elsewhere: the suite itself (by .ci/run), whose run this is; the delivery and
 # scale benches, with their own checks, by tests/test_bench_scripts.py
@@ -214,6 +216,8 @@ JSON_KEYS = {
     "bench/doctor_scale.py": {"rows", "doctor_s", "rows_per_s"},
     "bench/dovecot_login.py": {"static_login_ms", "lua_cached_over_static"},
     "bench/virtual_scale.py": {"small_ms", "big_ms", "big_over_small"},
+    "bench/quota.py": {"plain_ms", "quota_small_ms", "quota_big_ms", "recalc_big_ms",
+                       "quota_small_ratio", "big_over_small"},
 }
 
 

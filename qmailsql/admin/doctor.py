@@ -38,6 +38,8 @@ checks, by the name they report under:
   doctor-no-access      a path the doctor itself (run as this uid) may not examine: the
                         checks needing it were skipped; every probe ends in a finding,
                         never in a traceback
+  quota-over / quota-maildirsize-unreadable / schema-quota
+                        Maildir++ quotas (qmailsql/core/quota.py)
 
 Speed: each table is read ONCE, streamed with a server-side cursor (SSCursor) on a
 connection of its own; every path is stat()ed once (a bounded cache), and the
@@ -654,6 +656,7 @@ class Doctor:
             self.check_alias_user(alias_found)
             if users_table is not None:
                 self.check_bypass(users_table)
+            self.check_quotas()
         self.check_virtual_targets(virtual_targets)
         if "virtual" in columns and "rcpthosts" in columns:
             self.check_control_files()
@@ -1016,6 +1019,13 @@ class Doctor:
                      "alias WHERE username=%s AND alias=%s;" % (
                          path, q(name), q(level) if level else "''", sql_str(name),
                          sql_str(level)))
+
+    def check_quotas(self):
+        """Mailboxes over quota, maildirsize files that cannot be read (quota.py)."""
+        from qmailsql.core import quota
+        for check, severity, what, fix in quota.doctor_findings(self.directory,
+                                                                self.config.quota_overflow):
+            self.add(check, severity, what, fix)
 
     # ---- homes
 

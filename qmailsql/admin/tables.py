@@ -121,12 +121,15 @@ def add_mailbox(directory, name, uid, gid, home, password="", password_type="Cry
         raise AdminError("uid 0 never gets mail (qmail-getpw refuses it)")
     if not str(home).startswith("/"):
         raise AdminError("home must be an absolute path")
-    verb = "REPLACE" if replace else "INSERT"
+    sql = ("INSERT INTO mailbox (username, uid, gid, home, password, password_type, "
+           "suspended) VALUES (%s,%s,%s,%s,%s,%s,%s)")
+    if replace:  # these columns only: its quota and service bars stay (quota.py, services.py)
+        sql += (" ON DUPLICATE KEY UPDATE uid=VALUES(uid), gid=VALUES(gid), home=VALUES(home), "
+                "password=VALUES(password), password_type=VALUES(password_type), "
+                "suspended=VALUES(suspended)")
     try:
-        directory.query(verb + " INTO mailbox (username, uid, gid, home, password, "
-                        "password_type, suspended) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                        (name, int(uid), int(gid), _clean(home, "home"), password or "",
-                         password_type, "Y" if suspended else "N"), write=True)
+        directory.query(sql, (name, int(uid), int(gid), _clean(home, "home"), password or "",
+                              password_type, "Y" if suspended else "N"), write=True)
     except Exception as e:
         if "Duplicate" in str(e):
             raise AdminError("mailbox %r exists (use --replace to overwrite it)" % name)

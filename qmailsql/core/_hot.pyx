@@ -191,7 +191,7 @@ def cache_times(bytes request, long status, bytes body, cache_ttl, negative_ttl,
         if status == 116:
             return (negative_ttl, 0)
         return (0, 0)
-    if head == b"local\0" or request[:7] == b"userdb\0":
+    if head == b"local\0" or request[:7] == b"userdb\0" or request[:7] == b"localq\0":
         if status == 0:
             return (cache_ttl, 0)
         return (0, 0)

@@ -102,6 +102,8 @@ class Config:
     stale_ttl: int = 3600
     rehash: bool = False
     default_scheme: str = "sha512-crypt"
+    quota_overflow: str = "bounce"   # over quota: bounce (#5.2.2) or defer (#4.2.2)
+    quota_warn_percent: int = 90     # warn the mailbox once at this usage; 0: never
     path: str = ""
     # the administrator's login (as_admin): a MariaDB option file instead of login/password
     admin: bool = False
@@ -186,6 +188,17 @@ def from_mapping(values, qmail_home=DEFAULT_QMAIL_DIR, filename="control/sqlserv
         cfg.ssl["verify"] = _bool("ssl_verify", values["ssl_verify"], filename)
     if "default_scheme" in values:
         cfg.default_scheme = values["default_scheme"]
+    if "quota_overflow" in values:
+        cfg.quota_overflow = values["quota_overflow"].strip().lower()
+        if cfg.quota_overflow not in ("bounce", "defer"):
+            raise ConfigError(filename, 0, "quota_overflow must be bounce or defer, not %r"
+                              % values["quota_overflow"])
+    if "quota_warn_percent" in values:
+        cfg.quota_warn_percent = _int("quota_warn_percent", values["quota_warn_percent"],
+                                      filename, 0)
+        if cfg.quota_warn_percent > 100:
+            raise ConfigError(filename, 0, "quota_warn_percent must be 0 (no warning) to 100, "
+                              "not %r" % values["quota_warn_percent"])
     return cfg
 
 

@@ -23,7 +23,7 @@ sharing the DB keep old entries for up to ``auth_cache_ttl``.
 """
 import os
 
-from qmailsql.core import auth
+from qmailsql.core import auth, db, quota
 from qmailsql.core.resolve import EXIT_TEMP, Refusal, shown
 
 COMMANDS = frozenset([b"passdb", b"userdb", b"iterate"])
@@ -49,11 +49,13 @@ def _payload(status, fields):
 
 def userdb_fields(resolver, directory, config, name):
     """Dovecot's userdb fields for NAME (`user` or `user@virtualhost`), as a list of
-    (key, value) that may grow (the quota rule goes here), or None for no such user.
+    (key, value), or None for no such user.
 
     The account is the one qmail-getpw would deliver to: a mailbox row, then (with
     system_users) /etc/passwd; uid 0 and a home that is missing or not owned by the
-    uid do not count. Raises Refusal(111) for trouble (the DB, a bad row, a home that
+    uid do not count. A mailbox with a quota also gets the limits the qmail-local
+    wrapper enforces, as quota_rule (quota.dovecot_userdb_fields), so both keep the
+    same maildirsize. Raises Refusal(111) for trouble (the DB, a bad row, a home that
     cannot be checked)."""
     try:
         name = _text(name).lower()
@@ -72,8 +74,14 @@ def userdb_fields(resolver, directory, config, name):
         acct = resolver.account(candidate, rows)
         if acct is None or acct.uid == 0 or not resolver.usable_home(acct, lambda m: None):
             continue
+        try:
+            limits = quota.mailbox_limits(directory, acct.name)
+        except db.DirectoryUnavailable as e:  # no login without its quota
+            raise Refusal(EXIT_TEMP, "DB lookup of the quota of %s failed: %s" % (
+                shown(acct.name.encode("utf-8", "replace")), e))
         return [("user", acct.name), ("uid", "%d" % acct.uid), ("gid", "%d" % acct.gid),
-                ("home", acct.home), ("mail", MAIL)]
+                ("home", acct.home), ("mail", MAIL)] + sorted(
+                    quota.dovecot_userdb_fields(limits).items())
     return None
 
 

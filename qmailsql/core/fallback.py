@@ -18,6 +18,7 @@ KEY_ALIASES = {
     "system_users": "system_users", "cache_ttl": "cache_ttl",
     "negative_ttl": "negative_ttl", "stale_ttl": "stale_ttl",
     "rehash": "rehash", "default_scheme": "default_scheme",
+    "quota_overflow": "quota_overflow", "quota_warn_percent": "quota_warn_percent",
 }
 REPEATABLE = frozenset(["server"])
 _BLANK = b" \t\r"
@@ -207,8 +208,8 @@ def cache_times(request, status, body, cache_ttl, negative_ttl, stale_ttl):
     an unknown local (user `alias`, dash `-`, ext = the whole local) and 116 live
     negative_ttl with no stale time, so a new user is not bounced for long and an
     unknown address never goes to the alias user because the DB is down.
-    local and userdb (Dovecot's): cache_ttl, no stale time. Everything else (auth,
-    passdb, 111, ...): never.
+    local, localq and userdb (Dovecot's): cache_ttl, no stale time. Everything else
+    (auth, passdb, local-confirm, 111, ...): never.
     """
     if request[:6] == b"getpw\0":
         if status == 0:
@@ -223,7 +224,7 @@ def cache_times(request, status, body, cache_ttl, negative_ttl, stale_ttl):
         if status == 116:
             return (negative_ttl, 0)
         return (0, 0)
-    if request[:6] == b"local\0" or request[:7] == b"userdb\0":
+    if request[:6] == b"local\0" or request[:7] in (b"userdb\0", b"localq\0"):
         if status == 0:
             return (cache_ttl, 0)
         return (0, 0)

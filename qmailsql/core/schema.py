@@ -1,6 +1,7 @@
 """The database and its tables (SPEC 2, 3): `qmailsql initdb` creates them, `migrate`
-widens them and adds the columns and indexes later versions brought, `grant` gives the
-daemon's login exactly what it needs.
+widens them and adds the columns, tables and indexes later versions brought (service
+bars, the quota columns and domain_quota), `grant` gives the daemon's login exactly what
+it needs.
 
 Column names are the original patch's, so existing dumps load unchanged.
 DDL cannot take parameters; what is formatted into it is USERLEN, an int, and the
@@ -20,6 +21,8 @@ TABLES = {
     DEFAULT 'Crypt-Password',
   suspended ENUM('N','Y') NOT NULL DEFAULT 'N',
   deny_services SET('pop3','imap','smtp') NOT NULL DEFAULT '',
+  quota_size BIGINT UNSIGNED NULL DEFAULT NULL,
+  quota_count BIGINT UNSIGNED NULL DEFAULT NULL,
   PRIMARY KEY (username)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
     "alias": """CREATE TABLE IF NOT EXISTS alias (
@@ -44,6 +47,13 @@ TABLES = {
   host VARCHAR(255) NOT NULL,
   PRIMARY KEY (host)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
+    # Maildir++ quota defaults of a virtual domain (qmailsql/core/quota.py)
+    "domain_quota": """CREATE TABLE IF NOT EXISTS domain_quota (
+  host VARCHAR(255) NOT NULL,
+  quota_size BIGINT UNSIGNED NULL DEFAULT NULL,
+  quota_count BIGINT UNSIGNED NULL DEFAULT NULL,
+  PRIMARY KEY (host)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci""",
 }
 
 # what the lookups need, by table: an index whose leading columns are these (initdb's
@@ -58,7 +68,12 @@ LOOKUP_INDEXES = {
 ADDED_COLUMNS = [
     ("mailbox", "deny_services", "SET('pop3','imap','smtp') NOT NULL DEFAULT '' "
                                  "AFTER suspended"),  # qmailsql/core/services.py
+    # Maildir++ limits; NULL: no limit of the mailbox's own (qmailsql/core/quota.py)
+    ("mailbox", "quota_size", "BIGINT UNSIGNED NULL DEFAULT NULL AFTER deny_services"),
+    ("mailbox", "quota_count", "BIGINT UNSIGNED NULL DEFAULT NULL AFTER quota_size"),
 ]
+# tables added after the first release: `migrate` creates them (from TABLES)
+ADDED_TABLES = ["domain_quota"]
 
 # columns that hold user names, widened by --userlen
 USERNAME_COLUMNS = {
@@ -177,18 +192,23 @@ def add_indexes(directory):
 
 
 def migrate(directory, userlen=None):
-    """Add the ADDED_COLUMNS a table lacks, widen the username columns to USERLEN
-    (never narrows; None: leave the widths) and add the indexes the lookups need.
-    Returns the changes."""
+    """Add the ADDED_COLUMNS a table lacks and the ADDED_TABLES that are missing, widen
+    the username columns to USERLEN (never narrows; None: leave the widths) and add the
+    indexes the lookups need. Returns the changes."""
     widths = column_widths(directory)
+    tables = {t for t, _ in widths}
     changes = []
     for table, column, ddl in ADDED_COLUMNS:
-        if not any(t == table for t, _ in widths):
+        if table not in tables:
             raise ValueError("table %s does not exist: run `qmailsql initdb` first" % table)
         if (table, column) not in widths:
             directory.query("ALTER TABLE `%s` ADD COLUMN `%s` %s" % (table, column, ddl),
                             write=True)
             changes.append("added %s.%s" % (table, column))
+    for table in ADDED_TABLES:
+        if table not in tables:
+            directory.query(TABLES[table].format(n=check_userlen(userlen or 32)), write=True)
+            changes.append("created table %s" % table)
     if userlen is None:
         return changes + add_indexes(directory)
     userlen = check_userlen(userlen)

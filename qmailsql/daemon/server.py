@@ -9,11 +9,12 @@ loop, which sends it; a connection's next request waits for it, so requests on o
 connection are answered in order.
 
 Who may ask (SO_PEERCRED): `getpw`, `auth` and `flush` only uid 0, the daemon's own
-uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local` (qmail-local runs
-as the mailbox's uid) also that account's own uid, for its own home, and the uid
-users/cdb names for the delivery asked about (it is answered "no rows": the account
-is not the DB's); Dovecot's `passdb`, `userdb` and `iterate` (qmailsql/core/dovecot.py) also Dovecot's own user
-(`dovecot`) and the uids in $QMAILSQL_DOVECOT_UIDS, which may ask nothing else
+uid, qmailp's uid and the uids in $QMAILSQL_CLIENT_UIDS; `local`, `localq` (the same
+with the mailbox's quota) and `local-confirm` (qmail-local runs as the mailbox's uid)
+also that account's own uid, for its own home, and the uid users/cdb names for the
+delivery asked about (it is answered "no rows", and no quota: the account is not the
+DB's); Dovecot's `passdb`, `userdb` and `iterate` (qmailsql/core/dovecot.py) also Dovecot's
+own user (`dovecot`) and the uids in $QMAILSQL_DOVECOT_UIDS, which may ask nothing else
 (no getpw, no flush); `ping` anyone.
 
 Hostile local clients (the socket is 0666) can cost themselves a temporary failure,
@@ -53,7 +54,7 @@ import struct
 import threading
 import time
 
-from qmailsql.core import aliases, auth as authmod, config as configmod, db, dovecot, resolve
+from qmailsql.core import aliases, auth as authmod, config as configmod, db, dovecot, quota, resolve
 from qmailsql.core import users
 from qmailsql.core.hotpath import (IMPLEMENTATION, PRIVILEGED, ConfigError, ResponseCache,
                                    cache_times, decode_frame, encode_response, split_fields)
@@ -77,10 +78,9 @@ REFUSAL_LOG_EVERY = 10.0      # refusals: at most REFUSAL_LOG_BURST lines of a k
 REFUSAL_LOG_BURST = 8         # this often, then one line that counts the others
 MAX_HOMEDIR = 4096            # bytes of a local request's homedir (PATH_MAX); the other
                               # getpw/local fields: resolve.MAX_FIELD
-FIELD_NAMES = {b"getpw": ("local part",),
-               b"local": ("user", "homedir", "local part", "dash", "ext", "domain"),
-               b"local-confirm": ("user", "homedir", "local part", "dash", "ext", "domain"),
-               b"userdb": ("user",)}
+LOCAL_FIELDS = ("user", "homedir", "local part", "dash", "ext", "domain")
+FIELD_NAMES = {b"getpw": ("local part",), b"local": LOCAL_FIELDS, b"localq": LOCAL_FIELDS,
+               b"local-confirm": LOCAL_FIELDS, b"userdb": ("user",)}
 TURN_FRAMES = 16              # requests of one connection handled before the next one's turn
 UID_ROUND_FRAMES = 32         # ... of all connections of one unprivileged uid per round
 OUT_LIMIT = 256 * 1024        # answers queued for a client that does not read: stop reading it
@@ -89,15 +89,17 @@ COMPACT_AT = 65536            # handled input is cut off the buffer once it is t
 ACCEPT_BURST = 64             # connections accepted per round of the loop
 
 # commands a peer not in the client uid list may send
-OPEN_COMMANDS = frozenset([b"local", b"local-confirm", b"ping"])
+OPEN_COMMANDS = frozenset([b"local", b"localq", b"local-confirm", b"ping"])
 # and Dovecot's auth user (dovecot_uids())
 DOVECOT_PEER_COMMANDS = OPEN_COMMANDS | dovecot.COMMANDS
 # request fields each command takes (auth: a 4th, the service, is optional, so a
 # checkpassword built before service bars keeps working)
-NARGS = {b"getpw": (1,), b"local": (6,), b"local-confirm": (6,), b"auth": (3, 4),
-         b"ping": (0,), b"flush": (0,),
+NARGS = {b"getpw": (1,), b"local": (6,), b"localq": (6,), b"local-confirm": (6,),
+         b"auth": (3, 4), b"ping": (0,), b"flush": (0,),
          b"passdb": (4,), b"userdb": (1,), b"iterate": (1,)}
 AUTH_POOL = frozenset([b"auth", b"passdb"])  # password hashes: the auth workers' queue
+# `localq` is `local` with the mailbox's quota in front of the lines (quota.answer_line)
+LOCAL_COMMANDS = frozenset([b"local", b"localq"])
 
 PONG = encode_response(0, b"pong")
 FLUSHED = encode_response(0, b"")
@@ -482,7 +484,7 @@ class Worker:
         command = task.command
         if command == b"getpw":
             self.getpw(task)
-        elif command == b"local":
+        elif command in LOCAL_COMMANDS:
             self.local(task)
         elif command == b"local-confirm":
             self.local(task, confirm=True)
@@ -514,15 +516,20 @@ class Worker:
         self.daemon.db_failed_at = -1e9  # the DB answers again
 
     def local(self, task, confirm=False):
-        """`local`, and `local-confirm`: the same, but no rows would be final (the
+        """`local`; `localq`: the same with the mailbox's quota line in front
+        (quota.answer_line); `local-confirm`: rows only, and no rows would be final (the
         wrapper found no dot-qmail file; stock qmail-local would bounce the mail)."""
         user, homedir, local, dash, ext, domain = task.args
         try:
-            if not task.conn.privileged and not self.own_account(task.conn.uid, *task.args[:5]):
-                task.status, task.body = 0, b""  # not the DB's account: stock, unchanged
-                return
-            body = aliases.delivery_lines(self.directory, self.config, user, homedir, local,
-                                          dash, ext, domain, confirm)
+            body, limits = b"", quota.Limits()
+            if task.conn.privileged or self.own_account(task.conn.uid, *task.args[:5]):
+                body = aliases.delivery_lines(self.directory, self.config, user, homedir,
+                                              local, dash, ext, domain, confirm)
+                if task.command == b"localq":
+                    limits = quota.mailbox_limits(self.directory, user)
+            # else: not the DB's account: stock, unchanged, and no quota
+            if task.command == b"localq":
+                body = quota.answer_line(self.config, limits) + (body or b"")
         except Refusal as r:
             # a peer without rights never sees row details (Refusal.public)
             task.status = r.code
@@ -958,7 +965,7 @@ class Daemon:
             if frame is not None:
                 self.send(conn, frame)
                 return
-        elif command == b"local" and not conn.privileged:
+        elif command in LOCAL_COMMANDS and not conn.privileged:
             # a worker checks that USER is this peer's own account; what is cached
             # here was checked for this very uid
             key = b"uid=%d\0" % conn.uid + payload
