@@ -3,7 +3,7 @@
     python bench/dovecot_login.py [--logins 200]
 
 Brings up a sandbox (private MariaDB + qmailsqld) with one mailbox (sha512-crypt, the
-default scheme) and four private Dovecots (qmailsql.core.dovecot.Private, IMAP only):
+default scheme) and four private Dovecots (qmailsql.sandbox.dovecot.Private, IMAP only):
 
   static         Dovecot's static passdb/userdb: what a login costs Dovecot itself
   lua_uncached   `qmailsql dovecot-config`: every login asks qmailsqld, which checks
@@ -36,7 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from qmailsql.core import client, dovecot, passwords  # the installed package
+from qmailsql.core import client, passwords  # the installed package
+from qmailsql.sandbox import dovecot as private_dovecot
+from qmailsql.admin import dovecot as dovecot_admin
 from qmailsql.sandbox import host as sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +136,7 @@ def start(top, name, body):
     d = os.path.join(top, name)
     os.mkdir(d)
     os.chmod(d, 0o755)
-    return dovecot.Private(d, body, {"imap": sandbox.free_port()}).start()
+    return private_dovecot.Private(d, body, {"imap": sandbox.free_port()}).start()
 
 
 def open_sandbox(paths):
@@ -154,10 +156,10 @@ def userdb_only(paths, user, runs):
     try:
         open_sandbox(paths)
         sock = str(paths.daemon_socket)
-        server = start(top, "lua", dovecot.fragment(str(paths.root), sock, "2.3"))
+        server = start(top, "lua", dovecot_admin.fragment(str(paths.root), sock, "2.3"))
         cold, warm = userdb_latency(server, sock, runs, user)
         return {"dovecot_userdb_cold_ms": cold, "dovecot_userdb_warm_ms": warm}, None
-    except dovecot.DovecotMissing as e:
+    except private_dovecot.DovecotMissing as e:
         return {}, str(e)
     finally:
         if server is not None:
@@ -183,10 +185,10 @@ def measure(args, top, root):
     servers = {
         "static": start(top, "static", STATIC.format(password=PASSWORD, uid=UID, gid=GID,
                                                      home=home)),
-        "lua_uncached": start(top, "lua", dovecot.fragment(str(root), sock, "2.3")),
-        "lua_cached": start(top, "luacache", dovecot.fragment(str(root), sock, "2.3",
+        "lua_uncached": start(top, "lua", dovecot_admin.fragment(str(root), sock, "2.3")),
+        "lua_cached": start(top, "luacache", dovecot_admin.fragment(str(root), sock, "2.3",
                                                               auth_cache="10M")),
-        "checkpassword": start(top, "checkpassword", dovecot.CHECKPASSWORD_RECIPE.format(
+        "checkpassword": start(top, "checkpassword", private_dovecot.CHECKPASSWORD_RECIPE.format(
             socket=sock, checkpassword=paths.bin / "checkpassword")),
     }
     try:

@@ -1,60 +1,41 @@
 """qmailsql: stock qmail on a MySQL/MariaDB user database.
 
-The Python API, for scripts:
+The Python API, for scripts (qmailsql/api.py has every method):
 
     import qmailsql
     with qmailsql.connect("/var/qmail") as q:        # control/sqlserver + ~/.my.cnf
         d = q.getpw(b"iain-slowlaris")               # Delivery(user=b"iain", ..., ext=b"slowlaris")
+        q.add_mailbox("joe", uid=1001, gid=1001, home="/home/joe", password="s3cret")
+        q.add_virtual("joe@example.org", user="joe")
 
 control/sqlserver says where the DB is; the login is the administrator's, from a
 MariaDB option file (connect(defaults_file=...), $QMAILSQL_DEFAULTS_FILE or
 ~/.my.cnf), never the daemon's.
 
 Errors: qmailsql.ConfigError (bad control/sqlserver), qmailsql.Refusal (no delivery
-answer; .code is the exit code qmail-getpw would give: 111, 115, 116 or 100).
+answer; .code is the exit code qmail-getpw would give: 111, 115, 116 or 100),
+qmailsql.AdminError (a row refused; the message says what to do), and the others
+named in qmailsql/api.py.
+
+The layout, and the one-way rule between its folders (no circles):
+
+  qmailsql/core/      the rules (config, DB, resolution, passwords, auth, hot path);
+                      imports nothing else from qmailsql
+  qmailsql/daemon/    qmailsqld; imports core
+  qmailsql/admin/     the administrator's tools (tables, sync, install, doctor,
+                      importers, dovecot-config); imports core
+  qmailsql/sandbox/   throw-away hosts, the demo; imports core and admin
+  qmailsql/api.py     this API; imports core and admin (never sandbox)
+  qmailsql/cli.py     the `qmailsql` command; imports the API (and daemon for
+                      `qmailsql daemon`, sandbox for `sandbox` and `demo`).
+                      Nothing imports cli.
 """
 __version__ = "0.1.0"
 
-from qmailsql.core.hotpath import ConfigError  # noqa: E402
-from qmailsql.core.resolve import Delivery, Refusal  # noqa: E402
+from qmailsql.api import (Access, AdminError, Alias, ConfigError, Delivery,  # noqa: E402
+                          Login, Mailbox, PasswordSet, Refusal, Session, SyncResult,
+                          Virtual, connect)
 
-
-class Session:
-    """A configuration, one DB connection and the resolver over it.
-
-    Loaded from QMAIL_DIR, it logs in as the administrator (ADMIN, the default: a
-    MariaDB option file, see config.as_admin) or with control/sqlserver's own login
-    (admin=False: what qmailsqld sees). A CONFIG given is used as it is."""
-
-    def __init__(self, qmail_dir=None, config=None, admin=True, defaults_file=None):
-        from qmailsql.core import config as configmod, db, resolve
-        if config is None:
-            config = configmod.load(qmail_dir)
-            if admin:
-                config = configmod.as_admin(config, defaults_file)
-        self.config = config
-        self.directory = db.Directory(self.config)
-        self.resolver = resolve.Resolver.for_directory(self.config, self.directory)
-
-    def getpw(self, local, explain=None):
-        return self.resolver.getpw(local, explain)
-
-    def close(self):
-        self.directory.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def connect(qmail_dir=None, defaults_file=None, admin=True):
-    """A Session on QMAIL/control/sqlserver's DB (default: $QMAILSQL_QMAIL_DIR or
-    conf-qmail), as the administrator: the login of DEFAULTS_FILE, else
-    $QMAILSQL_DEFAULTS_FILE, else MariaDB's option files (~/.my.cnf; as root on Debian
-    none is needed). admin=False: control/sqlserver's own least-privilege login."""
-    return Session(qmail_dir, admin=admin, defaults_file=defaults_file)
-
-
-__all__ = ["ConfigError", "Delivery", "Refusal", "Session", "connect", "__version__"]
+__all__ = ["Access", "AdminError", "Alias", "ConfigError", "Delivery", "Login", "Mailbox",
+           "PasswordSet", "Refusal", "Session", "SyncResult", "Virtual", "connect",
+           "__version__"]

@@ -21,6 +21,8 @@ import pytest
 import qmailsql
 from conftest import _new_sandbox, add_mailbox, raw_as
 from qmailsql.core import client, dovecot, passwords
+from qmailsql.sandbox import dovecot as private_dovecot
+from qmailsql.admin import dovecot as dovecot_admin
 from qmailsql.sandbox import host as sb
 
 UID, GID = 5000, 5000
@@ -205,7 +207,7 @@ def qmailsql_cli(*args):
 
 
 def test_dovecot_config_command(tmp_path):
-    script = str(dovecot.script_path(str(tmp_path)))
+    script = str(dovecot_admin.script_path(str(tmp_path)))
     assert os.path.exists(script)
     r = qmailsql_cli("helper", "dovecot-auth.lua")
     assert r.returncode == 0 and r.stdout.strip() == script
@@ -267,8 +269,8 @@ def dovecot_body_for(root, socket_path, *options, top=None):
 def start_dovecot(root, top, *options):
     text, body = dovecot_body_for(root, sb.Paths(root).daemon_socket, *options, top=top)
     try:
-        server = dovecot.Private(top, body, {"imap": sb.free_port(), "pop3": sb.free_port()})
-    except dovecot.DovecotMissing as e:
+        server = private_dovecot.Private(top, body, {"imap": sb.free_port(), "pop3": sb.free_port()})
+    except private_dovecot.DovecotMissing as e:
         pytest.fail(str(e))
     server.start()
     server.fragment = text
@@ -387,7 +389,7 @@ def test_fragment_holds_no_db_login_and_no_root(world):
     assert "user = $default_internal_user" in text and "user = root" not in text
     secret = re.search(r"^password\s+(\S+)", world.paths.sqlserver.read_text(), re.M).group(1)
     assert secret not in text and "sqlserver" not in text
-    assert dovecot.script_path(str(world.root)) == str(world.paths.bin / dovecot.INSTALLED_SCRIPT)
+    assert dovecot_admin.script_path(str(world.root)) == str(world.paths.bin / dovecot_admin.INSTALLED_SCRIPT)
 
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))

@@ -11,42 +11,19 @@ import pytest
 
 SOURCE = Path(__file__).resolve().parent.parent / "qmailsql"
 
-# Which room may import which (a room may always import itself). "qmailsql" is the
-# package's own __init__.py (the facade), "api" qmailsql/api.py, "cli" cli.py and
-# __main__.py. The command line may reach core for its error types.
+# Which room may import which (a room may always import itself), as qmailsql/__init__.py
+# states it. "qmailsql" is the package's own __init__.py (the facade over the API),
+# "api" qmailsql/api.py, "cli" cli.py and __main__.py. Nothing may import cli.
 MAY_IMPORT = {
     "core": set(),
     "daemon": {"core"},
     "admin": {"core"},
     "sandbox": {"core", "admin"},
     "api": {"core", "admin"},
-    "qmailsql": {"core", "admin", "api"},
-    "cli": {"qmailsql", "api", "core", "daemon", "sandbox"},
+    "qmailsql": {"api"},
+    "cli": {"qmailsql", "api", "daemon", "sandbox"},
 }
 LATE_IMPORT = re.compile(r"#\s*late import:\s*\S")
-
-# Known breaches that another part of issue 17 removes; strict, so each entry must go
-# as soon as its part lands (an entry that no longer fails is itself a failure).
-API = "the api part of issue 17 (cli.py calls qmailsql/api.py; admin never imports cli)"
-API_LATE = "the api part of issue 17 moves these imports to the top"
-PENDING = {
-    ("rule", "qmailsql.daemon.server"):
-        "daemon -> admin.importers for UsersCdb: the api part moves the qmail-users code "
-        "into core",
-    ("rule", "qmailsql.cli"): API,
-    ("rule", "qmailsql.admin.importers"): API,
-    ("rule", "qmailsql.admin.sync"): API,
-    ("rule", "qmailsql.admin.tables"): API,
-    ("late", "qmailsql"): API_LATE,
-    ("late", "qmailsql.cli"): API_LATE,
-    ("late", "qmailsql.admin.importers"): API_LATE,
-    ("late", "qmailsql.admin.sync"): API_LATE,
-    ("late", "qmailsql.admin.tables"): API_LATE,
-    ("rule", "qmailsql.core.quota"):
-        "core -> cli and admin in cmd_quota: the api part moves the quota admin code to admin",
-    ("late", "qmailsql.core.quota"):
-        "cmd_quota's imports of cli and admin: the api part moves the quota admin code",
-}
 
 
 def room_of(module):
@@ -128,16 +105,6 @@ def imports_of(path):
 MODULES = {module_name(p): p for p in source_files()}
 
 
-def pending(kind, module):
-    reason = PENDING.get((kind, module))
-    return [pytest.param(module, marks=pytest.mark.xfail(reason=reason, strict=True))
-            ] if reason else [module]
-
-
-def params(kind):
-    return [p for m in sorted(MODULES) for p in pending(kind, m)]
-
-
 def test_the_walk_sees_the_layout():
     rooms = {room_of(m) for m in MODULES}
     assert {"core", "daemon", "admin", "sandbox", "cli", "qmailsql"} <= rooms
@@ -145,7 +112,7 @@ def test_the_walk_sees_the_layout():
     assert "qmailsql.core.definitions" in {i.target for i in edges}
 
 
-@pytest.mark.parametrize("module", params("rule"))
+@pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_follow_the_one_way_rule(module):
     room = room_of(module)
     wrong = ["line %d: %s imports %s" % (i.line, room, i.target)
@@ -154,7 +121,7 @@ def test_imports_follow_the_one_way_rule(module):
     assert not wrong, "%s breaks the dependency rule:\n%s" % (module, "\n".join(wrong))
 
 
-@pytest.mark.parametrize("module", params("late"))
+@pytest.mark.parametrize("module", sorted(MODULES))
 def test_no_function_level_imports_without_a_reason(module):
     late = ["line %d: %s" % (i.line, i.text.splitlines()[0].strip())
             for i in imports_of(MODULES[module])
@@ -196,7 +163,7 @@ def test_no_circles_between_rooms():
     for module, path in MODULES.items():
         for i in imports_of(path):
             a, b = room_of(module), room_of(i.target)
-            if a != b and ("rule", module) not in PENDING:
+            if a != b:
                 graph.setdefault(a, set()).add(b)
     cycle = _cycle(graph)
     assert cycle is None, "rooms import each other in a circle: " + " -> ".join(cycle)

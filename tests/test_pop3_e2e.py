@@ -29,7 +29,7 @@ import tempfile
 import pytest
 
 import qmailsql
-from qmailsql.core import dovecot
+from qmailsql.sandbox import dovecot as private_dovecot
 from qmailsql.sandbox import host as sb
 from qmailsql.core.helpers import helper_path
 
@@ -69,8 +69,8 @@ def pop3_world(own_sandbox):
         q.directory.query("INSERT INTO mailbox (username, uid, gid, home, password, "
                           "password_type) VALUES (%s,%s,%s,%s,%s,%s)",
                           ("alice", UID, GID, home, stored, ptype), write=True)
-    body = dovecot.CHECKPASSWORD_RECIPE.format(socket=paths.daemon_socket, checkpassword=cp)
-    server = dovecot.Private(top, body, {"pop3": sb.free_port()})
+    body = private_dovecot.CHECKPASSWORD_RECIPE.format(socket=paths.daemon_socket, checkpassword=cp)
+    server = private_dovecot.Private(top, body, {"pop3": sb.free_port()})
     try:
         server.start()
         yield {"port": server.ports["pop3"], "paths": paths, "server": server, "home": home}

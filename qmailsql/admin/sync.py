@@ -69,7 +69,8 @@ def db_hosts(directory):
     return sorted(virtual), sorted(virtual | extra)
 
 
-def _read(path):
+def read_if_exists(path):
+    """PATH's bytes, or None when there is no such file."""
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -130,7 +131,7 @@ def plan(qmail_dir, directory):
 
     # virtualdomains
     path = os.path.join(control, "virtualdomains")
-    old = _read(path)
+    old = read_if_exists(path)
     before, after, _ = _split(_decode(old))
     mine = set(virtual)
 
@@ -151,7 +152,7 @@ def plan(qmail_dir, directory):
     rpath = os.path.join(control, "rcpthosts")
     mpath = os.path.join(control, "morercpthosts")
     cpath = mpath + ".cdb"
-    rold, mold = _read(rpath), _read(mpath)
+    rold, mold = read_if_exists(rpath), read_if_exists(mpath)
     rbefore, rafter, _ = _split(_decode(rold))
     mbefore, mafter, _ = _split(_decode(mold))
     by_hand = set(_hostlines(rbefore + rafter)) | set(_hostlines(mbefore + mafter))
@@ -162,7 +163,7 @@ def plan(qmail_dir, directory):
     if rest or mold is not None:
         mnew = _encode(_render(mbefore, rest, mafter))
         p.add("morercpthosts", mpath, mnew, mold)
-        p.add("morercpthosts.cdb", cpath, cdb.make(newmrh_pairs(mnew)), _read(cpath))
+        p.add("morercpthosts.cdb", cpath, cdb.make(newmrh_pairs(mnew)), read_if_exists(cpath))
         if rest:
             p.notes.append("more than %d accepted hosts: %d go into control/morercpthosts(.cdb)"
                            % (RCPTHOSTS_MAX, len(rest)))
@@ -241,17 +242,3 @@ def stale(qmail_dir, directory):
         return [str(e)]
     return ["control/%s is out of date with the DB; run `qmailsql sync`" % name
             for name, _, _ in p.changed()]
-
-
-def cmd_sync(args):
-    from qmailsql.cli import session
-    from qmailsql.core.config import qmail_dir
-    home = qmail_dir(args.qmail_dir)
-    try:
-        with session(args) as q:
-            sync(home, q.directory, reload=not args.no_reload)
-    except SyncError as e:
-        import sys
-        sys.stderr.write("qmailsql sync: %s\n" % e)
-        return 1
-    return 0

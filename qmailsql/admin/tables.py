@@ -1,4 +1,6 @@
-"""Admin API and commands: mailbox, alias, virtual and rcpthost rows (SPEC section 7).
+"""The table rows an administrator changes: mailbox, alias, virtual and rcpthost
+(SPEC section 7), behind `qmailsql mailbox|alias|virtual|rcpthost` and the Session
+methods of qmailsql/api.py. The commands:
 
     qmailsql mailbox add NAME --uid N --gid N --home DIR [--password-type SCHEME]
                                  [--password-stdin] [--suspended]
@@ -22,9 +24,11 @@ itself after cache_ttl seconds) and Dovecot to drop its auth cache, if it keeps 
 """
 import sys
 
-from qmailsql.core import virtual
+from qmailsql.core import client, services, virtual
 from qmailsql.core.aliases import SPECIAL, line_for
 from qmailsql.core.resolve import Refusal
+from qmailsql.admin import dovecot
+from qmailsql.admin.sync import SyncError, check_host as sync_check_host
 
 
 class AdminError(ValueError):
@@ -35,7 +39,6 @@ class AdminError(ValueError):
 
 def flush_daemon(config, warn=None):
     """Ask qmailsqld to drop its cache. True when it answered; else WARN(message)."""
-    from qmailsql.core import client
     warn = warn or (lambda m: sys.stderr.write("qmailsql: warning: %s\n" % m))
     path = config.socket_path
     try:
@@ -52,8 +55,7 @@ def flush_daemon(config, warn=None):
 
 def flush_caches(config, warn=None):
     """After a change: qmailsqld's cache, and Dovecot's auth cache when this host's
-    Dovecot keeps one (qmailsql/core/dovecot.py), so no old answer outlives the change."""
-    from qmailsql.core import dovecot
+    Dovecot keeps one (qmailsql/admin/dovecot.py), so no old answer outlives the change."""
     warn = warn or (lambda m: sys.stderr.write("qmailsql: warning: %s\n" % m))
     flush_daemon(config, warn)
     dovecot.flush_auth_cache(warn)
@@ -71,9 +73,8 @@ def _clean(value, what, allow_blank=False):
 
 
 def check_host(host):
-    from qmailsql.admin.sync import SyncError, check_host as ch
     try:
-        return ch(host, "virtual")
+        return sync_check_host(host, "virtual")
     except SyncError:
         raise AdminError("host %r is not usable in qmail's control files (blank, white space "
                          "or one of : # @ / \\ , ;)" % host)
@@ -145,7 +146,6 @@ def set_mailbox(directory, name, deny=(), allow=(), suspended=None):
     """Change a mailbox's service bars (DENY, ALLOW: sets of qmailsql.core.services.SERVICES)
     and, unless SUSPENDED is None, its suspension. Returns (deny_services, suspended)
     as stored; AdminError if there is no such mailbox."""
-    from qmailsql.core import services
     rows = directory.query("SELECT username, deny_services, suspended FROM mailbox "
                            "WHERE username=%s", (name,), write=True)
     row = next((r for r in rows if r[0] == name), rows[0] if rows else None)
@@ -262,234 +262,3 @@ def del_rcpthost(directory, host):
 
 def list_rcpthosts(directory):
     return directory.query("SELECT host FROM rcpthosts ORDER BY host", write=True)
-
-
-# ------------------------------------------------------------------- commands
-
-def _session(args):
-    from qmailsql.cli import session
-    return session(args)
-
-
-def _print_rows(rows, header):
-    print("\t".join(header))
-    for r in rows:
-        print("\t".join("" if v is None else str(v) for v in r))
-
-
-def _done(q, what, hosts_changed=False):
-    print(what)
-    flush_caches(q.config)
-    if hosts_changed:
-        print("hosts changed: run `qmailsql sync` so qmail's control files follow")
-    return 0
-
-
-def _fail(e):
-    sys.stderr.write("qmailsql: %s\n" % e)
-    return 100
-
-
-def cmd_mailbox(args):
-    with _session(args) as q:
-        try:
-            if args.action == "add":
-                password, kind = "", "Crypt-Password"
-                if args.password_stdin or args.password_type:
-                    from qmailsql.core.passwords import hash_password
-                    raw = sys.stdin.buffer.readline().rstrip(b"\r\n")
-                    kind, password = hash_password(args.password_type
-                                                   or q.config.default_scheme, raw)
-                add_mailbox(q.directory, args.name, args.uid, args.gid, args.home, password,
-                            kind, args.suspended, args.replace)
-                return _done(q, "mailbox %s added" % args.name)
-            if args.action == "del":
-                n = del_mailbox(q.directory, args.name)
-                if not n:
-                    return _fail("no mailbox %r" % args.name)
-                return _done(q, "mailbox %s deleted" % args.name)
-            if args.action == "set":
-                from qmailsql.core import services
-                deny = services.parse(args.deny) if args.deny else set()
-                allow = services.parse(args.allow) if args.allow else set()
-                if deny & allow:
-                    return _fail("--deny and --allow both name %s" % ",".join(sorted(
-                        deny & allow)))
-                if not (deny or allow or args.suspended is not None):
-                    return _fail("nothing to change: give --deny, --allow, --suspend or "
-                                 "--unsuspend")
-                denied, flag = set_mailbox(q.directory, args.name, deny, allow,
-                                           args.suspended)
-                return _done(q, "mailbox %s: barred from %s; suspended %s" % (
-                    args.name, denied or "nothing", flag))
-        except (AdminError, ValueError) as e:
-            return _fail(e)
-        _print_rows(list_mailboxes(q.directory), ("username", "uid", "gid", "home",
-                                                  "password_type", "suspended",
-                                                  "deny_services"))
-        return 0
-
-
-def cmd_alias(args):
-    with _session(args) as q:
-        try:
-            if args.action == "add":
-                au, ah = parse_line(args.line)
-                add_alias(q.directory, args.user, args.ext, au, ah)
-                return _done(q, "alias %s ext %r: %s" % (args.user, args.ext, args.line))
-            if args.action == "del":
-                au = ah = None
-                if args.line:
-                    au, ah = parse_line(args.line)
-                n = del_alias(q.directory, args.user, args.ext, au, ah)
-                if not n:
-                    return _fail("no matching alias row")
-                return _done(q, "%d alias row(s) deleted" % n)
-        except AdminError as e:
-            return _fail(e)
-        _print_rows(list_aliases(q.directory, args.user),
-                    ("username", "alias", "alias_username", "alias_host"))
-        return 0
-
-
-def cmd_virtual(args):
-    with _session(args) as q:
-        try:
-            if args.action == "add":
-                vu, vh = parse_address(args.address)
-                if bool(args.forward) == bool(args.user):
-                    return _fail("give --user NAME (with --ext) or --forward ADDRESS")
-                if args.forward:
-                    if not q.config.magic_forwarding:
-                        return _fail("--forward needs `magic_forwarding yes` in "
-                                     "control/sqlserver")
-                    add_virtual(q.directory, vu, vh, virtual.FORWARD_USER, args.forward)
-                else:
-                    add_virtual(q.directory, vu, vh, args.user, args.ext)
-                return _done(q, "virtual %s added" % args.address, hosts_changed=True)
-            if args.action == "del":
-                vu, vh = parse_address(args.address)
-                n = del_virtual(q.directory, vu, vh)
-                if not n:
-                    return _fail("no virtual row for %s" % args.address)
-                return _done(q, "virtual %s deleted" % args.address, hosts_changed=True)
-        except AdminError as e:
-            return _fail(e)
-        _print_rows(list_virtual(q.directory, args.host),
-                    ("virtual_username", "virtual_host", "username", "ext"))
-        return 0
-
-
-def cmd_rcpthost(args):
-    with _session(args) as q:
-        try:
-            if args.action == "add":
-                h = add_rcpthost(q.directory, args.host)
-                return _done(q, "rcpthost %s added" % h, hosts_changed=True)
-            if args.action == "del":
-                if not del_rcpthost(q.directory, args.host):
-                    return _fail("no rcpthost %r" % args.host)
-                return _done(q, "rcpthost %s deleted" % args.host, hosts_changed=True)
-        except AdminError as e:
-            return _fail(e)
-        _print_rows(list_rcpthosts(q.directory), ("host",))
-        return 0
-
-
-def add_commands(sub):
-    """Add mailbox, alias, virtual, rcpthost and sync to the `qmailsql` subparsers."""
-    from qmailsql.admin import sync
-
-    from qmailsql.cli import admin_options as qdir
-
-    s = sub.add_parser("mailbox", help="add, delete or list mailbox rows")
-    a = s.add_subparsers(dest="action", metavar="ACTION")
-    a.required = True
-    p = a.add_parser("add", help="add a mailbox (password from stdin)")
-    p.add_argument("name")
-    p.add_argument("--uid", type=int, required=True)
-    p.add_argument("--gid", type=int, required=True)
-    p.add_argument("--home", required=True, help="absolute path owned by --uid")
-    p.add_argument("--password-type", metavar="SCHEME",
-                   help="hash scheme for the password read from stdin (plain, mysql41, "
-                        "sha512-crypt, ...; default: control/sqlserver's default_scheme)")
-    p.add_argument("--password-stdin", action="store_true",
-                   help="read the password (first line) from stdin")
-    p.add_argument("--suspended", action="store_true")
-    p.add_argument("--replace", action="store_true", help="overwrite an existing mailbox "
-                   "(its quota and service bars stay)")
-    qdir(p)
-    p = a.add_parser("del", help="delete a mailbox")
-    p.add_argument("name")
-    qdir(p)
-    p = a.add_parser("set", help="bar or allow services (pop3, imap, smtp), suspend",
-                     description="Change a mailbox's access: --deny bars the listed "
-                     "services (pop3, imap, smtp = SMTP AUTH, or all), --allow lifts bars; "
-                     "a login for a service nobody named is refused while any bar is set. "
-                     "Takes effect at once: qmailsqld's and Dovecot's caches are flushed.")
-    p.add_argument("name")
-    p.add_argument("--deny", metavar="LIST", help="e.g. pop3,imap")
-    p.add_argument("--allow", metavar="LIST", help="e.g. imap, or all")
-    p.add_argument("--suspend", dest="suspended", action="store_const", const=True,
-                   default=None, help="refuse every login (mail is still delivered)")
-    p.add_argument("--unsuspend", dest="suspended", action="store_const", const=False)
-    qdir(p)
-    qdir(a.add_parser("list", help="list mailboxes"))
-    s.set_defaults(func=cmd_mailbox)
-
-    s = sub.add_parser("alias", help="add, delete or list alias rows (dot-qmail lines)")
-    a = s.add_subparsers(dest="action", metavar="ACTION")
-    a.required = True
-    p = a.add_parser("add", help="add a delivery line for USER (and --ext)")
-    p.add_argument("user")
-    p.add_argument("line", help="./Maildir/, /home/u/Mailbox, '|program', &addr or addr@host")
-    p.add_argument("--ext", "--alias", default="",
-                   help="extension: '' is the plain .qmail, default, foo-default, @ ...")
-    qdir(p)
-    p = a.add_parser("del", help="delete USER's rows for --ext (only LINE if given)")
-    p.add_argument("user")
-    p.add_argument("line", nargs="?")
-    p.add_argument("--ext", "--alias", default="")
-    qdir(p)
-    p = a.add_parser("list", help="list alias rows")
-    p.add_argument("user", nargs="?")
-    qdir(p)
-    s.set_defaults(func=cmd_alias)
-
-    s = sub.add_parser("virtual", help="add, delete or list virtual address rows")
-    a = s.add_subparsers(dest="action", metavar="ACTION")
-    a.required = True
-    p = a.add_parser("add", help="map u@host (or @host, the catch-all) to a user")
-    p.add_argument("address")
-    p.add_argument("--user", help="the mailbox/user that gets the mail")
-    p.add_argument("--ext", default="", help="extension appended to --user (e.g. @)")
-    p.add_argument("--forward", metavar="ADDR", help="magic forward to ADDR")
-    qdir(p)
-    p = a.add_parser("del", help="delete the row for u@host (@host: the catch-all)")
-    p.add_argument("address")
-    qdir(p)
-    p = a.add_parser("list", help="list virtual rows")
-    p.add_argument("host", nargs="?")
-    qdir(p)
-    s.set_defaults(func=cmd_virtual)
-
-    s = sub.add_parser("rcpthost", help="add, delete or list extra accepted domains")
-    a = s.add_subparsers(dest="action", metavar="ACTION")
-    a.required = True
-    for name in ("add", "del"):
-        p = a.add_parser(name)
-        p.add_argument("host")
-        qdir(p)
-    qdir(a.add_parser("list"))
-    s.set_defaults(func=cmd_rcpthost)
-
-    s = sub.add_parser("sync", help="write control/virtualdomains and rcpthosts from the DB",
-                       description="Write control/virtualdomains (host:host per virtual "
-                       "host), control/rcpthosts (rcpthosts table + virtual hosts; beyond "
-                       "50 hosts also morercpthosts and morercpthosts.cdb) atomically, only "
-                       "when changed; lines outside the qmailsql block are kept. Then HUP "
-                       "qmail-send ($QMAILSQL_QMAIL_SEND_PID, else svc -h "
-                       "/service/qmail-send).")
-    s.add_argument("--no-reload", action="store_true", help="do not signal qmail-send")
-    qdir(s)
-    s.set_defaults(func=sync.cmd_sync)

@@ -2,12 +2,19 @@
 import os
 from pathlib import Path
 
+# the compiled helpers; setup.py keeps its own copy (it runs before the package is
+# importable), held equal by tests/test_api.py
 NAMES = ("qmail-getpw", "qmail-local", "checkpassword")
 # built by setup.py at the top of the package, beside conf-qmail
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 LIBEXEC = PACKAGE_DIR / "libexec"
 # shipped as they are, not built: Dovecot's passdb/userdb (qmailsql/core/dovecot.py)
 SCRIPTS = {"dovecot-auth.lua": PACKAGE_DIR / "dovecot-auth.lua"}
+# what `qmailsql install` puts into QMAIL/bin: (helper, its name there, whether it
+# replaces a stock qmail program, kept as NAME.orig)
+INSTALLED = (("qmail-getpw", "qmail-getpw", True), ("qmail-local", "qmail-local", True),
+             ("checkpassword", "qmailsql-checkpassword", False),
+             ("dovecot-auth.lua", "qmailsql-dovecot-auth.lua", False))
 
 
 class HelperMissing(Exception):

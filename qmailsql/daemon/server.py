@@ -55,7 +55,7 @@ import threading
 import time
 
 from qmailsql.core import aliases, auth as authmod, config as configmod, db, dovecot, quota, resolve
-from qmailsql.admin import importers
+from qmailsql.core import users
 from qmailsql.core.hotpath import (IMPLEMENTATION, PRIVILEGED, ConfigError, ResponseCache,
                                    cache_times, decode_frame, encode_response, split_fields)
 from qmailsql.core.resolve import EXIT_TEMP, MAX_FIELD, Refusal, shown, too_long
@@ -621,7 +621,7 @@ class Daemon:
         self.dovecot_uids = dovecot_uids()
         self.health = db.ServerHealth()
         # qmail-lspawn reads users/cdb relative to the qmail home
-        self.users_cdb = importers.UsersCdb(os.path.join(config.qmail_dir, "users", "cdb"),
+        self.users_cdb = users.UsersCdb(os.path.join(config.qmail_dir, "users", "cdb"),
                                             log)
         entries = _env_int("QMAILSQL_CACHE_ENTRIES", CACHE_ENTRIES)
         self.cache = ResponseCache(entries, _env_int("QMAILSQL_CACHE_PER_UID",

@@ -51,10 +51,7 @@ connection of its own; every path is stat()ed once (a bounded cache), and the
 searchability of a home's parents is computed once per (parent, uid, gid).
 Findings of one kind are capped (`limit`, default 20 shown; the counts are exact).
 """
-import json
-import sys
 import time
-from dataclasses import asdict
 
 import MySQLdb
 
@@ -65,7 +62,7 @@ from .common import Context, passwd_exists
 from .homes import Homes
 from .report import Finding, Progress, Report
 
-__all__ = ["Doctor", "Finding", "Progress", "Report", "run", "cmd_doctor", "passwd_exists"]
+__all__ = ["Doctor", "Finding", "Progress", "Report", "run", "passwd_exists"]
 
 
 class Doctor:
@@ -156,19 +153,3 @@ def scan_tables(ctx, cfg, tables, found):
 def run(qmail_dir=None, limit=20, progress=None):
     """Run every check; a Report (findings, counts, rows scanned, elapsed)."""
     return Doctor(qmail_dir, limit=limit, progress=progress).run()
-
-
-def cmd_doctor(args):
-    limit = None if getattr(args, "all", False) else 20
-    report = run(getattr(args, "qmail_dir", None), limit=limit)
-    findings = report.capped()
-    if args.json:
-        json.dump([asdict(f) for f in findings], sys.stdout, indent=1)
-        sys.stdout.write("\n")
-        sys.stderr.write(report.summary() + "\n")
-    else:
-        for f in findings:
-            print("%s [%s] %s" % (f.severity.upper(), f.check, f.what))
-            print("    fix: %s" % f.fix)
-        print(report.summary())
-    return 0 if report.healthy else 1

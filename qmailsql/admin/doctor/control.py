@@ -4,7 +4,7 @@ what `qmailsql sync` would write, virtual hosts in control/locals, and users/cdb
 import os
 
 from qmailsql.admin import sync
-from qmailsql.admin.importers import UsersTable, _ulong, parse_assign
+from qmailsql.core.users import UsersTable, parse_assign, ulong
 from qmailsql.core import cdb
 
 from .common import effective, few, passwd_entry, q, sql_str
@@ -52,7 +52,7 @@ def check_bypass(ctx, config, users_table, entry_rows, entry_accounts):
         if spec in done or (not rows and mailbox is None):
             continue
         done.add(spec)
-        uid = _ulong(e.uid)
+        uid = ulong(e.uid)
         if mailbox is not None:
             name, acct_uid, acct_home = mailbox
             whose = "not the DB's account %r (mailbox uid %s, home %s)" % (
