@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 import qmailsql
+from qmailsql.core import cdb, client
+from qmailsql.core.hotpath import decode_frame
 from qmailsql.sandbox import host as sb
 
 
@@ -71,9 +73,42 @@ def db(sandbox):
         flush_daemon(sandbox)
 
 
+# ---------------------------------------------------------------- rows
+# The one set of row factories every test file uses: Q is a Session (the `db` fixture).
+ROW_UID, ROW_GID = 800, 100
+
+
+def add_mailbox(q, name, home=None, uid=ROW_UID, gid=ROW_GID, password="x",
+                ptype="Password", suspended="N", deny="", make_home=False, replace=False):
+    """A mailbox row (home default /home/mail/NAME); MAKE_HOME creates the home owned by
+    uid/gid, as qmail-getpw demands; REPLACE overwrites a row of that name."""
+    home = str(home) if home is not None else "/home/mail/" + name
+    q.directory.query("%s INTO mailbox (username, uid, gid, home, password, password_type, "
+                      "suspended, deny_services) VALUES (%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s)"
+                      % ("REPLACE" if replace else "INSERT"),
+                      (name, uid, gid, home, password, ptype, suspended, deny), write=True)
+    if make_home:
+        os.makedirs(home, exist_ok=True)
+        os.chown(home, uid, gid)
+    return home
+
+
+def add_alias(q, username, alias, alias_username, alias_host):
+    """An alias row: USERNAME's extension ALIAS goes to ALIAS_USERNAME@ALIAS_HOST."""
+    q.directory.query("INSERT INTO alias (username, alias, alias_username, alias_host) "
+                      "VALUES (%s,%s,%s,%s)", (username, alias, alias_username, alias_host),
+                      write=True)
+
+
+def add_virtual(q, username, ext, virtual_username, virtual_host):
+    """A virtual row: VIRTUAL_USERNAME@VIRTUAL_HOST is delivered as USERNAME-EXT."""
+    q.directory.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
+                      "VALUES (%s,%s,%s,%s)", (username, ext, virtual_username, virtual_host),
+                      write=True)
+
+
 def flush_daemon(root):
     """Drop the daemon's cache so the next test sees its own rows."""
-    from qmailsql.core import client
     try:
         client.flush(sb.Paths(root).daemon_socket, timeout=5)
     except (OSError, ValueError):
@@ -119,7 +154,6 @@ def homes(tmp_path):
 
 def newu(entries):
     """users/cdb as qmail-newu writes it, from (wild, local, fields) entries."""
-    from qmailsql.core import cdb
     pairs, wild = [], ""
     for is_wild, local, fields in entries:
         key = b"!" + local.lower().encode() + (b"" if is_wild else b"\0")
@@ -156,7 +190,6 @@ sys.stdout.buffer.write(data)
 def raw_as(uid, path, fields):
     """One request of FIELDS (bytes) to the daemon socket PATH, sent by a process running
     as UID: (status, body)."""
-    from qmailsql.core.hotpath import decode_frame
     payload = b"".join(f + b"\0" for f in fields)
     r = subprocess.run(as_uid(uid) + [python_for_everyone(), "-I", "-c", RAW_CLIENT,
                                       str(path), payload.hex()], capture_output=True, cwd="/",

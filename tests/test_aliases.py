@@ -4,17 +4,13 @@ import os
 import subprocess
 
 import pytest
+from conftest import add_alias
 from hypothesis import given, settings, strategies as st
 
 from qmailsql.core import aliases
 from qmailsql.core import config as configmod
 from qmailsql.core import db as dbmod
 from qmailsql.core.resolve import Refusal
-
-
-def arow(q, username, alias, au, ah):
-    q.directory.query("INSERT INTO alias (username, alias, alias_username, alias_host) "
-                      "VALUES (%s,%s,%s,%s)", (username, alias, au, ah), write=True)
 
 
 def lines(q, user, dash, ext, local=None, config=None):
@@ -108,7 +104,7 @@ def test_level_of_is_the_old_search(dash, ext, name):
 def test_long_extension_is_one_short_statement(db):
     """16,000 dashes: one query no longer than the extension twice over (no
     `-default` name per dash), the `default` row found."""
-    arow(db, "iain", "default", ".", "/Maildir/")
+    add_alias(db, "iain", "default", ".", "/Maildir/")
     seen = []
     real = db.directory.query
 
@@ -194,12 +190,12 @@ def test_program_line_exports_to_child(tmp_path):
 # ------------------------------------------------------------------ against the DB
 
 def test_faq_mailbox_delivery(db):
-    arow(db, "iain", "", "/", "home/iain/Mailbox")
+    add_alias(db, "iain", "", "/", "home/iain/Mailbox")
     assert lines(db, "iain", "", "") == b"/home/iain/Mailbox\n"
 
 
 def test_faq_slowlaris(db):
-    arow(db, "iain", "slowlaris", ".", "/Maildir/")
+    add_alias(db, "iain", "slowlaris", ".", "/Maildir/")
     assert lines(db, "iain", "-", "slowlaris") == b"./Maildir/\n"
     assert lines(db, "iain", "-", "SlowLaris") == b"./Maildir/\n"
     assert lines(db, "iain", "", "") == b""
@@ -208,20 +204,20 @@ def test_faq_slowlaris(db):
 
 
 def test_faq_virtual_catchall_alias(db):
-    arow(db, "virtual", "@", ".", "/Maildir/")
+    add_alias(db, "virtual", "@", ".", "/Maildir/")
     assert lines(db, "virtual", "-", "@", local="virtual.com-joe") == b"./Maildir/\n"
 
 
 def test_faq_old_style_forward(db):
-    arow(db, "forward", "", "address", "external.com")
+    add_alias(db, "forward", "", "address", "external.com")
     assert lines(db, "forward", "", "") == b"&address@external.com\n"
 
 
 def test_first_level_only_and_row_order(db):
-    arow(db, "u", "default", ".", "/Maildir/")
-    arow(db, "u", "foo-default", "a", "one.org")
-    arow(db, "u", "foo-bar", "b", "two.org")
-    arow(db, "u", "foo-bar", "c", "")
+    add_alias(db, "u", "default", ".", "/Maildir/")
+    add_alias(db, "u", "foo-default", "a", "one.org")
+    add_alias(db, "u", "foo-bar", "b", "two.org")
+    add_alias(db, "u", "foo-bar", "c", "")
     assert lines(db, "u", "-", "foo-bar") == b"&b@two.org\n&c\n"
     assert lines(db, "u", "-", "foo-baz") == b"&a@one.org\n"
     assert lines(db, "u", "-", "zap") == b"./Maildir/\n"
@@ -230,28 +226,28 @@ def test_first_level_only_and_row_order(db):
 
 
 def test_default_program_sees_default(db):
-    arow(db, "u", "list-default", "|", "/usr/bin/handle")
+    add_alias(db, "u", "list-default", "|", "/usr/bin/handle")
     assert lines(db, "u", "-", "list-Join-me") == (
         b"|EXT='list-Join-me'; EXT2='Join-me'; EXT3='me'; EXT4=''; DEFAULT='Join-me'; "
         b"export EXT EXT2 EXT3 EXT4 DEFAULT; /usr/bin/handle\n")
 
 
 def test_dots_and_colons_are_one_level(db):
-    arow(db, "u", "john.smith", ".", "/a/")
-    arow(db, "u", "jane:doe", ".", "/b/")
+    add_alias(db, "u", "john.smith", ".", "/a/")
+    add_alias(db, "u", "jane:doe", ".", "/b/")
     assert lines(db, "u", "-", "John.Smith") == b"./a/\n"
     assert lines(db, "u", "-", "jane.doe") == b"./b/\n"
 
 
 def test_padded_alias_is_not_the_level(db):
-    arow(db, "u", "foo ", ".", "/pad/")
-    arow(db, "u", "default", ".", "/d/")
+    add_alias(db, "u", "foo ", ".", "/pad/")
+    add_alias(db, "u", "default", ".", "/d/")
     assert lines(db, "u", "-", "foo") == b"./d/\n"
 
 
 def test_blank_row_defers_not_eaten(db):
-    arow(db, "u", "x", ".", "/Maildir/")
-    arow(db, "u", "x", "", "")
+    add_alias(db, "u", "x", ".", "/Maildir/")
+    add_alias(db, "u", "x", "", "")
     with pytest.raises(Refusal) as e:
         lines(db, "u", "-", "x")
     assert e.value.code == 111
@@ -261,16 +257,16 @@ def test_blank_row_defers_not_eaten(db):
 
 
 def test_hostile_ext_values(db):
-    arow(db, "u", "default", ".", "/d/")
+    add_alias(db, "u", "default", ".", "/d/")
     for ext in ("o'brien", "a\\b", "100%", "x_y", "' OR 1=1 -- ", "%"):
         assert lines(db, "u", "-", ext) == b"./d/\n"
-    arow(db, "u", "100%", ".", "/p/")
+    add_alias(db, "u", "100%", ".", "/p/")
     assert lines(db, "u", "-", "100%") == b"./p/\n"
     assert lines(db, "u", "-", "100x") == b"./d/\n"     # '%' is no wildcard here
 
 
 def test_non_utf8_ext_still_finds_default(db):
-    arow(db, "u", "a-default", ".", "/a/")
+    add_alias(db, "u", "a-default", ".", "/a/")
     got = aliases.delivery_lines(db.directory, db.config, b"u", b"/h", b"u-a-\xff", b"-",
                                  b"a-\xff", b"h")
     assert got == b"./a/\n"
@@ -281,7 +277,7 @@ def test_magic_forward_lines(db):
     db.directory.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
                        "VALUES ('forward', 'popaccount@hotmail.com', 'user', 'virtual.com')",
                        write=True)
-    arow(db, "alias", "default", ".", "/catchall/")
+    add_alias(db, "alias", "default", ".", "/catchall/")
     L_ = "virtual.com-user"
     assert lines(db, "alias", "-", L_, local=L_, config=cfg) == b"&popaccount@hotmail.com\n"
     # only the alias user's fall-back delivery of that very local part

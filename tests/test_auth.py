@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from conftest import add_mailbox, add_virtual
+
 import qmailsql
 from qmailsql.core import _crypt, auth, passwords
 from qmailsql.sandbox import host as sb
@@ -42,19 +44,6 @@ def limiter():
 @pytest.fixture
 def logs():
     return []
-
-
-def add_mailbox(q, name, password, ptype="Password", uid=UID, gid=GID, home=None,
-                suspended="N", deny=""):
-    q.directory.query("INSERT INTO mailbox (username, uid, gid, home, password, password_type,"
-                      " suspended, deny_services) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
-                      (name, uid, gid, home or "/home/mail/" + name, password, ptype,
-                       suspended, deny), write=True)
-
-
-def add_virtual(q, username, vuser, vhost, ext=""):
-    q.directory.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host)"
-                      " VALUES (%s,%s,%s,%s)", (username, ext, vuser, vhost), write=True)
 
 
 def row(q, name):
@@ -107,7 +96,7 @@ def test_every_scheme_right_and_wrong(db, limiter, logs, scheme):
     elif ptype == "Crypt-Password":
         assert stored.startswith({"sha512-crypt": "$6$", "bcrypt": "$2b$", "yescrypt": "$y$",
                                   "md5-crypt": "$1$"}[scheme])
-    add_mailbox(db, "alice", stored, ptype)
+    add_mailbox(db, "alice", password=stored, ptype=ptype, uid=UID, gid=GID)
     assert login(db, b"alice", PW, limiter) == ("alice", UID, GID, "/home/mail/alice", "")
     reason = refused(db, b"alice", b"X" + PW, limiter, logs=logs)
     assert reason.startswith("wrong password for 'alice'")
@@ -116,7 +105,7 @@ def test_every_scheme_right_and_wrong(db, limiter, logs, scheme):
 
 
 def test_login_compares_case_not_padding(db, limiter):
-    add_mailbox(db, "alice", "pw")
+    add_mailbox(db, "alice", password="pw", uid=UID, gid=GID)
     assert login(db, b"ALICE", b"pw", limiter)[0] == "alice"
     # the collation would call these equal to 'alice'; qmail would not
     assert refused(db, b"alice ", b"pw", limiter).startswith("unknown login")
@@ -124,7 +113,7 @@ def test_login_compares_case_not_padding(db, limiter):
 
 
 def test_plain_password_is_case_sensitive(db, limiter):
-    add_mailbox(db, "alice", "Secret")
+    add_mailbox(db, "alice", password="Secret", uid=UID, gid=GID)
     assert "wrong password" in refused(db, b"alice", b"secret", limiter)
     assert "wrong password" in refused(db, b"alice", b"Secret ", limiter)
 
@@ -132,9 +121,9 @@ def test_plain_password_is_case_sensitive(db, limiter):
 # ---------------------------------------------------------------- refusals
 
 def test_suspended_empty_uid0_unknown(db, limiter):
-    add_mailbox(db, "sus", "pw", suspended="Y")
-    add_mailbox(db, "empty", "")
-    add_mailbox(db, "root2", "pw", uid=0)
+    add_mailbox(db, "sus", password="pw", uid=UID, gid=GID, suspended="Y")
+    add_mailbox(db, "empty", password="", uid=UID, gid=GID)
+    add_mailbox(db, "root2", password="pw", gid=GID, uid=0)
     assert "suspended" in refused(db, b"sus", b"pw", limiter)
     assert "empty stored password" in refused(db, b"empty", b"", limiter)
     assert "empty stored password" in refused(db, b"empty", b"anything", limiter)
@@ -148,9 +137,9 @@ def test_service_bars(db, limiter):
     """A mailbox barred from pop3 logs in for imap and smtp, not pop3; Dovecot's
     `submission` is SMTP AUTH; an unnamed or unknown service is refused for a mailbox
     barred from anything, and allowed for one barred from nothing."""
-    add_mailbox(db, "nopop", "pw", deny="pop3")
-    add_mailbox(db, "nosmtp", "pw", deny="smtp")
-    add_mailbox(db, "free", "pw")
+    add_mailbox(db, "nopop", password="pw", uid=UID, gid=GID, deny="pop3")
+    add_mailbox(db, "nosmtp", password="pw", uid=UID, gid=GID, deny="smtp")
+    add_mailbox(db, "free", password="pw", uid=UID, gid=GID)
     assert login(db, b"nopop", b"pw", limiter, service="imap")[0] == "nopop"
     assert login(db, b"nopop", b"pw", limiter, service="SMTP")[0] == "nopop"
     assert "barred from pop3" in refused(db, b"nopop", b"pw", limiter, service="pop3")
@@ -165,8 +154,8 @@ def test_service_bars(db, limiter):
 
 
 def test_service_bars_through_virtual_login(db, limiter):
-    add_mailbox(db, "alice", "pw", deny="imap,pop3")
-    add_virtual(db, "alice", "al", "example.com")
+    add_mailbox(db, "alice", password="pw", uid=UID, gid=GID, deny="imap,pop3")
+    add_virtual(db, "alice", "", "al", "example.com")
     assert login(db, b"al@example.com", b"pw", limiter, service="smtp")[0] == "alice"
     assert "barred from imap" in refused(db, b"al@example.com", b"pw", limiter,
                                          service="imap")
@@ -185,12 +174,13 @@ def test_every_refusal_spends_one_verification(db, limiter, monkeypatch):
 
     monkeypatch.setattr(passwords, "verify", verify)
     monkeypatch.setattr(passwords, "dummy_verify", lambda *a, **k: calls.append("dummy"))
-    add_mailbox(db, "alice", "pw")
-    add_mailbox(db, "sus", "pw", suspended="Y")
-    add_mailbox(db, "empty", "")
-    add_mailbox(db, "zero", "pw", uid=0)
-    add_mailbox(db, "strong", _crypt_hash(b"$6$"), "Crypt-Password")
-    add_mailbox(db, "nopop", "pw", deny="pop3")
+    add_mailbox(db, "alice", password="pw", uid=UID, gid=GID)
+    add_mailbox(db, "sus", password="pw", uid=UID, gid=GID, suspended="Y")
+    add_mailbox(db, "empty", password="", uid=UID, gid=GID)
+    add_mailbox(db, "zero", password="pw", gid=GID, uid=0)
+    add_mailbox(db, "strong", password=_crypt_hash(b"$6$"), ptype="Crypt-Password", uid=UID,
+                gid=GID)
+    add_mailbox(db, "nopop", password="pw", uid=UID, gid=GID, deny="pop3")
     cases = [(b"alice", ["verify", "dummy"]), (b"sus", ["verify", "dummy"]),
              (b"nopop", ["verify", "dummy"]),
              (b"zero", ["verify", "dummy"]), (b"strong", ["verify"]),
@@ -204,8 +194,9 @@ def test_every_refusal_spends_one_verification(db, limiter, monkeypatch):
 
 def test_malformed_stored_password_refused_and_logged(db, limiter, logs):
     full = _crypt_hash(b"$6$")
-    add_mailbox(db, "trunc", full[:40], "Crypt-Password")
-    add_mailbox(db, "oldmy", "*" + passwords.mysql41_password(PW)[1:20], "MySQL-Password")
+    add_mailbox(db, "trunc", password=full[:40], ptype="Crypt-Password", uid=UID, gid=GID)
+    add_mailbox(db, "oldmy", password="*" + passwords.mysql41_password(PW)[1:20],
+                ptype="MySQL-Password", uid=UID, gid=GID)
     reason = refused(db, b"trunc", PW, limiter, logs=logs)
     assert "unusable stored password for 'trunc'" in reason
     assert "truncated" in reason
@@ -215,14 +206,14 @@ def test_malformed_stored_password_refused_and_logged(db, limiter, logs):
     assert "MySQL-Password looks truncated" in reason
     assert len(logs) == 1
     # a well-formed row refused for a wrong password logs nothing about its shape
-    add_mailbox(db, "good", full, "Crypt-Password")
+    add_mailbox(db, "good", password=full, ptype="Crypt-Password", uid=UID, gid=GID)
     logs.clear()
     assert "wrong password" in refused(db, b"good", b"nope", limiter, logs=logs)
     assert logs == []
 
 
 def test_misconfigured_row_is_trouble_only_with_the_right_password(db, limiter):
-    add_mailbox(db, "rel", "pw", home="relative/home")
+    add_mailbox(db, "rel", password="pw", uid=UID, gid=GID, home="relative/home")
     assert "wrong password" in refused(db, b"rel", b"nope", limiter)
     with pytest.raises(Refusal) as exc:
         login(db, b"rel", b"pw", limiter)
@@ -233,8 +224,8 @@ def test_misconfigured_row_is_trouble_only_with_the_right_password(db, limiter):
 # ---------------------------------------------------------------- virtual logins
 
 def test_virtual_login(db, limiter):
-    add_mailbox(db, "alice", "pw")
-    add_virtual(db, "alice", "al", "example.com")
+    add_mailbox(db, "alice", password="pw", uid=UID, gid=GID)
+    add_virtual(db, "alice", "", "al", "example.com")
     assert login(db, b"al@example.com", b"pw", limiter)[0] == "alice"
     assert login(db, b"Al@EXAMPLE.com", b"pw", limiter)[0] == "alice"
     assert "wrong password for 'alice' (via virtual: alice)" in refused(
@@ -244,26 +235,26 @@ def test_virtual_login(db, limiter):
 
 
 def test_virtual_catch_all_grants_no_login(db, limiter):
-    add_mailbox(db, "catchall", "pw")
-    add_virtual(db, "catchall", "", "example.com")
-    add_virtual(db, "catchall", "%", "example.com")
+    add_mailbox(db, "catchall", password="pw", uid=UID, gid=GID)
+    add_virtual(db, "catchall", "", "", "example.com")
+    add_virtual(db, "catchall", "", "%", "example.com")
     cfg = dataclasses.replace(db.config, funky_queries=True)
     for who in (b"anyone@example.com", b"@example.com"):
         assert refused(db, who, b"pw", limiter, config=cfg).startswith("unknown login")
 
 
 def test_virtual_ext_reads_the_mailbox_mail_goes_to(db, limiter):
-    add_mailbox(db, "iain", "iainpw")
-    add_virtual(db, "iain", "sales", "example.com", ext="sales")
+    add_mailbox(db, "iain", password="iainpw", uid=UID, gid=GID)
+    add_virtual(db, "iain", "sales", "sales", "example.com")
     assert login(db, b"sales@example.com", b"iainpw", limiter)[0] == "iain"
-    add_mailbox(db, "iain-sales", "salespw")
+    add_mailbox(db, "iain-sales", password="salespw", uid=UID, gid=GID)
     assert login(db, b"sales@example.com", b"salespw", limiter)[0] == "iain-sales"
     assert "wrong password" in refused(db, b"sales@example.com", b"iainpw", limiter)
 
 
 def test_magic_forward_is_not_a_mailbox(db, limiter):
-    add_mailbox(db, "forward", "pw")
-    add_virtual(db, "forward", "user", "example.com", ext="elsewhere@example.org")
+    add_mailbox(db, "forward", password="pw", uid=UID, gid=GID)
+    add_virtual(db, "forward", "elsewhere@example.org", "user", "example.com")
     cfg = dataclasses.replace(db.config, magic_forwarding=True)
     assert "magic forward" in refused(db, b"user@example.com", b"pw", limiter, config=cfg)
     # without magic_forwarding `forward` is an ordinary user
@@ -272,12 +263,12 @@ def test_magic_forward_is_not_a_mailbox(db, limiter):
 
 
 def test_mailbox_literally_named_like_an_address(db, limiter):
-    add_mailbox(db, "bob@example.net", "pw")
+    add_mailbox(db, "bob@example.net", password="pw", uid=UID, gid=GID)
     assert login(db, b"bob@example.net", b"pw", limiter)[0] == "bob@example.net"
 
 
 def test_hostile_logins_are_plain_refusals(db, limiter):
-    add_mailbox(db, "alice", "pw")
+    add_mailbox(db, "alice", password="pw", uid=UID, gid=GID)
     for who in (b"' OR '1'='1", b"alice'--", b"al%", b"al_ce", b"a\\lice",
                 b"%@%", b"x" * 1000, b"a@b@example.com"):
         assert refused(db, who, b"pw", Limiter(clock=Clock())).startswith("unknown login"), who
@@ -288,7 +279,7 @@ def test_hostile_logins_are_plain_refusals(db, limiter):
 # ---------------------------------------------------------------- response payloads
 
 def test_response_payloads(db, logs):
-    add_mailbox(db, "alice", "pw", home="/home/mail/alice")
+    add_mailbox(db, "alice", password="pw", uid=UID, gid=GID, home="/home/mail/alice")
     lim = Limiter(clock=Clock())
     ok = auth.response(db.directory, db.config, b"alice", b"pw", b"192.0.2.7", log=logs.append,
                        limiter=lim)
@@ -335,7 +326,7 @@ def test_db_trouble_is_111_not_wrong_password(db, logs):
 def test_db_killed_is_111(own_sandbox):
     root, _ = own_sandbox
     with qmailsql.connect(str(root)) as q:
-        add_mailbox(q, "alice", "pw")
+        add_mailbox(q, "alice", password="pw", uid=UID, gid=GID)
         lim = Limiter(clock=Clock())
         assert login(q, b"alice", b"pw", lim)[0] == "alice"
         sb.stop_db(sb.Paths(root), sig=signal.SIGKILL)
@@ -353,7 +344,7 @@ def test_limiter_holds_back_the_guessing_addresses_not_the_owner(db):
     """Five wrong passwords for one login from five addresses: the owner still logs in
     from an address that has not failed; an address that fails for the login now is
     held back for that login (even with the right password), for a capped back-off."""
-    add_mailbox(db, "alice", "pw")
+    add_mailbox(db, "alice", password="pw", uid=UID, gid=GID)
     clock = Clock()
     lim = Limiter(max_failures=5, window=300, base_delay=5, max_delay=60, clock=clock)
     logs = []
@@ -370,7 +361,7 @@ def test_limiter_holds_back_the_guessing_addresses_not_the_owner(db):
     assert "wrong password" in refused(db, b"alice", b"guess", lim, ip="192.0.2.0")
     assert "too many failures" in refused(db, b"alice", b"pw", lim, ip="192.0.2.0")
     # other logins from those addresses are not affected (below the address limit)
-    add_mailbox(db, "bob", "pw2")
+    add_mailbox(db, "bob", password="pw2", uid=UID, gid=GID)
     assert login(db, b"bob", b"pw2", lim, ip="192.0.2.4")[0] == "bob"
     clock.t += 5.5
     assert login(db, b"alice", b"pw", lim, ip="192.0.2.4")[0] == "alice"
@@ -415,7 +406,7 @@ def test_limiter_never_locks_the_owner_out():
 
 def test_limiter_blocks_an_address(db):
     for name in ("a1", "a2", "a3", "a4", "a5", "victim"):
-        add_mailbox(db, name, "pw")
+        add_mailbox(db, name, password="pw", uid=UID, gid=GID)
     clock = Clock()
     lim = Limiter(max_failures=5, clock=clock)
     for name in (b"a1", b"a2", b"a3", b"a4", b"a5"):
@@ -509,7 +500,7 @@ def rehash_config(q, **kw):
 
 
 def test_rehash_upgrades_plain_to_sha512(db, limiter, logs):
-    add_mailbox(db, "alice", "pw")
+    add_mailbox(db, "alice", password="pw", uid=UID, gid=GID)
     cfg = rehash_config(db)
     assert login(db, b"alice", b"pw", limiter, config=cfg, logs=logs)[0] == "alice"
     ptype, stored = row(db, "alice")
@@ -526,7 +517,7 @@ def test_rehash_upgrades_plain_to_sha512(db, limiter, logs):
 @pytest.mark.parametrize("scheme", ["mysql-old", "mysql41", "des", "md5-crypt"])
 def test_rehash_upgrades_weak_hashes(db, limiter, scheme):
     ptype, stored = SCHEME_ROWS[scheme]()
-    add_mailbox(db, "alice", stored, ptype)
+    add_mailbox(db, "alice", password=stored, ptype=ptype, uid=UID, gid=GID)
     assert login(db, b"alice", PW, limiter, config=rehash_config(db))[0] == "alice"
     new_type, new_stored = row(db, "alice")
     assert new_type == "Crypt-Password" and new_stored.startswith("$6$")
@@ -534,14 +525,14 @@ def test_rehash_upgrades_weak_hashes(db, limiter, scheme):
 
 
 def test_rehash_off_leaves_the_row_alone(db, limiter):
-    add_mailbox(db, "alice", "pw")
+    add_mailbox(db, "alice", password="pw", uid=UID, gid=GID)
     cfg = dataclasses.replace(db.config, rehash=False)
     assert login(db, b"alice", b"pw", limiter, config=cfg)[0] == "alice"
     assert row(db, "alice") == ("Password", "pw")
 
 
 def test_rehash_does_not_overwrite_a_concurrent_change(db, limiter, logs):
-    add_mailbox(db, "alice", "pw")
+    add_mailbox(db, "alice", password="pw", uid=UID, gid=GID)
 
     class Racing:
         """The admin changes the password between our read and our UPDATE."""
@@ -561,7 +552,7 @@ def test_rehash_does_not_overwrite_a_concurrent_change(db, limiter, logs):
 
 
 def test_rehash_failure_does_not_fail_the_login(db, limiter, logs):
-    add_mailbox(db, "alice", "pw")
+    add_mailbox(db, "alice", password="pw", uid=UID, gid=GID)
 
     class ReadOnly:
         log = None
@@ -586,7 +577,7 @@ def passwd_cli(args, data):
 
 
 def test_passwd_from_stdin(db, limiter):
-    add_mailbox(db, "alice", "old")
+    add_mailbox(db, "alice", password="old", uid=UID, gid=GID)
     r = passwd_cli(["ALICE"], b"n3w p\xc3\xa4ss\n")
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"password of alice set (Crypt-Password, sha512-crypt)\n"
@@ -597,7 +588,7 @@ def test_passwd_from_stdin(db, limiter):
 
 
 def test_passwd_scheme_and_crlf(db, limiter):
-    add_mailbox(db, "alice", "old")
+    add_mailbox(db, "alice", password="old", uid=UID, gid=GID)
     r = passwd_cli(["alice", "--scheme", "bcrypt"], b"abc\r\n")
     assert r.returncode == 0, r.stderr
     assert row(db, "alice")[1].startswith("$2b$")
@@ -608,7 +599,7 @@ def test_passwd_refusals(db):
     r = passwd_cli(["nobody"], b"pw\n")
     assert r.returncode == 1
     assert b"no mailbox named 'nobody'" in r.stderr
-    add_mailbox(db, "alice", "old")
+    add_mailbox(db, "alice", password="old", uid=UID, gid=GID)
     r = passwd_cli(["alice"], b"\n")
     assert r.returncode == 100 and b"empty password" in r.stderr
     r = passwd_cli(["alice", "--scheme", "rot13"], b"pw\n")
@@ -651,7 +642,7 @@ def test_passwd_at_a_terminal_asks_twice(db, limiter):
         _, status = os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status), out
 
-    add_mailbox(db, "alice", "old")
+    add_mailbox(db, "alice", password="old", uid=UID, gid=GID)
     code, out = converse([b"typo one", b"typo two"])
     assert code == 1, out
     assert b"differ" in out
@@ -735,7 +726,8 @@ def run_checkpassword(sock, data, prog=REPORT, ip="192.0.2.44", **extra_env):
 def test_checkpassword_end_to_end(db, sandbox, mailhome):
     require_daemon(sandbox)
     sock = sb.Paths(sandbox).daemon_socket
-    add_mailbox(db, "alice", _crypt_hash(b"$6$"), "Crypt-Password", home=mailhome)
+    add_mailbox(db, "alice", password=_crypt_hash(b"$6$"), ptype="Crypt-Password", uid=UID,
+                gid=GID, home=mailhome)
     r = run_checkpassword(sock, b"alice\x00" + PW + b"\x00" + b"1234\x00")
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode() == "%d|%d|%d|%s|alice|%s|/bin/sh|" % (UID, GID, GID, mailhome,
@@ -750,7 +742,7 @@ def test_checkpassword_end_to_end(db, sandbox, mailhome):
 def test_checkpassword_honours_service_bars(db, sandbox, mailhome):
     require_daemon(sandbox)
     sock = sb.Paths(sandbox).daemon_socket
-    add_mailbox(db, "alice", "pw", home=mailhome, deny="pop3")
+    add_mailbox(db, "alice", password="pw", uid=UID, gid=GID, home=mailhome, deny="pop3")
     data = b"alice\x00pw\x00\x00"
     assert run_checkpassword(sock, data, QMAILSQL_SERVICE="pop3").returncode == 1
     assert run_checkpassword(sock, data).returncode == 1  # service unknown, a bar is set
@@ -764,8 +756,8 @@ def test_checkpassword_honours_service_bars(db, sandbox, mailhome):
 
 def test_checkpassword_virtual_login(db, sandbox, mailhome):
     require_daemon(sandbox)
-    add_mailbox(db, "alice", "pw", home=mailhome)
-    add_virtual(db, "alice", "al", "example.com")
+    add_mailbox(db, "alice", password="pw", uid=UID, gid=GID, home=mailhome)
+    add_virtual(db, "alice", "", "al", "example.com")
     r = run_checkpassword(sb.Paths(sandbox).daemon_socket, b"al@example.com\x00pw\x00\x00")
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode().split("|")[4] == "alice"
@@ -776,7 +768,7 @@ def test_checkpassword_db_down_then_daemon_stopped(own_sandbox, mailhome):
     require_daemon(root)
     paths = sb.Paths(root)
     with qmailsql.connect(str(root)) as q:
-        add_mailbox(q, "alice", "pw", home=mailhome)
+        add_mailbox(q, "alice", password="pw", uid=UID, gid=GID, home=mailhome)
     data = b"alice\x00pw\x00\x00"
     r = run_checkpassword(paths.daemon_socket, data)
     assert r.returncode == 0, r.stderr

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from qmailsql.core import _hot, config, fallback
-from qmailsql.core.hotpath import ConfigError
+from qmailsql.core.definitions import ConfigError
 
 IMPLS = [pytest.param(fallback, id="python"), pytest.param(_hot, id="cython")]
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import as_uid, environ, python_for_everyone, raw_as
+from conftest import add_mailbox, as_uid, environ, python_for_everyone, raw_as
 
 import qmailsql
 from qmailsql import cli
@@ -126,9 +126,7 @@ def load_faq(q, home_root, alias_user=True):
 def add_user(q, name, home_root, uid=demo.FAQ_UID):
     home = Path(home_root) / name
     demo.make_home(str(home), uid, demo.FAQ_GID)
-    q.directory.query("REPLACE INTO mailbox (username, uid, gid, home, password, "
-                      "password_type, suspended) VALUES (%s,%s,%s,%s,'pw','Password','N')",
-                      (name, uid, demo.FAQ_GID, str(home)), write=True)
+    add_mailbox(q, name, home, uid=uid, gid=demo.FAQ_GID, password="pw", replace=True)
     return home
 
 

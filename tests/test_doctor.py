@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import newu
+from conftest import add_mailbox, newu
 
 from conftest import run_as
 from qmailsql.core import cdb
@@ -58,12 +58,6 @@ def make_home(path, uid=UID, gid=GID, maildir=True):
             os.makedirs(os.path.join(path, sub), exist_ok=True)
             os.chown(os.path.join(path, sub), uid, gid)
     return str(path)
-
-
-def add_mailbox(q, name, home, uid=UID, gid=GID, password="x", ptype="Password"):
-    q.directory.query("INSERT INTO mailbox (username, uid, gid, home, password, password_type)"
-                      " VALUES (%s,%s,%s,%s,%s,%s)", (name, uid, gid, str(home), password,
-                                                       ptype), write=True)
 
 
 def sql(q, statement, params=None):

@@ -19,7 +19,7 @@ import tempfile
 import pytest
 
 import qmailsql
-from conftest import _new_sandbox, raw_as
+from conftest import _new_sandbox, add_mailbox, raw_as
 from qmailsql.core import client, dovecot, passwords
 from qmailsql.sandbox import dovecot as private_dovecot
 from qmailsql.admin import dovecot as dovecot_admin
@@ -48,12 +48,12 @@ def make_home(top, name, uid=UID, gid=GID):
     return home
 
 
-def add_mailbox(q, name, home, scheme="plain", password=None, uid=UID, suspended="N",
-                deny=""):
+def add_hashed_mailbox(q, name, home, scheme="plain", password=None, uid=UID, suspended="N",
+                       deny=""):
+    """conftest's mailbox row, its password stored hashed in SCHEME."""
     ptype, stored = passwords.hash_password(scheme, (password or SCHEMES[scheme]).encode())
-    q.directory.query("REPLACE INTO mailbox (username, uid, gid, home, password, "
-                      "password_type, suspended, deny_services) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
-                      (name, uid, GID, home, stored, ptype, suspended, deny), write=True)
+    add_mailbox(q, name, home, uid=uid, gid=GID, password=stored, ptype=ptype,
+                suspended=suspended, deny=deny, replace=True)
 
 
 def open_up(root):
@@ -89,7 +89,7 @@ def test_daemon_admits_dovecots_user_for_its_commands_only(db, sandbox, tops):
         pytest.skip("needs root to run requests as other uids")
     paths = open_up(sandbox)
     sock = paths.daemon_socket
-    add_mailbox(db, "alice", make_home(tops, "alice"), "sha512-crypt")
+    add_hashed_mailbox(db, "alice", make_home(tops, "alice"), "sha512-crypt")
     dv = dovecot_uid()
     status, body = raw_as(dv, sock, [b"passdb", b"alice", b"sha512 pw", b"imap",
                                      b"192.0.2.1"])
@@ -131,8 +131,8 @@ def test_dovecot_uids():
 def test_passdb_refusals_and_service_bars(db, sandbox, tops):
     sock = sb.Paths(sandbox).daemon_socket
     home = make_home(tops, "alice") if os.geteuid() == 0 else tops
-    add_mailbox(db, "alice", home, deny="pop3")
-    add_mailbox(db, "sus", home, suspended="Y")
+    add_hashed_mailbox(db, "alice", home, deny="pop3")
+    add_hashed_mailbox(db, "sus", home, suspended="Y")
     db.directory.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
                        "VALUES ('alice', '', 'al', 'example.com')", write=True)
 
@@ -153,10 +153,10 @@ def test_userdb_is_qmail_getpws_account(db, sandbox, tops):
     if os.geteuid() != 0:
         pytest.skip("homes owned by the mailbox uid need root")
     sock = sb.Paths(sandbox).daemon_socket
-    add_mailbox(db, "alice", make_home(tops, "alice"))
-    add_mailbox(db, "gone", os.path.join(tops, "no-such-home"))
-    add_mailbox(db, "stolen", make_home(tops, "stolen", uid=UID + 1), uid=UID)
-    add_mailbox(db, "zero", make_home(tops, "zero", uid=0), uid=0)
+    add_hashed_mailbox(db, "alice", make_home(tops, "alice"))
+    add_hashed_mailbox(db, "gone", os.path.join(tops, "no-such-home"))
+    add_hashed_mailbox(db, "stolen", make_home(tops, "stolen", uid=UID + 1), uid=UID)
+    add_hashed_mailbox(db, "zero", make_home(tops, "zero", uid=0), uid=0)
     db.directory.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
                        "VALUES ('alice', '', 'al', 'example.com')", write=True)
     status, body = client.call(sock, [b"userdb", b"Al@Example.com"])
@@ -361,9 +361,9 @@ def world():
             for scheme in SCHEMES:
                 name = scheme.replace("-", "")
                 w.homes[name] = make_home(top, name)
-                add_mailbox(q, name, w.homes[name], scheme)
+                add_hashed_mailbox(q, name, w.homes[name], scheme)
             w.homes["alice"] = make_home(top, "alice")
-            add_mailbox(q, "alice", w.homes["alice"], "sha512-crypt", "alice pw")
+            add_hashed_mailbox(q, "alice", w.homes["alice"], "sha512-crypt", "alice pw")
             q.directory.query("INSERT INTO virtual (username, ext, virtual_username, "
                               "virtual_host) VALUES ('alice', '', 'al', 'example.com')",
                               write=True)
@@ -440,8 +440,8 @@ def test_virtual_login_sees_what_the_wrapper_delivered(world):
 
 def test_refusals(world):
     with qmailsql.connect(str(world.root)) as q:
-        add_mailbox(q, "sus", make_home(world.top, "sus"), password="pw", suspended="Y")
-        add_mailbox(q, "noimap", make_home(world.top, "noimap"), password="pw", deny="imap")
+        add_hashed_mailbox(q, "sus", make_home(world.top, "sus"), password="pw", suspended="Y")
+        add_hashed_mailbox(q, "noimap", make_home(world.top, "noimap"), password="pw", deny="imap")
     failed = "[AUTHENTICATIONFAILED] Authentication failed."
     assert world.imap("alice", "wrong") == failed
     assert world.imap("sus", "pw") == failed

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import qmailsql
-from qmailsql.core import config as configmod, fallback, hotpath
+from qmailsql.core import config as configmod, definitions, fallback, hotpath
 from qmailsql.core.helpers import helper_path
 from qmailsql.core.hotpath import ConfigError, candidates, encode_frame
 from qmailsql.core.resolve import Delivery, Refusal
@@ -32,7 +32,7 @@ UID, GID = 800, 100
 
 # control/sqlserver --------------------------------------------------------------------
 
-KEYS = sorted(fallback.KEY_ALIASES) + ["bogus", "Server", "LOGIN"]
+KEYS = sorted(definitions.KEY_ALIASES) + ["bogus", "Server", "LOGIN"]
 values = st.one_of(
     st.sampled_from(["/s", "/tmp/x.sock", "db", "127.0.0.1", "127.0.0.1:3306", "[::1]:3307",
                      "[::1", "h:0", "h:99999", "h:x", "yes", "no", "maybe", "0", "1", "32",

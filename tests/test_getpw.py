@@ -10,20 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import add_mailbox
 from qmailsql.sandbox import demo, host as sb
 from qmailsql.core import resolve
 from qmailsql.core.resolve import Delivery, Refusal
 
 UID, GID = 800, 100
-
-
-def add_mailbox(q, name, home, uid=UID, gid=GID, make_home=True):
-    q.directory.query("INSERT INTO mailbox (username, uid, gid, home, password, password_type)"
-                      " VALUES (%s,%s,%s,%s,'x','Password')", (name, uid, gid, str(home)),
-                      write=True)
-    if make_home:
-        os.makedirs(home, exist_ok=True)
-        os.chown(home, uid, gid)
 
 
 def getpw_cli(local, env=None):
@@ -50,14 +42,14 @@ def test_cli_prints_stock_fields(db, homes):
 
 
 def test_case_lowered_but_ext_keeps_case(db, homes):
-    add_mailbox(db, "iain", homes / "iain")
+    add_mailbox(db, "iain", homes / "iain", make_home=True)
     d = db.getpw(b"IAIN-SlowLaris")
     assert (d.user, d.dash, d.ext) == (b"iain", b"-", b"SlowLaris")
 
 
 def test_explain_says_why(db, homes):
-    add_mailbox(db, "iain", homes / "iain")
-    add_mailbox(db, "iain-x", homes / "x", make_home=False)
+    add_mailbox(db, "iain", homes / "iain", make_home=True)
+    add_mailbox(db, "iain-x", homes / "x")
     story = []
     db.getpw(b"iain-x", story)
     assert "candidate 'iain-x' (mailbox uid 800): rejected: home" in story[0]
@@ -66,8 +58,8 @@ def test_explain_says_why(db, homes):
 
 
 def test_home_owned_by_another_uid_is_rejected(db, homes):
-    add_mailbox(db, "iain", homes / "iain")
-    add_mailbox(db, "iain-other", homes / "other")
+    add_mailbox(db, "iain", homes / "iain", make_home=True)
+    add_mailbox(db, "iain-other", homes / "other", make_home=True)
     os.chown(homes / "other", UID + 1, GID)
     story = []
     d = db.getpw(b"iain-other", story)
@@ -76,8 +68,8 @@ def test_home_owned_by_another_uid_is_rejected(db, homes):
 
 
 def test_uid_zero_is_never_a_candidate(db, homes):
-    add_mailbox(db, "boss", homes / "boss", uid=0, gid=0)
-    add_mailbox(db, "alias", homes / "alias", uid=UID)
+    add_mailbox(db, "boss", homes / "boss", uid=0, gid=0, make_home=True)
+    add_mailbox(db, "alias", homes / "alias", uid=UID, make_home=True)
     story = []
     d = db.getpw(b"boss", story)
     assert (d.user, d.dash, d.ext) == (b"alias", b"-", b"boss")
@@ -85,7 +77,7 @@ def test_uid_zero_is_never_a_candidate(db, homes):
 
 
 def test_no_candidate_goes_to_alias_user(db, homes):
-    add_mailbox(db, "alias", homes / "alias", uid=UID + 5)
+    add_mailbox(db, "alias", homes / "alias", uid=UID + 5, make_home=True)
     d = db.getpw(b"Nobody-Here")
     assert d == Delivery(b"alias", UID + 5, GID, os.fsencode(homes / "alias"), b"-",
                          b"Nobody-Here")
@@ -99,7 +91,7 @@ def test_no_alias_user_is_116(db, homes):
 
 
 def test_mailbox_row_wins_over_passwd(db, homes):
-    add_mailbox(db, "daemon", homes / "d", uid=UID)
+    add_mailbox(db, "daemon", homes / "d", uid=UID, make_home=True)
     assert db.getpw(b"daemon").uid == UID
 
 
@@ -118,8 +110,8 @@ def test_system_users_from_passwd_and_switch(db, homes):
 
 def test_trailing_space_and_accents_do_not_match(db, homes):
     # MariaDB's collation pads and folds; qmail compares exact lower-case names
-    add_mailbox(db, "jose", homes / "jose")
-    add_mailbox(db, "alias", homes / "alias")
+    add_mailbox(db, "jose", homes / "jose", make_home=True)
+    add_mailbox(db, "alias", homes / "alias", make_home=True)
     assert db.getpw(b"jose ").user == b"alias"
     assert db.getpw("josé".encode()).user == b"alias"
     assert db.getpw(b"JOSE").user == b"jose"
@@ -133,9 +125,9 @@ HOSTILE = [b"o'brien", b"back\\slash", b"100%", b"under_score", b"' OR 1=1 -- ",
 @pytest.mark.parametrize("local", HOSTILE, ids=lambda b: "%r (%d bytes)" % (b[:12], len(b)))
 def test_hostile_locals_get_a_correct_answer(db, homes, local):
     """A correct answer, or (longer than any address stock qmail passes) a clear 111."""
-    add_mailbox(db, "alias", homes / "alias")
-    add_mailbox(db, "o'brien", homes / "ob")
-    add_mailbox(db, "a", homes / "a")
+    add_mailbox(db, "alias", homes / "alias", make_home=True)
+    add_mailbox(db, "o'brien", homes / "ob", make_home=True)
+    add_mailbox(db, "a", homes / "a", make_home=True)
     if len(local) > resolve.MAX_FIELD:
         with pytest.raises(Refusal) as e:
             db.getpw(local)
@@ -159,7 +151,7 @@ def test_nul_in_local_is_refused(db):
 
 
 def test_misconfigured_row_is_111(db, homes):
-    add_mailbox(db, "rel", homes / "rel")
+    add_mailbox(db, "rel", homes / "rel", make_home=True)
     db.directory.query("UPDATE mailbox SET home='relative/path' WHERE username='rel'",
                        write=True)
     with pytest.raises(Refusal) as e:
@@ -242,8 +234,8 @@ def test_every_temporary_stat_error_defers(db, homes, monkeypatch, name):
     """stat() of a candidate's home failing with any of qmail's temporary errors defers
     the mail (QLX_NFS, as stock qmail-getpw), never sends it to the alias user."""
     import errno
-    add_mailbox(db, "iain", homes / "iain")
-    add_mailbox(db, "alias", homes / "alias")
+    add_mailbox(db, "iain", homes / "iain", make_home=True)
+    add_mailbox(db, "alias", homes / "alias", make_home=True)
     real_stat = os.stat
     code = getattr(errno, name)
 
@@ -262,8 +254,8 @@ def test_every_temporary_stat_error_defers(db, homes, monkeypatch, name):
 def test_real_stat_error_of_a_home_defers(db, homes, name):
     """The real errno from the kernel's stat(), injected by strace into `qmailsql getpw`
     for the home's path only: deferred, not the alias user."""
-    add_mailbox(db, "iain", homes / "iain")
-    add_mailbox(db, "alias", homes / "alias")
+    add_mailbox(db, "iain", homes / "iain", make_home=True)
+    add_mailbox(db, "alias", homes / "alias", make_home=True)
     strace = shutil.which("strace")
     assert strace, "strace is needed (bash .ci/setup installs it)"
     calls = "stat,lstat,newfstatat,statx"

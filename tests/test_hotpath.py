@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from qmailsql.core import _hot, fallback, hotpath
-from qmailsql.core.hotpath import ConfigError
+from qmailsql.core.definitions import ConfigError
 
 
 def test_cython_module_is_the_one_in_use():

@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+import qmailsql
+from qmailsql.admin import doctor
 from qmailsql.core import schema
 
 
@@ -37,8 +39,19 @@ def test_tables_have_faq_columns_and_keys(db):
                            "('dup',1,1,'/h'),('dup',1,1,'/h')", write=True)
 
 
-def test_migrate_widens_and_never_narrows(sandbox):
-    import qmailsql
+@pytest.fixture
+def username_widths_restored(sandbox):
+    """The test widens the shared sandbox's name columns: back to the stock 32 for the
+    other tests afterwards, even when it fails."""
+    yield
+    with qmailsql.connect(str(sandbox)) as q:
+        for table, columns in schema.USERNAME_COLUMNS.items():
+            for c in columns:
+                q.directory.query("ALTER TABLE `%s` MODIFY `%s` VARCHAR(32) NOT NULL DEFAULT ''"
+                                  % (table, c), write=True)
+
+
+def test_migrate_widens_and_never_narrows(sandbox, username_widths_restored):
     with qmailsql.connect(str(sandbox)) as q:
         assert set(widths(q).values()) == {32}
         changes = schema.migrate(q.directory, 128)
@@ -49,11 +62,6 @@ def test_migrate_widens_and_never_narrows(sandbox):
         r = subprocess.run([sys.executable, "-m", "qmailsql", "--qmail-dir", str(sandbox),
                             "migrate", "--userlen", "128"], capture_output=True, text=True)
         assert r.returncode == 0 and "nothing to do" in r.stdout
-        # back to the default so other tests see a stock schema
-        for table, columns in schema.USERNAME_COLUMNS.items():
-            for c in columns:
-                q.directory.query("ALTER TABLE `%s` MODIFY `%s` VARCHAR(32) NOT NULL DEFAULT ''"
-                                  % (table, c), write=True)
 
 
 @pytest.mark.parametrize("n", [1, 256])
@@ -77,8 +85,6 @@ def test_migrate_adds_the_lookup_indexes_an_old_table_lacks(sandbox):
     """A virtual table from the original patch has no key on virtual_host: every lookup
     then reads the whole table. migrate adds what the lookups need (index-only probes);
     doctor says so until then."""
-    import qmailsql
-    from qmailsql.admin import doctor
     with qmailsql.connect(str(sandbox)) as q:
         assert ["virtual_host", "virtual_username"] in index_columns(q, "virtual").values()
         assert schema.missing_indexes(q.directory) == []
@@ -110,6 +116,8 @@ def test_migrate_adds_the_lookup_indexes_an_old_table_lacks(sandbox):
                         q.directory.query("ALTER TABLE `%s` DROP INDEX `%s`" % (table, name),
                                           write=True)
                 q.directory.query("ALTER TABLE `%s` ADD %s" % (table, stock_key), write=True)
+
+
 def test_migrate_adds_the_service_bars_column_to_an_old_table(db, sandbox):
     """A mailbox table from before per-service bars: `migrate` (no --userlen needed)
     adds deny_services, rows keep their values and are barred from nothing."""

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from conftest import add_mailbox, add_virtual
+
 from qmailsql.core import config as configmod
 from qmailsql.core import db as dbmod
 from qmailsql.core import resolve, virtual
@@ -19,16 +21,7 @@ UID, GID = 800, 100
 def mailbox(q, homes, name, uid=UID, gid=GID):
     home = homes / name.replace("/", "_")
     home.mkdir()
-    os.chown(home, uid, gid)
-    q.directory.query("INSERT INTO mailbox (username, uid, gid, home, password, password_type)"
-                      " VALUES (%s,%s,%s,%s,'x','Password')", (name, uid, gid, str(home)),
-                      write=True)
-    return str(home).encode()
-
-
-def vrow(q, username, ext, vuser, vhost):
-    q.directory.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
-                      "VALUES (%s,%s,%s,%s)", (username, ext, vuser, vhost), write=True)
+    return os.fsencode(add_mailbox(q, name, home, uid=uid, gid=gid, make_home=True))
 
 
 def resolver(q, **changes):
@@ -165,7 +158,7 @@ def test_ambiguous_hosts():
 
 def test_faq_virtual_catchall(db, homes):
     home = mailbox(db, homes, "virtual")
-    vrow(db, "virtual", "@", "", "virtual.com")
+    add_virtual(db, "virtual", "@", "", "virtual.com")
     assert db.getpw(b"virtual.com-anyone") == want(b"virtual", home, b"-", b"@")
     assert db.getpw(b"virtual.com-") == want(b"virtual", home, b"-", b"@")
 
@@ -173,8 +166,8 @@ def test_faq_virtual_catchall(db, homes):
 def test_exact_beats_catchall_and_is_case_insensitive(db, homes):
     vhome = mailbox(db, homes, "virtual")
     shome = mailbox(db, homes, "sales")
-    vrow(db, "virtual", "@", "", "virtual.com")
-    vrow(db, "sales", "", "Sales", "virtual.com")
+    add_virtual(db, "virtual", "@", "", "virtual.com")
+    add_virtual(db, "sales", "", "Sales", "virtual.com")
     assert db.getpw(b"virtual.com-sales") == want(b"sales", shome)
     assert db.getpw(b"virtual.com-SALES") == want(b"sales", shome)
     assert db.getpw(b"VIRTUAL.Com-sales") == want(b"sales", shome)
@@ -183,7 +176,7 @@ def test_exact_beats_catchall_and_is_case_insensitive(db, homes):
 
 def test_row_ext_appended_with_auto_break(db, homes):
     home = mailbox(db, homes, "iain")
-    vrow(db, "iain", "slowlaris", "s", "h.org")
+    add_virtual(db, "iain", "slowlaris", "s", "h.org")
     assert db.getpw(b"h.org-s") == want(b"iain", home, b"-", b"slowlaris")
 
 
@@ -191,8 +184,8 @@ def test_target_resolved_like_any_local(db, homes):
     """The FAQ's iain / iain-sanity example reached through a virtual row."""
     ihome = mailbox(db, homes, "iain")
     shome = mailbox(db, homes, "iain-sanity")
-    vrow(db, "iain", "sanity", "a", "h.org")
-    vrow(db, "iain", "slowlaris", "b", "h.org")
+    add_virtual(db, "iain", "sanity", "a", "h.org")
+    add_virtual(db, "iain", "slowlaris", "b", "h.org")
     assert db.getpw(b"h.org-a") == want(b"iain-sanity", shome)
     assert db.getpw(b"h.org-b") == want(b"iain", ihome, b"-", b"slowlaris")
 
@@ -200,7 +193,7 @@ def test_target_resolved_like_any_local(db, homes):
 def test_silly_domain_other_goes_to_alias_user(db, homes):
     shome = mailbox(db, homes, "sales")
     ahome = mailbox(db, homes, "alias")
-    vrow(db, "sales", "", "sales", "sillydomain.com")
+    add_virtual(db, "sales", "", "sales", "sillydomain.com")
     assert db.getpw(b"sillydomain.com-sales") == want(b"sales", shome)
     assert db.getpw(b"sillydomain.com-other") == want(b"alias", ahome, b"-",
                                                       b"sillydomain.com-other")
@@ -208,7 +201,7 @@ def test_silly_domain_other_goes_to_alias_user(db, homes):
 
 def test_no_row_and_no_alias_user_is_116(db, homes):
     mailbox(db, homes, "sales")
-    vrow(db, "sales", "", "sales", "sillydomain.com")
+    add_virtual(db, "sales", "", "sales", "sillydomain.com")
     with pytest.raises(Refusal) as e:
         resolver(db, system_users=False).getpw(b"sillydomain.com-other")
     assert e.value.code == 116
@@ -220,14 +213,14 @@ def test_unknown_address_never_reaches_a_same_named_user(db, homes):
     mailbox(db, homes, "other")
     mailbox(db, homes, "sillydomain.com")
     ahome = mailbox(db, homes, "alias")
-    vrow(db, "sales", "", "sales", "sillydomain.com")
+    add_virtual(db, "sales", "", "sales", "sillydomain.com")
     assert db.getpw(b"sillydomain.com-other") == want(b"alias", ahome, b"-",
                                                       b"sillydomain.com-other")
 
 
 def test_not_a_virtual_host_resolves_normally(db, homes):
     home = mailbox(db, homes, "iain")
-    vrow(db, "x", "", "x", "virtual.com")
+    add_virtual(db, "x", "", "x", "virtual.com")
     assert db.getpw(b"iain-slowlaris") == want(b"iain", home, b"-", b"slowlaris")
     assert db.getpw(b"iain") == want(b"iain", home)
 
@@ -236,8 +229,8 @@ def test_longest_host_wins(db, homes):
     ahome = mailbox(db, homes, "a")
     bhome = mailbox(db, homes, "b")
     alias = mailbox(db, homes, "alias")
-    vrow(db, "a", "", "", "a.b")              # catch-all at a.b
-    vrow(db, "b", "", "u", "a.b-c.com")       # u@a.b-c.com
+    add_virtual(db, "a", "", "", "a.b")              # catch-all at a.b
+    add_virtual(db, "b", "", "u", "a.b-c.com")       # u@a.b-c.com
     assert db.getpw(b"a.b-c.com-u") == want(b"b", bhome)
     # the longer host is known: no fall-back to the catch-all of the shorter one
     assert db.getpw(b"a.b-c.com-v") == want(b"alias", alias, b"-", b"a.b-c.com-v")
@@ -247,13 +240,13 @@ def test_longest_host_wins(db, homes):
 def test_padded_host_row_is_not_the_host(db, homes):
     mailbox(db, homes, "a")
     home = mailbox(db, homes, "iain")
-    vrow(db, "a", "", "", "iain ")      # equal to 'iain' under the collation, not to qmail
+    add_virtual(db, "a", "", "", "iain ")      # equal to 'iain' under the collation, not to qmail
     assert db.getpw(b"iain-x") == want(b"iain", home, b"-", b"x")
 
 
 def test_blank_username_row_defers(db, homes):
     mailbox(db, homes, "alias")
-    vrow(db, "", "", "bob", "h.org")
+    add_virtual(db, "", "", "bob", "h.org")
     with pytest.raises(Refusal) as e:
         db.getpw(b"h.org-bob")
     assert e.value.code == 111
@@ -263,10 +256,10 @@ def test_blank_username_row_defers(db, homes):
 def test_funky_patterns_most_specific_first(db, homes):
     for n in ("boss", "team", "all", "blank"):
         mailbox(db, homes, n)
-    vrow(db, "all", "", "%", "v.com")
-    vrow(db, "team", "", "sales-%", "v.com")
-    vrow(db, "boss", "", "sales-boss", "v.com")
-    vrow(db, "blank", "", "", "v.com")
+    add_virtual(db, "all", "", "%", "v.com")
+    add_virtual(db, "team", "", "sales-%", "v.com")
+    add_virtual(db, "boss", "", "sales-boss", "v.com")
+    add_virtual(db, "blank", "", "", "v.com")
     r = resolver(db, funky_queries=True)
     assert r.getpw(b"v.com-sales-boss").user == b"boss"
     assert r.getpw(b"v.com-Sales-Q").user == b"team"
@@ -282,10 +275,10 @@ def test_funky_patterns_mean_what_the_db_collation_says(db, homes):
     accents); an exact name stays exact (case only, as qmail compares)."""
     for n in ("accents", "exact", "blank", "crafted"):
         mailbox(db, homes, n)
-    vrow(db, "accents", "", "jérôme-%", "v.com")
-    vrow(db, "exact", "", "josé", "v.com")
-    vrow(db, "blank", "", "", "v.com")
-    vrow(db, "crafted", "", "%e%e%e%e%x", "v.com")
+    add_virtual(db, "accents", "", "jérôme-%", "v.com")
+    add_virtual(db, "exact", "", "josé", "v.com")
+    add_virtual(db, "blank", "", "", "v.com")
+    add_virtual(db, "crafted", "", "%e%e%e%e%x", "v.com")
     r = resolver(db, funky_queries=True)
     assert r.getpw(b"v.com-JEROME-lists").user == b"accents"
     assert r.getpw("v.com-Jérôme-lists".encode()).user == b"accents"
@@ -301,7 +294,7 @@ def test_funky_faq_update_recipe_keeps_catchall(db, homes):
     `update virtual set virtual_username='%' where virtual_username=''`.
     Here the catch-all works both before and after the recipe."""
     home = mailbox(db, homes, "virtual")
-    vrow(db, "virtual", "@", "", "virtual.com")
+    add_virtual(db, "virtual", "@", "", "virtual.com")
     r = resolver(db, funky_queries=True)
     before = r.getpw(b"virtual.com-joe")
     # the FAQ's statement verbatim ('%%' is MySQLdb's escape for a literal '%')
@@ -317,8 +310,8 @@ def test_funky_faq_update_recipe_keeps_catchall(db, homes):
 def test_hostile_addresses_answer_correctly(db, homes, user):
     ahome = mailbox(db, homes, "alias")
     mailbox(db, homes, "sales")
-    vrow(db, "sales", "", "sales", "v.com")
-    vrow(db, "sales", "", "x\\y", "v.com")   # a literal backslash name
+    add_virtual(db, "sales", "", "sales", "v.com")
+    add_virtual(db, "sales", "", "x\\y", "v.com")   # a literal backslash name
     for funky in (False, True):
         d = resolver(db, funky_queries=funky).getpw(b"v.com-" + user)
         assert d == want(b"alias", ahome, b"-", b"v.com-" + user)
@@ -329,26 +322,26 @@ def test_non_utf8_user_part(db, homes):
     mailbox(db, homes, "v.com")
     ahome = mailbox(db, homes, "alias")
     chome = mailbox(db, homes, "catch")
-    vrow(db, "sales", "", "sales", "v.com")
-    vrow(db, "all", "", "%", "v.com")
+    add_virtual(db, "sales", "", "sales", "v.com")
+    add_virtual(db, "all", "", "%", "v.com")
     for funky in (False, True):
         r = resolver(db, funky_queries=funky)
         assert r.getpw(b"v.com-\xff") == want(b"alias", ahome, b"-", b"v.com-\xff")
-    vrow(db, "catch", "", "", "v.com")
+    add_virtual(db, "catch", "", "", "v.com")
     assert db.getpw(b"v.com-\xffx") == want(b"catch", chome)
 
 
 def test_custom_auto_break(db, homes):
     """qmail-send always prefixes with '-'; the row's target uses auto_break."""
     home = mailbox(db, homes, "iain")
-    vrow(db, "iain", "slowlaris", "s", "h-x.org")
+    add_virtual(db, "iain", "slowlaris", "s", "h-x.org")
     r = resolver(db, auto_break=b"+")
     assert r.getpw(b"h-x.org-s") == want(b"iain", home, b"-", b"slowlaris")
 
 
 def test_junk_local_part(db, homes):
     ahome = mailbox(db, homes, "alias")
-    vrow(db, "sales", "", "sales", "v.com")
+    add_virtual(db, "sales", "", "sales", "v.com")
     junk = b"v.com-" + b"-".join([b"ab%_'\\"] * 290)  # just under resolve.MAX_FIELD
     assert len(junk) <= resolve.MAX_FIELD
     d = resolver(db, funky_queries=True).getpw(junk)
@@ -361,13 +354,13 @@ def test_junk_local_part(db, homes):
 
 def test_magic_forward(db, homes):
     ahome = mailbox(db, homes, "alias")
-    vrow(db, "forward", "popaccount@hotmail.com", "user", "virtual.com")
+    add_virtual(db, "forward", "popaccount@hotmail.com", "user", "virtual.com")
     r = resolver(db, magic_forwarding=True)
     assert r.getpw(b"virtual.com-user") == want(b"alias", ahome, b"-", b"virtual.com-user")
 
 
 def test_magic_forward_without_alias_user_defers(db, homes):
-    vrow(db, "forward", "popaccount@hotmail.com", "user", "virtual.com")
+    add_virtual(db, "forward", "popaccount@hotmail.com", "user", "virtual.com")
     with pytest.raises(Refusal) as e:
         resolver(db, magic_forwarding=True, system_users=False).getpw(b"virtual.com-user")
     assert e.value.code == 111
@@ -375,7 +368,7 @@ def test_magic_forward_without_alias_user_defers(db, homes):
 
 def test_magic_forward_blank_target_defers(db, homes):
     mailbox(db, homes, "alias")
-    vrow(db, "forward", "", "user", "virtual.com")
+    add_virtual(db, "forward", "", "user", "virtual.com")
     with pytest.raises(Refusal) as e:
         resolver(db, magic_forwarding=True).getpw(b"virtual.com-user")
     assert e.value.code == 111 and "ext" in e.value.message
@@ -384,15 +377,15 @@ def test_magic_forward_blank_target_defers(db, homes):
 def test_forward_without_magic_is_an_ordinary_user(db, homes):
     """The FAQ's method before 1.1.3: a real `forward` mailbox."""
     home = mailbox(db, homes, "forward")
-    vrow(db, "forward", "", "user", "virtual.com")
+    add_virtual(db, "forward", "", "user", "virtual.com")
     assert resolver(db, magic_forwarding=False).getpw(b"virtual.com-user") == want(
         b"forward", home)
 
 
 def test_forward_loops_from_db(db):
-    vrow(db, "forward", "b@x.com", "a", "x.com")
-    vrow(db, "forward", "a@x.com", "b", "x.com")
-    vrow(db, "forward", "ok@far.org", "c", "x.com")
+    add_virtual(db, "forward", "b@x.com", "a", "x.com")
+    add_virtual(db, "forward", "a@x.com", "b", "x.com")
+    add_virtual(db, "forward", "ok@far.org", "c", "x.com")
     assert virtual.forward_loops(db.directory) == [["a@x.com", "b@x.com"]]
     probs = virtual.problems(db.directory, dataclasses.replace(db.config,
                                                                magic_forwarding=True))
@@ -400,8 +393,8 @@ def test_forward_loops_from_db(db):
 
 
 def test_problems_pattern_without_funky(db):
-    vrow(db, "all", "", "%", "v.com")
-    vrow(db, "", "", "b", "v.com")
+    add_virtual(db, "all", "", "%", "v.com")
+    add_virtual(db, "", "", "b", "v.com")
     probs = virtual.problems(db.directory, dataclasses.replace(db.config, funky_queries=False))
     assert any("funky_queries is off" in p for p in probs)
     assert any("blank username" in p for p in probs)
@@ -434,7 +427,7 @@ def test_db_down_whole_path_is_111(sandbox):
 
 def test_explain_tells_the_virtual_story(db, homes):
     mailbox(db, homes, "virtual")
-    vrow(db, "virtual", "@", "", "virtual.com")
+    add_virtual(db, "virtual", "@", "", "virtual.com")
     story = []
     db.getpw(b"virtual.com-joe", story)
     text = "\n".join(story)
@@ -444,7 +437,7 @@ def test_explain_tells_the_virtual_story(db, homes):
 def test_resolver_without_virtual_source_has_no_virtual_step(db, homes):
     mailbox(db, homes, "virtual")
     alias = mailbox(db, homes, "alias")
-    vrow(db, "virtual", "@", "", "virtual.com")
+    add_virtual(db, "virtual", "@", "", "virtual.com")
     plain = Resolver(db.config, lambda names: db.directory.mailboxes(names))
     assert plain.virtual_rows is None
     assert plain.getpw(b"virtual.com-joe") == want(b"alias", alias, b"-", b"virtual.com-joe")
@@ -464,10 +457,10 @@ def _faq_world(db, homes):
     mailbox(db, homes, "alias")
     mailbox(db, homes, "iain")
     mailbox(db, homes, "iain-sanity")
-    vrow(db, "virtual", "@", "", "virtual.com")
-    vrow(db, "sales", "", "sales", "virtual.com")
-    vrow(db, "sales", "", "sales", "sillydomain.com")
-    vrow(db, "iain", "sanity", "a", "h.org")
+    add_virtual(db, "virtual", "@", "", "virtual.com")
+    add_virtual(db, "sales", "", "sales", "virtual.com")
+    add_virtual(db, "sales", "", "sales", "sillydomain.com")
+    add_virtual(db, "iain", "sanity", "a", "h.org")
 
 
 def test_session_cli_and_compiled_getpw_agree(db, homes, sandbox):
@@ -491,7 +484,7 @@ def test_session_cli_and_compiled_getpw_agree(db, homes, sandbox):
 
 
 def test_cli_getpw_exit_codes_for_virtual(db, homes, sandbox):
-    vrow(db, "", "", "bob", "h.org")
+    add_virtual(db, "", "", "bob", "h.org")
     env = dict(os.environ, QMAILSQL_QMAIL_DIR=str(sandbox))
     r = subprocess.run([sys.executable, "-m", "qmailsql", "getpw", "h.org-bob"], env=env,
                        capture_output=True, text=True)

@@ -7,7 +7,7 @@ control/sqlserver parser the daemon runs at start and on reload.
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
-from qmailsql.core.fallback import ConfigError, KEY_ALIASES, REPEATABLE
+from qmailsql.core.definitions import PRIVILEGED, STALE, ConfigError, KEY_ALIASES, REPEATABLE
 
 
 cdef inline bint _blank(unsigned char c):
@@ -198,8 +198,6 @@ def cache_times(bytes request, long status, bytes body, cache_ttl, negative_ttl,
     return (0, 0)
 
 
-PRIVILEGED = -1
-STALE = -2
 cdef enum:
     SHARDS = 64  # as in fallback.py
 

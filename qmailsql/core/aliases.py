@@ -45,6 +45,7 @@ doctor. With no rows, stock qmail-local runs unchanged and reads the files as us
 """
 import os
 
+from qmailsql.core import virtual
 from qmailsql.core.problems import Problem, sql_str
 from qmailsql.core.problems import blank as _blank
 from qmailsql.core.resolve import ALIAS_USER, EXIT_TEMP, Refusal, shown, too_long
@@ -294,7 +295,6 @@ def magic_forward(directory, config, user, local, dash, ext):
     qmailsql.core.virtual), else None."""
     if lower_ascii(user) != ALIAS_USER.encode() or dash != b"-" or ext != local:
         return None
-    from qmailsql.core import virtual
     hit = virtual.match(config, virtual.row_source(directory), local)
     if hit is None or hit.kind != "forward":
         return None

@@ -43,7 +43,7 @@ import threading
 import time
 from collections import deque
 
-from qmailsql.core import passwords, services
+from qmailsql.core import passwords, services, virtual
 from qmailsql.core.resolve import EXIT_TEMP, Refusal, mailbox_row_fault, pick_row, shown
 
 __all__ = ["LoginRefused", "NoSuchMailbox", "Limiter", "LIMITER", "authenticate", "attempt",
@@ -283,7 +283,6 @@ def _virtual_names(directory, config, local, host, note):
     virtual_username at virtual_host counts (never a pattern or the catch-all).
     Uses qmailsql.core.virtual's query and row rules (a blank username is a
     misconfiguration: Refusal 111)."""
-    from qmailsql.core import virtual
     _, rows = virtual.fetch(directory, [(host, local)], False)
     exact = [r for r in rows if isinstance(r.virtual_username, str)
              and isinstance(r.virtual_host, str) and r.virtual_username.strip() != ""

@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qmailsql.core.helpers import PACKAGE_DIR
-from qmailsql.core.hotpath import ConfigError, parse_sqlserver
+from qmailsql.core.definitions import ConfigError
+from qmailsql.core.hotpath import parse_sqlserver
 
 DEFAULT_QMAIL_DIR = "/var/qmail"
 FIX_PERMS = "chgrp qmailsql {path}; chmod 640 {path}"
 DEFAULTS_FILE_ENV = "QMAILSQL_DEFAULTS_FILE"
 ADMIN_GROUP = "qmailsql"  # option-file group read besides [client] for the admin login
+SANDBOX_MARKER = ".qmailsql-sandbox"  # in the root of a qmailsql.sandbox host
 
 
 def compiled_qmail_dir():
@@ -255,6 +257,15 @@ def load(qmail_home=None, path=None):
     return from_mapping(values, qmail_home, str(path))
 
 
+def admin_option_file(qmail_home):
+    """A sandbox's stand-in for the administrator's ~/.my.cnf: DIR/mysql/root.cnf, the
+    private server's root login (None when QMAIL_HOME is no sandbox)."""
+    cnf = os.path.join(qmail_home, "mysql", "root.cnf")
+    if os.path.exists(os.path.join(qmail_home, SANDBOX_MARKER)) and os.path.exists(cnf):
+        return cnf
+    return None
+
+
 def admin_defaults_file(qmail_home, override=None):
     """The MariaDB option file holding the administrator's login: OVERRIDE
     (--defaults-file), else $QMAILSQL_DEFAULTS_FILE, else a sandbox's own
@@ -264,7 +275,6 @@ def admin_defaults_file(qmail_home, override=None):
     password)."""
     path = override or os.environ.get(DEFAULTS_FILE_ENV)
     if not path:
-        from qmailsql.sandbox.host import admin_option_file
         path = admin_option_file(qmail_home)
     if path:
         try:

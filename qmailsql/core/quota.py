@@ -37,6 +37,8 @@ import re
 import time
 from dataclasses import dataclass
 
+from qmailsql.core.db import DirectoryUnavailable
+
 MAILDIRSIZE = "maildirsize"
 QUOTAWARN = "quotawarn"
 RECALC_BYTES = 5120           # a maildirsize this long or longer is recalculated
@@ -174,7 +176,6 @@ def mailbox_limits(directory, user):
     """Limits of USER (str, or bytes as a helper sent it) for a delivery or a Dovecot
     login. No mailbox row: no limits. Raises db.DirectoryUnavailable; a schema without
     the quota columns is no limits."""
-    from qmailsql.core.db import DirectoryUnavailable
     if isinstance(user, bytes):
         try:
             user = user.decode("utf-8")
@@ -403,7 +404,6 @@ def percent(limits, nbytes, count):
 def doctor_findings(directory, overflow="bounce"):
     """(check, severity, what, fix) for `qmailsql doctor`: mailboxes over quota, and
     maildirsize files that cannot be read."""
-    from qmailsql.core.db import DirectoryUnavailable
     try:
         limits = all_limits(directory)
     except DirectoryUnavailable as e:

@@ -8,16 +8,12 @@ import os
 import pwd
 from dataclasses import dataclass, field
 
+from qmailsql.core import virtual
+from qmailsql.core.errors import (  # noqa: F401 (callers import them from here too)
+    EXIT_NFS, EXIT_NOALIAS, EXIT_OK, EXIT_TEMP, EXIT_USAGE, Refusal, shown)
 from qmailsql.core.hotpath import candidates
 
 ALIAS_USER = "alias"  # qmail's auto_usera
-
-# exit codes, as qmail-lspawn reads them (qlx.h)
-EXIT_OK = 0
-EXIT_USAGE = 100
-EXIT_TEMP = 111
-EXIT_NFS = 115
-EXIT_NOALIAS = 116
 
 # Longest local part, ext or user name accepted, in bytes: more than stock qmail ever
 # passes (qmail-smtpd refuses addresses over 900 bytes; a virtual domain's prefix adds
@@ -50,26 +46,6 @@ NOT_ALLOWED_ERRNOS = frozenset((errno.EACCES, errno.EPERM))
 def is_temporary(code):
     """qmail's error_temp(CODE)."""
     return code in TEMP_ERRNOS
-
-
-class Refusal(Exception):
-    """No delivery answer: EXIT code for qmail-lspawn and one line saying why.
-
-    PUBLIC (default: the message itself) is what a peer without rights may be told:
-    a refusal that quotes a row says which row and what is wrong with it there, and
-    leaves the row's values to the log. FIX, what to do about it, ends the message;
-    CAUSE says whose trouble it is: "db", "row", "usage", ... or None."""
-
-    def __init__(self, code, message, public=None, fix=None, cause=None):
-        self.reason = message  # what went wrong; MESSAGE (logged, sent to qmail) adds the fix
-        if fix:
-            message = "%s; fix: %s" % (message, fix)
-        Exception.__init__(self, message)
-        self.code = code
-        self.message = message
-        self.public = message if public is None else public
-        self.fix = fix
-        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -154,12 +130,6 @@ def pick_row(rows, name):
     return folded[0] if folded else None
 
 
-def shown(local, limit=64):
-    """LOCAL for a log line: printable, and short even for 10 kB of junk."""
-    text = repr(local[:limit])[1:]
-    return text + ("...(%d bytes)" % len(local) if len(local) > limit else "")
-
-
 def _text(name):
     try:
         return name.decode("utf-8")
@@ -189,7 +159,6 @@ class Resolver:
     def for_directory(cls, config, directory):
         """The full resolver (mailbox, passwd, virtual) over one db.Directory (or its
         db.WriteServerReads)."""
-        from qmailsql.core import virtual
 
         def confirmer():
             if not directory.must_confirm():
@@ -258,7 +227,6 @@ class Resolver:
     def resolve(self, local, say):
         """getpw() for LOCAL (bytes, no NUL) from this resolver's rows alone."""
         if self.virtual_rows is not None:
-            from qmailsql.core import virtual
             hit = virtual.match(self.config, self.virtual_rows, local, say)
             if hit is not None and hit.kind == "local":
                 return self.resolve_local(hit.target, say)

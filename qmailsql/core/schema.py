@@ -10,6 +10,8 @@ database name, checked by identifier() first. Every other value is a parameter.
 import dataclasses
 import re
 
+from qmailsql.core import db
+
 TABLES = {
     "mailbox": """CREATE TABLE IF NOT EXISTS mailbox (
   username VARCHAR({n}) NOT NULL,
@@ -100,7 +102,6 @@ def identifier(name):
 def create_database(admin_config):
     """CREATE DATABASE admin_config.db (utf8mb4) on the write_server unless it exists;
     True when it was created. ADMIN_CONFIG: config.as_admin()."""
-    from qmailsql.core import db
     quoted = identifier(admin_config.db)
     directory = db.Directory(dataclasses.replace(admin_config, db=""))
     try:

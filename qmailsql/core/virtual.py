@@ -51,9 +51,9 @@ import functools
 import unicodedata
 from collections import namedtuple
 
+from qmailsql.core.errors import EXIT_TEMP, Refusal, shown
 from qmailsql.core.problems import Problem, sql_str
 from qmailsql.core.problems import blank as _blank
-from qmailsql.core.resolve import EXIT_TEMP, Refusal, shown
 
 HOST_SEP = b"-"       # qmail-send.c rewrite(): prefix + "-" + address
 FORWARD_USER = "forward"

@@ -4,6 +4,8 @@ import shutil
 import subprocess
 import tempfile
 
+from qmailsql.admin import tables as admin
+from qmailsql.core import config as configmod, db
 from qmailsql.sandbox import host as sandbox
 
 FAQ_UID, FAQ_GID = 800, 100
@@ -29,7 +31,6 @@ def make_home(path, uid, gid):
 
 def load_faq(directory, home_root, uid=FAQ_UID, gid=FAQ_GID):
     """The FAQ's Solaris example through the admin API (rows replaced if present)."""
-    from qmailsql.admin import tables as admin
     mailbox, alias = faq_rows(home_root)
     for name, _, _, home, password, ptype, _ in mailbox:
         admin.add_mailbox(directory, name, uid, gid, home, password, ptype, replace=True)
@@ -42,7 +43,6 @@ def load_faq(directory, home_root, uid=FAQ_UID, gid=FAQ_GID):
 def load_virtual_catchall(directory, home_root, uid=FAQ_UID, gid=FAQ_GID):
     """The FAQ's virtual catch-all (virtual @ '' virtual.com + alias virtual @ . /Maildir/)
     and an alias user, so unknown addresses bounce instead of waiting."""
-    from qmailsql.admin import tables as admin
     for name in ("virtual", "alias"):
         home = os.path.join(home_root, name)
         admin.add_mailbox(directory, name, uid, gid, home, replace=True)
@@ -95,7 +95,6 @@ def run(out=print):
 
 
 def _run(root, out):
-    import qmailsql
     paths = sandbox.Paths(root)
     out("sandbox: %s (private MariaDB on %s, qmailsqld on %s)"
         % (root, paths.db_socket, paths.daemon_socket))
@@ -106,9 +105,12 @@ def _run(root, out):
     os.makedirs(homes, exist_ok=True)
     for d in (root, os.path.dirname(homes), homes):
         os.chmod(d, 0o711)  # the FAQ's POP3 pitfall: every level searchable by the uid
-    with qmailsql.connect(root) as q:
-        load_faq(q.directory, homes, uid, gid)
-        load_virtual_catchall(q.directory, homes, uid, gid)
+    directory = db.Directory(configmod.as_admin(configmod.load(root)))  # the admin's login
+    try:
+        load_faq(directory, homes, uid, gid)
+        load_virtual_catchall(directory, homes, uid, gid)
+    finally:
+        directory.close()
     out("loaded the FAQ's tables (uid %d):" % uid)
     out("  mailbox: iain, iain-sanity, virtual, alias")
     out("  alias:   iain slowlaris . /Maildir/      virtual @ . /Maildir/")

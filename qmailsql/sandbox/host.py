@@ -33,10 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-from qmailsql.core import config as configmod
+from qmailsql.core import config as configmod, db, dovecot as dovecot_config, schema
+from qmailsql.core.config import SANDBOX_MARKER as MARKER, admin_option_file  # noqa: F401 (sb.*)
 from qmailsql.core.helpers import LIBEXEC, NAMES, PACKAGE_DIR, SCRIPTS
 
-MARKER = ".qmailsql-sandbox"
 DB_NAME = "qmail"
 DB_USER = "qmailsql"
 SOCKET_MAX = 107  # sun_path
@@ -270,20 +270,10 @@ def write_sqlserver(paths, password, server=None, write_server=None, extra="", l
     os.replace(tmp, paths.sqlserver)
 
 
-def admin_option_file(qmail_home):
-    """A sandbox's stand-in for the administrator's ~/.my.cnf: DIR/mysql/root.cnf, the
-    private server's root login (None when QMAIL_HOME is no sandbox)."""
-    cnf = os.path.join(qmail_home, "mysql", "root.cnf")
-    if os.path.exists(os.path.join(qmail_home, MARKER)) and os.path.exists(cnf):
-        return cnf
-    return None
-
-
 def create_schema(paths, userlen=32, hosts=("localhost", "127.0.0.1")):
     """What `qmailsql initdb` and `qmailsql grant` do on a host, as the sandbox's DB
     root: the database, the tables, and control/sqlserver's login with exactly the
     daemon's grants (from HOSTS: the socket, and TCP on 127.0.0.1)."""
-    from qmailsql.core import db, schema
     daemon_cfg = configmod.load(str(paths.root))
     admin = configmod.as_admin(daemon_cfg, str(paths.root_cnf))
     schema.create_database(admin)
@@ -303,8 +293,8 @@ def install_helpers(paths):
         src = LIBEXEC / name
         if src.exists():
             shutil.copy2(src, paths.bin / name)
-    from qmailsql.core import dovecot  # where `qmailsql dovecot-config` looks for it
-    shutil.copy2(SCRIPTS[dovecot.SCRIPT], paths.bin / dovecot.INSTALLED_SCRIPT)
+    # where `qmailsql dovecot-config` looks for it
+    shutil.copy2(SCRIPTS[dovecot_config.SCRIPT], paths.bin / dovecot_config.INSTALLED_SCRIPT)
 
 
 def package_parent():
