@@ -59,6 +59,7 @@ from qmailsql.admin import importers
 from qmailsql.core.hotpath import (IMPLEMENTATION, PRIVILEGED, ConfigError, ResponseCache,
                                    cache_times, decode_frame, encode_response, split_fields)
 from qmailsql.core.resolve import EXIT_TEMP, MAX_FIELD, Refusal, shown, too_long
+from qmailsql.daemon.commands import DOVECOT_PEER_COMMANDS, OPEN_COMMANDS, TABLE as COMMANDS
 
 MAX_PAYLOAD = 65536           # csrc/PROTOCOL.md, both directions
 RECV_SIZE = MAX_PAYLOAD + 16
@@ -78,28 +79,12 @@ REFUSAL_LOG_EVERY = 10.0      # refusals: at most REFUSAL_LOG_BURST lines of a k
 REFUSAL_LOG_BURST = 8         # this often, then one line that counts the others
 MAX_HOMEDIR = 4096            # bytes of a local request's homedir (PATH_MAX); the other
                               # getpw/local fields: resolve.MAX_FIELD
-LOCAL_FIELDS = ("user", "homedir", "local part", "dash", "ext", "domain")
-FIELD_NAMES = {b"getpw": ("local part",), b"local": LOCAL_FIELDS, b"localq": LOCAL_FIELDS,
-               b"local-confirm": LOCAL_FIELDS, b"userdb": ("user",)}
 TURN_FRAMES = 16              # requests of one connection handled before the next one's turn
 UID_ROUND_FRAMES = 32         # ... of all connections of one unprivileged uid per round
 OUT_LIMIT = 256 * 1024        # answers queued for a client that does not read: stop reading it
 OUT_CHUNK = 16384             # small answers are queued together up to this size
 COMPACT_AT = 65536            # handled input is cut off the buffer once it is this long
 ACCEPT_BURST = 64             # connections accepted per round of the loop
-
-# commands a peer not in the client uid list may send
-OPEN_COMMANDS = frozenset([b"local", b"localq", b"local-confirm", b"ping"])
-# and Dovecot's auth user (dovecot_uids())
-DOVECOT_PEER_COMMANDS = OPEN_COMMANDS | dovecot.COMMANDS
-# request fields each command takes (auth: a 4th, the service, is optional, so a
-# checkpassword built before service bars keeps working)
-NARGS = {b"getpw": (1,), b"local": (6,), b"localq": (6,), b"local-confirm": (6,),
-         b"auth": (3, 4), b"ping": (0,), b"flush": (0,),
-         b"passdb": (4,), b"userdb": (1,), b"iterate": (1,)}
-AUTH_POOL = frozenset([b"auth", b"passdb"])  # password hashes: the auth workers' queue
-# `localq` is `local` with the mailbox's quota in front of the lines (quota.answer_line)
-LOCAL_COMMANDS = frozenset([b"local", b"localq"])
 
 PONG = encode_response(0, b"pong")
 FLUSHED = encode_response(0, b"")
@@ -251,7 +236,8 @@ def listen(path, backlog=1024):
 def oversized(command, args):
     """Why a getpw or local request is refused for its size (None: it is not): no field
     may be longer than stock qmail ever passes (resolve.too_long; homedir: PATH_MAX)."""
-    for name, value in zip(FIELD_NAMES.get(command, ()), args):
+    spec = COMMANDS.get(command)
+    for name, value in zip(spec.fields if spec else (), args):
         problem = too_long(name, value, MAX_HOMEDIR if name == "homedir" else MAX_FIELD)
         if problem:
             return problem
@@ -481,17 +467,7 @@ class Worker:
         self.daemon.reply(task)
 
     def handle(self, task):
-        command = task.command
-        if command == b"getpw":
-            self.getpw(task)
-        elif command in LOCAL_COMMANDS:
-            self.local(task)
-        elif command == b"local-confirm":
-            self.local(task, confirm=True)
-        elif command == b"auth":
-            self.auth(task)
-        elif command in dovecot.COMMANDS:
-            self.dovecot_request(task)
+        getattr(self, COMMANDS[task.command].handler)(task)
 
     def getpw(self, task):
         local = task.args[0]
@@ -541,6 +517,9 @@ class Worker:
             self.log_for(task.conn, "local %s %s: %s" % (shown(user), shown(ext), e))
             return
         task.status, task.body = 0, _bytes(body or b"")
+
+    def local_confirm(self, task):
+        self.local(task, confirm=True)
 
     def own_account(self, uid, user, homedir, local, dash, ext):
         """Whether the alias rows of USER may go to this unprivileged peer, UID.
@@ -922,8 +901,8 @@ class Daemon:
             return
         command = fields[0]
         args = fields[1:]
-        nargs = NARGS.get(command)
-        if nargs is None:
+        spec = COMMANDS.get(command)
+        if spec is None:
             self.refusal_log(conn.uid, "malformed", "unknown command %s from uid %d" % (
                 shown(command), conn.uid))
             self.send(conn, encode_response(100, b"unknown command " + _bytes(shown(command))))
@@ -932,11 +911,12 @@ class Daemon:
             cmd = command.decode("ascii")
             self.refusal_log(conn.uid, "command", "refused uid %d for %s (pid %d; allow it "
                              "with %s)" % (conn.uid, cmd, conn.pid, "QMAILSQL_DOVECOT_UIDS"
-                                           if command in dovecot.COMMANDS
+                                           if spec.who == "dovecot"
                                            else "QMAILSQL_CLIENT_UIDS"))
             self.send(conn, encode_response(EXIT_TEMP, b"qmailsqld refuses %s requests from "
                                             b"uid %d" % (command, conn.uid)))
             return
+        nargs = spec.nargs
         if len(args) not in nargs:
             self.refusal_log(conn.uid, "malformed", "%s request from uid %d with %d fields "
                              "instead of %d" % (command.decode("ascii"), conn.uid, len(args),
@@ -944,13 +924,8 @@ class Daemon:
             self.send(conn, encode_response(EXIT_TEMP, b"malformed %s request: %d fields, "
                                             b"expected %d" % (command, len(args), nargs[-1])))
             return
-        if command == b"ping":
-            self.send(conn, PONG)
-            return
-        if command == b"flush":
-            self.cache.clear()
-            log("cache flushed (uid %d)" % conn.uid)
-            self.send(conn, FLUSHED)
+        if spec.pool == "inline":
+            getattr(self, spec.handler)(conn)
             return
         problem = oversized(command, args)
         if problem is not None:
@@ -960,12 +935,12 @@ class Daemon:
             return
         stale = None
         key = payload
-        if command == b"userdb" and not conn.privileged:  # Dovecot's user: its answers are
+        if spec.cache == "shared" and not conn.privileged:  # Dovecot's user: its answers are
             frame = cache.get(payload, time.monotonic())  # the same as anyone's
             if frame is not None:
                 self.send(conn, frame)
                 return
-        elif command in LOCAL_COMMANDS and not conn.privileged:
+        elif spec.cache == "per-uid" and not conn.privileged:
             # a worker checks that USER is this peer's own account; what is cached
             # here was checked for this very uid
             key = b"uid=%d\0" % conn.uid + payload
@@ -975,7 +950,7 @@ class Daemon:
                     self.debug_log(conn, payload, frame, "cache")
                 self.send(conn, frame)
                 return
-        elif command == b"getpw":
+        elif spec.cache == "stale":
             now = time.monotonic()
             stale = cache.get_stale(payload, now)
             if stale is not None and now - self.db_failed_at < STALE_SHORTCUT:
@@ -989,14 +964,23 @@ class Daemon:
         task.queued = time.monotonic()
         conn.busy = True
         self.busy += 1
-        if command in AUTH_POOL:
+        if spec.pool == "auth":
             self.auth_tasks.put(task)
         else:
             self.db_tasks.put(task)
 
+    def ping(self, conn):
+        self.send(conn, PONG)
+
+    def flush(self, conn):
+        self.cache.clear()
+        log("cache flushed (uid %d)" % conn.uid)
+        self.send(conn, FLUSHED)
+
     def debug_log(self, conn, payload, frame, how):
         fields = payload.split(b"\0")
-        if fields[0] in AUTH_POOL:  # never the password
+        spec = COMMANDS.get(fields[0])
+        if spec is not None and spec.pool == "auth":  # never the password
             what = "%s %s" % (fields[0].decode(), shown(fields[1] if len(fields) > 1 else b""))
         else:
             what = " ".join([fields[0].decode("ascii", "replace")] +
