@@ -8,6 +8,7 @@ import os
 import pwd
 from dataclasses import dataclass, field
 
+from qmailsql.core.db import DirectoryUnavailable
 from qmailsql.core.hotpath import candidates
 
 ALIAS_USER = "alias"  # qmail's auto_usera
@@ -272,14 +273,13 @@ class Resolver:
                                   "magic forward" if forward else "no virtual row", forward)
 
     def fetch(self, names):
-        """Mailbox rows for NAMES; any DB trouble is 111: mail waits, never goes to the
-        alias user."""
+        """Mailbox rows for NAMES; any DB trouble is 111 (cause "db"): mail waits, never
+        goes to the alias user. Any other exception is a bug and goes up as it is (the
+        daemon logs it as an internal error and answers 111)."""
         try:
             return list(self.mailbox_rows(names))
-        except Refusal:
-            raise
-        except Exception as e:
-            raise Refusal(EXIT_TEMP, "DB lookup failed: %s" % e)
+        except DirectoryUnavailable as e:
+            raise Refusal(EXIT_TEMP, "DB lookup failed: %s" % e, cause="db")
 
     def to_alias_user(self, local, rows, say, why, forward=False):
         """Step 3 of SPEC section 4: the alias user with dash '-' and ext LOCAL."""

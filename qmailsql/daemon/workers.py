@@ -82,20 +82,14 @@ class Task:
 
 
 class WorkerDirectory(db.Directory):
-    """A worker's Directory: remembers the last DB failure (for stale answers) and,
-    with --debug, logs every query."""
+    """A worker's Directory: with --debug, logs every query."""
 
     debug = False
-    last_error = None
 
     def query(self, sql, params=(), write=False):
         if self.debug:
             log("debug: query %s %r" % (" ".join(sql.split()), list(params)[:20]))
-        try:
-            return db.Directory.query(self, sql, params, write)
-        except db.DirectoryUnavailable as e:
-            self.last_error = e
-            raise
+        return db.Directory.query(self, sql, params, write)
 
 
 class Worker:
@@ -170,15 +164,14 @@ class Worker:
 
     def getpw(self, task):
         local = task.args[0]
-        self.directory.last_error = None
         try:
             delivery = self.resolver.getpw(local)
         except Refusal as r:
-            db_error = self.directory.last_error
-            if db_error is not None:
+            db_failed = r.cause == "db"
+            if db_failed:
                 self.daemon.db_failed_at = time.monotonic()
-            if r.code == EXIT_TEMP and db_error is not None and task.stale is not None:
-                log("stale answer for getpw %s: %s" % (shown(local), db_error))
+            if r.code == EXIT_TEMP and db_failed and task.stale is not None:
+                log("stale answer for getpw %s: %s" % (shown(local), r.reason))
                 task.frame = task.stale
                 task.served_stale = True
                 task.status = 0
