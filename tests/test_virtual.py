@@ -415,6 +415,19 @@ def test_db_trouble_is_111_never_alias(db, homes):
     assert r.getpw(b"alias").user == b"alias"
 
 
+def test_db_trouble_is_cause_db_and_a_bug_is_no_db_failure(db):
+    def down(names):
+        raise dbmod.DirectoryUnavailable("no DB server answered")
+    with pytest.raises(Refusal) as e:
+        Resolver(db.config, down).getpw(b"nobody-here")
+    assert (e.value.code, e.value.cause) == (111, "db")
+
+    def bug(names):
+        raise KeyError("a bug in a row source")
+    with pytest.raises(KeyError):  # the daemon logs it as an internal error (111)
+        Resolver(db.config, bug).getpw(b"nobody-here")
+
+
 def test_db_down_whole_path_is_111(sandbox):
     cfg = dataclasses.replace(configmod.load(str(sandbox)),
                               servers=[configmod.Server(socket="/nonexistent/mysql.sock")],

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from qmailsql.core import virtual
 from qmailsql.core.errors import (  # noqa: F401 (callers import them from here too)
     EXIT_NFS, EXIT_NOALIAS, EXIT_OK, EXIT_TEMP, EXIT_USAGE, Refusal, shown)
+from qmailsql.core.db import DirectoryUnavailable
 from qmailsql.core.hotpath import candidates
 
 ALIAS_USER = "alias"  # qmail's auto_usera
@@ -240,14 +241,13 @@ class Resolver:
                                   "magic forward" if forward else "no virtual row", forward)
 
     def fetch(self, names):
-        """Mailbox rows for NAMES; any DB trouble is 111: mail waits, never goes to the
-        alias user."""
+        """Mailbox rows for NAMES; any DB trouble is 111 (cause "db"): mail waits, never
+        goes to the alias user. Any other exception is a bug and goes up as it is (the
+        daemon logs it as an internal error and answers 111)."""
         try:
             return list(self.mailbox_rows(names))
-        except Refusal:
-            raise
-        except Exception as e:
-            raise Refusal(EXIT_TEMP, "DB lookup failed: %s" % e)
+        except DirectoryUnavailable as e:
+            raise Refusal(EXIT_TEMP, "DB lookup failed: %s" % e, cause="db")
 
     def to_alias_user(self, local, rows, say, why, forward=False):
         """Step 3 of SPEC section 4: the alias user with dash '-' and ext LOCAL."""

@@ -52,6 +52,7 @@ import unicodedata
 from collections import namedtuple
 
 from qmailsql.core.errors import EXIT_TEMP, Refusal, shown
+from qmailsql.core.db import DirectoryUnavailable
 from qmailsql.core.problems import Problem, sql_str
 from qmailsql.core.problems import blank as _blank
 
@@ -274,10 +275,8 @@ def match(config, virtual_rows, local, say=lambda line: None):
         return None
     try:
         known, rows = virtual_rows(pairs, config.funky_queries)
-    except Refusal:
-        raise
-    except Exception as e:  # DB trouble: the mail waits
-        raise Refusal(EXIT_TEMP, "DB lookup of virtual hosts failed: %s" % e)
+    except DirectoryUnavailable as e:  # DB trouble: the mail waits
+        raise Refusal(EXIT_TEMP, "DB lookup of virtual hosts failed: %s" % e, cause="db")
     for host, user in pairs:
         if host.lower() not in known:
             continue

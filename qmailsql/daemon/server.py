@@ -49,18 +49,23 @@ import pwd
 import select
 import signal
 import socket
-import stat
 import struct
 import threading
 import time
 
-from qmailsql.core import aliases, auth as authmod, config as configmod, db, dovecot, quota, resolve
+from qmailsql.core import config as configmod, db
 from qmailsql.core import users
 from qmailsql.core.hotpath import (IMPLEMENTATION, PRIVILEGED, ConfigError, ResponseCache,
                                    cache_times, decode_frame, encode_response, split_fields)
-from qmailsql.core.resolve import EXIT_TEMP, MAX_FIELD, Refusal, shown, too_long
+from qmailsql.core.resolve import EXIT_TEMP, MAX_FIELD, shown, too_long
+from qmailsql.daemon.commands import DOVECOT_PEER_COMMANDS, OPEN_COMMANDS, TABLE as COMMANDS
+from qmailsql.daemon.conn import Conn
+from qmailsql.daemon.listen import StartError, listen, probe, remove_pidfile, write_pidfile
+from qmailsql.daemon.logs import log
+# Worker, TaskQueue, WorkerDirectory, probe and StartError: also reachable from here
+# (qmailsql.daemon.server is what the tests and the cli import)
+from qmailsql.daemon.workers import MAX_PAYLOAD, Task, TaskQueue, Worker, WorkerDirectory, _bytes
 
-MAX_PAYLOAD = 65536           # csrc/PROTOCOL.md, both directions
 RECV_SIZE = MAX_PAYLOAD + 16
 DB_WORKERS = 4
 AUTH_WORKERS = 2
@@ -78,9 +83,6 @@ REFUSAL_LOG_EVERY = 10.0      # refusals: at most REFUSAL_LOG_BURST lines of a k
 REFUSAL_LOG_BURST = 8         # this often, then one line that counts the others
 MAX_HOMEDIR = 4096            # bytes of a local request's homedir (PATH_MAX); the other
                               # getpw/local fields: resolve.MAX_FIELD
-LOCAL_FIELDS = ("user", "homedir", "local part", "dash", "ext", "domain")
-FIELD_NAMES = {b"getpw": ("local part",), b"local": LOCAL_FIELDS, b"localq": LOCAL_FIELDS,
-               b"local-confirm": LOCAL_FIELDS, b"userdb": ("user",)}
 TURN_FRAMES = 16              # requests of one connection handled before the next one's turn
 UID_ROUND_FRAMES = 32         # ... of all connections of one unprivileged uid per round
 OUT_LIMIT = 256 * 1024        # answers queued for a client that does not read: stop reading it
@@ -88,23 +90,9 @@ OUT_CHUNK = 16384             # small answers are queued together up to this siz
 COMPACT_AT = 65536            # handled input is cut off the buffer once it is this long
 ACCEPT_BURST = 64             # connections accepted per round of the loop
 
-# commands a peer not in the client uid list may send
-OPEN_COMMANDS = frozenset([b"local", b"localq", b"local-confirm", b"ping"])
-# and Dovecot's auth user (dovecot_uids())
-DOVECOT_PEER_COMMANDS = OPEN_COMMANDS | dovecot.COMMANDS
-# request fields each command takes (auth: a 4th, the service, is optional, so a
-# checkpassword built before service bars keeps working)
-NARGS = {b"getpw": (1,), b"local": (6,), b"localq": (6,), b"local-confirm": (6,),
-         b"auth": (3, 4), b"ping": (0,), b"flush": (0,),
-         b"passdb": (4,), b"userdb": (1,), b"iterate": (1,)}
-AUTH_POOL = frozenset([b"auth", b"passdb"])  # password hashes: the auth workers' queue
-# `localq` is `local` with the mailbox's quota in front of the lines (quota.answer_line)
-LOCAL_COMMANDS = frozenset([b"local", b"localq"])
-
 PONG = encode_response(0, b"pong")
 FLUSHED = encode_response(0, b"")
 MALFORMED = encode_response(EXIT_TEMP, b"malformed request")
-TOO_BUSY = encode_response(EXIT_TEMP, b"qmailsqld was too busy")
 UCRED = struct.Struct("3i")
 
 EPOLLIN = select.EPOLLIN
@@ -112,19 +100,6 @@ EPOLLOUT = select.EPOLLOUT
 DONTWAIT = socket.MSG_DONTWAIT
 SOL_SOCKET = socket.SOL_SOCKET
 SO_PEERCRED = socket.SO_PEERCRED
-
-
-def log(message):
-    """One line on stderr; a single write(2), so lines from threads never interleave."""
-    data = ("qmailsqld: %s\n" % message).encode("utf-8", "backslashreplace")
-    try:
-        os.write(2, data)
-    except OSError:
-        pass
-
-
-class StartError(Exception):
-    """The daemon cannot start; the message says why (exit 111)."""
 
 
 def _uids(environ, variable, users):
@@ -177,81 +152,11 @@ def _env_int(name, default, low=1):
     return value
 
 
-def probe(path, timeout=2.0):
-    """True if something accepts connections on the unix socket PATH."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(path)
-        return True
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except (BlockingIOError, socket.timeout):
-        return True  # backlog full: someone is there, and busy
-    finally:
-        s.close()
-
-
-def listen(path, backlog=1024):
-    """A listening socket at PATH, mode 0666; a stale socket is replaced atomically."""
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        try:
-            os.makedirs(directory, 0o755, exist_ok=True)
-        except OSError as e:
-            raise StartError("cannot create %s for the socket: %s" % (directory, e.strerror))
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as e:
-        raise StartError("cannot check %s: %s" % (path, e.strerror))
-    if st is not None:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise StartError("%s exists and is not a socket; move it away" % path)
-        try:
-            alive = probe(path)
-        except OSError as e:
-            raise StartError("cannot check the socket %s: %s" % (path, e.strerror))
-        if alive:
-            raise StartError("another qmailsqld is already answering on %s; stop it first"
-                             % path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    tmp = os.path.join(directory, ".qmailsqld.%d" % os.getpid())
-    if len(tmp.encode()) > 107:
-        tmp = None
-    try:
-        if tmp:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            sock.bind(tmp)
-            os.chmod(tmp, 0o666)
-            sock.listen(backlog)
-            os.rename(tmp, path)  # atomic: clients never see the path missing
-        else:
-            if st is not None:
-                os.unlink(path)
-            sock.bind(path)
-            os.chmod(path, 0o666)
-            sock.listen(backlog)
-    except OSError as e:
-        sock.close()
-        if tmp:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        raise StartError("cannot listen on %s: %s" % (path, e.strerror or e))
-    sock.setblocking(False)
-    return sock
-
-
 def oversized(command, args):
     """Why a getpw or local request is refused for its size (None: it is not): no field
     may be longer than stock qmail ever passes (resolve.too_long; homedir: PATH_MAX)."""
-    for name, value in zip(FIELD_NAMES.get(command, ()), args):
+    spec = COMMANDS.get(command)
+    for name, value in zip(spec.fields if spec else (), args):
         problem = too_long(name, value, MAX_HOMEDIR if name == "homedir" else MAX_FIELD)
         if problem:
             return problem
@@ -294,321 +199,6 @@ class RefusalLog:
                                          self.every))
         for line in lines:
             log(line)
-
-
-class TaskQueue:
-    """The requests waiting for a worker: privileged peers' first, then one uid's after
-    another's in turn; at most WORKERS - 1 workers at a time on unprivileged peers'
-    requests, so that one is always free for a delivery lookup."""
-
-    def __init__(self, workers):
-        self.cond = threading.Condition(threading.Lock())
-        self.privileged = collections.deque()
-        self.by_uid = collections.OrderedDict()  # uid -> deque of its tasks
-        self.unprivileged_limit = max(1, workers - 1)
-        self.unprivileged_running = 0
-
-    def put(self, task):
-        """Queue TASK (None: one worker stops)."""
-        with self.cond:
-            if task is None or task.conn.privileged:
-                self.privileged.append(task)
-            else:
-                waiting = self.by_uid.get(task.conn.uid)
-                if waiting is None:
-                    waiting = self.by_uid[task.conn.uid] = collections.deque()
-                waiting.append(task)
-            self.cond.notify()
-
-    def get(self):
-        with self.cond:
-            while True:
-                if self.privileged:
-                    return self.privileged.popleft()
-                if self.by_uid and self.unprivileged_running < self.unprivileged_limit:
-                    uid, waiting = self.by_uid.popitem(last=False)
-                    task = waiting.popleft()
-                    if waiting:
-                        self.by_uid[uid] = waiting  # at the back: the next uid comes first
-                    self.unprivileged_running += 1
-                    return task
-                self.cond.wait()
-
-    def done(self, task):
-        """A worker is done with TASK (from get())."""
-        if task is not None and not task.conn.privileged:
-            with self.cond:
-                self.unprivileged_running -= 1
-                self.cond.notify()
-
-
-class Conn:
-    # inbuf[inpos:]: bytes received and not handled yet (a bytearray, appended to, read
-    # at an offset: never copied); started: when the first of them came, for
-    # FRAME_TIMEOUT; out: answers not sent yet (a deque of bytearrays, outbytes in
-    # all); queued: waiting for its turn in Daemon.serve() with requests to handle
-    __slots__ = ("sock", "fd", "uid", "pid", "privileged", "commands", "inbuf", "inpos", "started", "out",
-                 "outbytes", "busy", "queued", "closed", "close_after", "draining", "events",
-                 "last")
-
-    def __init__(self, sock, uid, pid, privileged, commands=OPEN_COMMANDS):
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.uid = uid
-        self.pid = pid
-        self.privileged = privileged
-        self.commands = commands  # what it may ask when not privileged
-        self.inbuf = bytearray()
-        self.inpos = 0
-        self.started = 0.0
-        self.out = collections.deque()
-        self.outbytes = 0
-        self.busy = False
-        self.queued = False
-        self.closed = False
-        self.close_after = False
-        self.draining = False
-        self.events = 0
-        self.last = 0.0
-
-    def pending(self):
-        """Bytes received and not handled yet."""
-        return len(self.inbuf) - self.inpos
-
-
-class Task:
-    __slots__ = ("conn", "payload", "key", "command", "args", "stale", "generation", "config",
-                 "status", "body", "frame", "served_stale", "queued")
-
-    def __init__(self, conn, payload, command, args, stale, generation, config):
-        self.conn = conn
-        self.payload = payload
-        self.key = payload  # the cache key (peer-specific for unprivileged `local`)
-        self.command = command
-        self.args = args
-        self.stale = stale
-        self.generation = generation
-        self.config = config
-        self.status = EXIT_TEMP
-        self.body = b""
-        self.frame = b""
-        self.served_stale = False
-        self.queued = 0.0  # when it was put on a worker queue (monotonic)
-
-
-class WorkerDirectory(db.Directory):
-    """A worker's Directory: remembers the last DB failure (for stale answers) and,
-    with --debug, logs every query."""
-
-    debug = False
-    last_error = None
-
-    def query(self, sql, params=(), write=False):
-        if self.debug:
-            log("debug: query %s %r" % (" ".join(sql.split()), list(params)[:20]))
-        try:
-            return db.Directory.query(self, sql, params, write)
-        except db.DirectoryUnavailable as e:
-            self.last_error = e
-            raise
-
-
-class Worker:
-    """One DB worker thread: its own Directory and Resolver, rebuilt on reload."""
-
-    def __init__(self, daemon, tasks, name):
-        self.daemon = daemon
-        self.tasks = tasks
-        self.name = name
-        self.config = None
-        self.directory = None
-        self.resolver = None
-        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
-
-    def setup(self, config):
-        if self.directory is not None:
-            self.directory.close()
-        self.directory = WorkerDirectory(config, self.daemon.health, log)
-        self.directory.debug = self.daemon.debug
-        self.resolver = resolve.Resolver.for_directory(config, self.directory)
-        self.config = config
-
-    def run(self):
-        self.setup(self.daemon.config)
-        try:  # connect now, so the first delivery does not wait for it
-            self.directory.query("SELECT 1")
-        except db.DirectoryUnavailable:
-            pass  # logged by the Directory; every request will try again
-        while True:
-            task = self.tasks.get()
-            if task is None:
-                break
-            try:
-                self.work(task)
-            finally:
-                self.tasks.done(task)
-        if self.directory is not None:
-            self.directory.close()
-
-    def work(self, task):
-        """Answer TASK (the answer goes back through Daemon.reply)."""
-        waited = time.monotonic() - task.queued
-        if waited > self.daemon.task_deadline:
-            # its client has given up by now (or soon will): answering it would
-            # only delay the requests queued behind it
-            self.daemon.refusal_log(task.conn.uid, "queue", "%s %s: waited %.0fs in the "
-                                    "queue (uid %d); answered 111 without doing it" % (
-                                        task.command.decode("ascii"),
-                                        shown(task.args[0]) if task.args else "", waited,
-                                        task.conn.uid))
-            task.frame = TOO_BUSY
-            self.daemon.reply(task)
-            return
-        if task.config is not self.config:
-            self.setup(task.config)
-        try:
-            self.handle(task)
-        except Exception as e:  # a bug must not kill the worker; mail waits
-            log("internal error in %s %s: %s: %s" % (task.command.decode("ascii",
-                "replace"), shown(task.args[0]) if task.args else "", type(e).__name__, e))
-            task.status, task.body, task.frame = EXIT_TEMP, b"internal error in qmailsqld", b""
-        if not task.frame:
-            if len(task.body) > MAX_PAYLOAD - 4:  # the helpers refuse longer answers
-                log("%s %s: answer of %d bytes is too long for the protocol" % (
-                    task.command.decode("ascii"), shown(task.args[0]), len(task.body)))
-                task.status, task.body = EXIT_TEMP, b"answer too long for the protocol"
-            task.frame = encode_response(task.status, task.body)
-        self.daemon.reply(task)
-
-    def handle(self, task):
-        command = task.command
-        if command == b"getpw":
-            self.getpw(task)
-        elif command in LOCAL_COMMANDS:
-            self.local(task)
-        elif command == b"local-confirm":
-            self.local(task, confirm=True)
-        elif command == b"auth":
-            self.auth(task)
-        elif command in dovecot.COMMANDS:
-            self.dovecot_request(task)
-
-    def getpw(self, task):
-        local = task.args[0]
-        self.directory.last_error = None
-        try:
-            delivery = self.resolver.getpw(local)
-        except Refusal as r:
-            db_error = self.directory.last_error
-            if db_error is not None:
-                self.daemon.db_failed_at = time.monotonic()
-            if r.code == EXIT_TEMP and db_error is not None and task.stale is not None:
-                log("stale answer for getpw %s: %s" % (shown(local), db_error))
-                task.frame = task.stale
-                task.served_stale = True
-                task.status = 0
-                return
-            task.status, task.body = r.code, _bytes(r.message)
-            if r.code == EXIT_TEMP:
-                log("getpw %s: %s" % (shown(local), r.message))
-            return
-        task.status, task.body = 0, delivery.fields()
-        self.daemon.db_failed_at = -1e9  # the DB answers again
-
-    def local(self, task, confirm=False):
-        """`local`; `localq`: the same with the mailbox's quota line in front
-        (quota.answer_line); `local-confirm`: rows only, and no rows would be final (the
-        wrapper found no dot-qmail file; stock qmail-local would bounce the mail)."""
-        user, homedir, local, dash, ext, domain = task.args
-        try:
-            body, limits = b"", quota.Limits()
-            if task.conn.privileged or self.own_account(task.conn.uid, *task.args[:5]):
-                body = aliases.delivery_lines(self.directory, self.config, user, homedir,
-                                              local, dash, ext, domain, confirm)
-                if task.command == b"localq":
-                    limits = quota.mailbox_limits(self.directory, user)
-            # else: not the DB's account: stock, unchanged, and no quota
-            if task.command == b"localq":
-                body = quota.answer_line(self.config, limits) + (body or b"")
-        except Refusal as r:
-            # a peer without rights never sees row details (Refusal.public)
-            task.status = r.code
-            task.body = _bytes(r.message if task.conn.privileged else r.public)
-            self.log_for(task.conn, "local %s %s: %s" % (shown(user), shown(ext), r.message))
-            return
-        except db.DirectoryUnavailable as e:
-            task.status, task.body = EXIT_TEMP, _bytes(str(e))
-            self.log_for(task.conn, "local %s %s: %s" % (shown(user), shown(ext), e))
-            return
-        task.status, task.body = 0, _bytes(body or b"")
-
-    def own_account(self, uid, user, homedir, local, dash, ext):
-        """Whether the alias rows of USER may go to this unprivileged peer, UID.
-
-        qmail-local runs as the account's uid: a peer may read the rows of its own
-        account (USER's mailbox row or passwd entry, with that uid and HOMEDIR) and
-        nobody else's. False: qmail-lspawn took this very delivery from users/cdb and it
-        is not the DB's account, so the wrapper runs the stock qmail-local unchanged
-        (no rows; the rows of a name go to no other account). Anything else is refused.
-        A name known or unknown to the DB costs the same work (the answer is the same
-        refusal): mailbox rows, /etc/passwd, users/cdb, and on a replica the same again
-        on the write_server."""
-        name = user.decode("utf-8", "replace")
-        if self.is_owner(uid, name, homedir, self.directory):
-            return True
-        if self.daemon.users_cdb.delivers(local, user, uid, homedir, dash, ext):
-            return False
-        if self.directory.must_confirm() and self.is_owner(
-                uid, name, homedir, self.directory.on_write_server()):
-            return True  # a replica that lags behind a new account
-        self.daemon.refusal_log(uid, "local", "refused uid %d for local %s: not that "
-                                "account's uid and home" % (uid, shown(user)))
-        # the peer learns which name was refused, nothing about the account (the log
-        # has the uid and the rest)
-        raise Refusal(EXIT_TEMP, "qmailsqld refuses local requests for another account "
-                      "(%s); its log says why" % shown(user))
-
-    def is_owner(self, uid, name, homedir, directory):
-        try:
-            acct = self.resolver.account(name, directory.mailboxes([name]), same_cost=True)
-        except Refusal as r:  # a misconfigured row: logged, never shown to the peer
-            log("local %s from uid %d: %s" % (shown(name.encode("utf-8", "replace")), uid,
-                                              r.message))
-            return False
-        return acct is not None and acct.uid == uid and os.fsencode(acct.home) == homedir
-
-    def log_for(self, conn, message):
-        """A line about CONN's request: rate-limited per uid for unprivileged peers."""
-        if conn.privileged:
-            log(message)
-        else:
-            self.daemon.refusal_log(conn.uid, "local", message)
-
-    def auth(self, task):
-        login, password, remoteip = task.args[:3]
-        service = task.args[3] if len(task.args) > 3 else b""
-        task.args = (login, b"", remoteip)  # the password goes no further than this
-        payload = authmod.response(self.directory, self.config, login, password, remoteip,
-                                   log=log, service=service)  # the whole answer, logged there
-        status, _, body = payload.partition(b"\0")
-        task.status, task.body = int(status), body
-
-    def dovecot_request(self, task):
-        args = task.args
-        if task.command == b"passdb":
-            task.args = (args[0], b"") + tuple(args[2:])  # the password goes no further
-        payload = dovecot.answer(task.command, args, self.resolver, self.directory,
-                                 self.config, log)
-        status, _, body = payload.partition(b"\0")
-        task.status, task.body = int(status), body
-
-
-def _bytes(value):
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return os.fsencode(value)
-    return bytes(value)
 
 
 class Daemon:
@@ -922,8 +512,8 @@ class Daemon:
             return
         command = fields[0]
         args = fields[1:]
-        nargs = NARGS.get(command)
-        if nargs is None:
+        spec = COMMANDS.get(command)
+        if spec is None:
             self.refusal_log(conn.uid, "malformed", "unknown command %s from uid %d" % (
                 shown(command), conn.uid))
             self.send(conn, encode_response(100, b"unknown command " + _bytes(shown(command))))
@@ -932,11 +522,12 @@ class Daemon:
             cmd = command.decode("ascii")
             self.refusal_log(conn.uid, "command", "refused uid %d for %s (pid %d; allow it "
                              "with %s)" % (conn.uid, cmd, conn.pid, "QMAILSQL_DOVECOT_UIDS"
-                                           if command in dovecot.COMMANDS
+                                           if spec.who == "dovecot"
                                            else "QMAILSQL_CLIENT_UIDS"))
             self.send(conn, encode_response(EXIT_TEMP, b"qmailsqld refuses %s requests from "
                                             b"uid %d" % (command, conn.uid)))
             return
+        nargs = spec.nargs
         if len(args) not in nargs:
             self.refusal_log(conn.uid, "malformed", "%s request from uid %d with %d fields "
                              "instead of %d" % (command.decode("ascii"), conn.uid, len(args),
@@ -944,13 +535,8 @@ class Daemon:
             self.send(conn, encode_response(EXIT_TEMP, b"malformed %s request: %d fields, "
                                             b"expected %d" % (command, len(args), nargs[-1])))
             return
-        if command == b"ping":
-            self.send(conn, PONG)
-            return
-        if command == b"flush":
-            self.cache.clear()
-            log("cache flushed (uid %d)" % conn.uid)
-            self.send(conn, FLUSHED)
+        if spec.pool == "inline":
+            getattr(self, spec.handler)(conn)
             return
         problem = oversized(command, args)
         if problem is not None:
@@ -960,12 +546,12 @@ class Daemon:
             return
         stale = None
         key = payload
-        if command == b"userdb" and not conn.privileged:  # Dovecot's user: its answers are
+        if spec.cache == "shared" and not conn.privileged:  # Dovecot's user: its answers are
             frame = cache.get(payload, time.monotonic())  # the same as anyone's
             if frame is not None:
                 self.send(conn, frame)
                 return
-        elif command in LOCAL_COMMANDS and not conn.privileged:
+        elif spec.cache == "per-uid" and not conn.privileged:
             # a worker checks that USER is this peer's own account; what is cached
             # here was checked for this very uid
             key = b"uid=%d\0" % conn.uid + payload
@@ -975,7 +561,7 @@ class Daemon:
                     self.debug_log(conn, payload, frame, "cache")
                 self.send(conn, frame)
                 return
-        elif command == b"getpw":
+        elif spec.cache == "stale":
             now = time.monotonic()
             stale = cache.get_stale(payload, now)
             if stale is not None and now - self.db_failed_at < STALE_SHORTCUT:
@@ -989,14 +575,23 @@ class Daemon:
         task.queued = time.monotonic()
         conn.busy = True
         self.busy += 1
-        if command in AUTH_POOL:
+        if spec.pool == "auth":
             self.auth_tasks.put(task)
         else:
             self.db_tasks.put(task)
 
+    def ping(self, conn):
+        self.send(conn, PONG)
+
+    def flush(self, conn):
+        self.cache.clear()
+        log("cache flushed (uid %d)" % conn.uid)
+        self.send(conn, FLUSHED)
+
     def debug_log(self, conn, payload, frame, how):
         fields = payload.split(b"\0")
-        if fields[0] in AUTH_POOL:  # never the password
+        spec = COMMANDS.get(fields[0])
+        if spec is not None and spec.pool == "auth":  # never the password
             what = "%s %s" % (fields[0].decode(), shown(fields[1] if len(fields) > 1 else b""))
         else:
             what = " ".join([fields[0].decode("ascii", "replace")] +
@@ -1212,23 +807,6 @@ class Daemon:
             remove_pidfile(self.pidfile)
 
 
-def write_pidfile(path):
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        f.write("%d\n" % os.getpid())
-    os.replace(tmp, path)
-
-
-def remove_pidfile(path):
-    try:
-        with open(path) as f:
-            if f.read().strip() != str(os.getpid()):
-                return
-        os.unlink(path)
-    except OSError:
-        pass
-
-
 def main(args):
     """`qmailsql daemon` / `qmailsqld`: run in the foreground until SIGTERM."""
     qmail_dir = getattr(args, "qmail_dir", None)
@@ -1254,3 +832,4 @@ def main(args):
         daemon.shutdown()
         log("stop")
     return 0
+
