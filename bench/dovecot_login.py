@@ -144,29 +144,6 @@ def open_sandbox(paths):
         os.chmod(d, 0o755)  # Dovecot's user reaches the socket and reads the script
 
 
-def userdb_only(paths, user, runs):
-    """For bench/latency.py: {dovecot_userdb_cold_ms, dovecot_userdb_warm_ms} of USER
-    through a private Dovecot on the sandbox PATHS, or {} (and why) where there is no
-    Dovecot or we are not root."""
-    if os.geteuid() != 0:
-        return {}, "not root (Dovecot's master changes uids)"
-    top = tempfile.mkdtemp(prefix="qsdvb-", dir="/tmp")
-    os.chmod(top, 0o755)
-    server = None
-    try:
-        open_sandbox(paths)
-        sock = str(paths.daemon_socket)
-        server = start(top, "lua", dovecot_admin.fragment(str(paths.root), sock, "2.3"))
-        cold, warm = userdb_latency(server, sock, runs, user)
-        return {"dovecot_userdb_cold_ms": cold, "dovecot_userdb_warm_ms": warm}, None
-    except private_dovecot.DovecotMissing as e:
-        return {}, str(e)
-    finally:
-        if server is not None:
-            server.stop()
-        shutil.rmtree(top, ignore_errors=True)
-
-
 def measure(args, top, root):
     paths = sandbox.Paths(root)
     sandbox.up(str(root))
