@@ -9,6 +9,7 @@ private sandbox of this module.
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -21,8 +22,9 @@ import pytest
 from conftest import add_mailbox, newu
 
 from conftest import run_as
-from qmailsql.core import cdb
+from qmailsql.core import cdb, schema
 from qmailsql.admin import doctor, sync
+from qmailsql.admin.doctor import database
 from qmailsql.sandbox import host as sb
 from qmailsql.core.helpers import helper_path
 
@@ -275,6 +277,42 @@ def test_schema_missing_service_bars_column(sandbox, db):
         sql(db, "ALTER TABLE mailbox ADD COLUMN deny_services SET('pop3','imap','smtp') "
                 "NOT NULL DEFAULT '' AFTER suspended")
     assert not found(run(sandbox), "schema-missing-column")
+
+
+def column_definition(q, table, column):
+    return sql(q, "SELECT column_type, is_nullable, column_default, extra FROM "
+                  "information_schema.columns WHERE table_schema = DATABASE() "
+                  "AND table_name = %s AND column_name = %s", (table, column))
+
+
+def table_layout(q, table):
+    """SHOW CREATE TABLE without the AUTO_INCREMENT counter (rows come and go)."""
+    return re.sub(r" AUTO_INCREMENT=\d+", "", sql(q, "SHOW CREATE TABLE `%s`" % table)[0][1])
+
+
+@pytest.mark.parametrize("table, column", [("mailbox", "password_type"), ("alias", "id")])
+def test_schema_missing_column_of_an_old_layout_fix_makes_initdbs_column(sandbox, db, table,
+                                                                         column):
+    """A column an old qmail-mysql table lacks: the fix adds it as initdb defines it
+    (password_type with its default Crypt-Password, not ENUM's first value Password;
+    an id as the primary key)."""
+    want, layout = column_definition(db, table, column), table_layout(db, table)
+    sql(db, "ALTER TABLE `%s` DROP COLUMN %s" % (table, column))
+    try:
+        [f] = found(run(sandbox), "schema-missing-column")
+        assert "table %s has no column %s (an old qmail-mysql layout?)" % (table, column) \
+            in f.what
+        sql(db, f.fix)
+        assert column_definition(db, table, column) == want
+        assert not found(run(sandbox), "schema-missing-column")
+    finally:
+        # back where initdb puts it (the fix adds it at the end) for the other tests
+        defined = schema.TABLES[table]
+        if not column_definition(db, table, column):
+            sql(db, database.add_column_fix(defined, defined.column(column), 32))
+        sql(db, "ALTER TABLE `%s` MODIFY %s%s" % (table, defined.column(column).sql(32),
+                                                  defined.place(defined.column(column))))
+    assert table_layout(db, table) == layout
 
 
 # ------------------------------------------------------------------ mailbox rows and homes
