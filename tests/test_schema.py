@@ -84,6 +84,7 @@ def test_tables_have_faq_columns_and_keys(db):
         "SELECT DISTINCT table_collation FROM information_schema.tables "
         "WHERE table_schema = DATABASE()")
     assert all(c[0].startswith("utf8mb4") for c in charsets)
+    # raw: the table itself must refuse a second row of one name, even in one statement
     with pytest.raises(Exception):
         db.directory.query("INSERT INTO mailbox (username, uid, gid, home) VALUES "
                            "('dup',1,1,'/h'),('dup',1,1,'/h')", write=True)
