@@ -74,19 +74,27 @@ def db(sandbox):
 
 
 # ---------------------------------------------------------------- rows
-# The one set of row factories every test file uses: Q is a Session (the `db` fixture).
+# The one set of row factories every test file uses: Q is a Session (the `db` fixture)
+# or a Directory (tests that talk to a primary or a sandbox of their own).
 ROW_UID, ROW_GID = 800, 100
 
 
+def _write_row(q, sql, params):
+    return getattr(q, "directory", q).query(sql, params, write=True)
+
+
 def add_mailbox(q, name, home=None, uid=ROW_UID, gid=ROW_GID, password="x",
-                ptype="Password", suspended="N", deny="", make_home=False, replace=False):
-    """A mailbox row (home default /home/mail/NAME); MAKE_HOME creates the home owned by
-    uid/gid, as qmail-getpw demands; REPLACE overwrites a row of that name."""
+                ptype="Password", suspended="N", deny="", quota_size=None, quota_count=None,
+                make_home=False, replace=False):
+    """A mailbox row (home default /home/mail/NAME; quotas NULL: none of its own);
+    MAKE_HOME creates the home owned by uid/gid, as qmail-getpw demands; REPLACE
+    overwrites a row of that name."""
     home = str(home) if home is not None else "/home/mail/" + name
-    q.directory.query("%s INTO mailbox (username, uid, gid, home, password, password_type, "
-                      "suspended, deny_services) VALUES (%%s,%%s,%%s,%%s,%%s,%%s,%%s,%%s)"
-                      % ("REPLACE" if replace else "INSERT"),
-                      (name, uid, gid, home, password, ptype, suspended, deny), write=True)
+    _write_row(q, "%s INTO mailbox (username, uid, gid, home, password, password_type, "
+                  "suspended, deny_services, quota_size, quota_count) VALUES (%%s,%%s,%%s,"
+                  "%%s,%%s,%%s,%%s,%%s,%%s,%%s)" % ("REPLACE" if replace else "INSERT"),
+               (name, uid, gid, home, password, ptype, suspended, deny, quota_size,
+                quota_count))
     if make_home:
         os.makedirs(home, exist_ok=True)
         os.chown(home, uid, gid)
@@ -95,16 +103,14 @@ def add_mailbox(q, name, home=None, uid=ROW_UID, gid=ROW_GID, password="x",
 
 def add_alias(q, username, alias, alias_username, alias_host):
     """An alias row: USERNAME's extension ALIAS goes to ALIAS_USERNAME@ALIAS_HOST."""
-    q.directory.query("INSERT INTO alias (username, alias, alias_username, alias_host) "
-                      "VALUES (%s,%s,%s,%s)", (username, alias, alias_username, alias_host),
-                      write=True)
+    _write_row(q, "INSERT INTO alias (username, alias, alias_username, alias_host) "
+                  "VALUES (%s,%s,%s,%s)", (username, alias, alias_username, alias_host))
 
 
 def add_virtual(q, username, ext, virtual_username, virtual_host):
     """A virtual row: VIRTUAL_USERNAME@VIRTUAL_HOST is delivered as USERNAME-EXT."""
-    q.directory.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
-                      "VALUES (%s,%s,%s,%s)", (username, ext, virtual_username, virtual_host),
-                      write=True)
+    _write_row(q, "INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
+                  "VALUES (%s,%s,%s,%s)", (username, ext, virtual_username, virtual_host))
 
 
 def flush_daemon(root):

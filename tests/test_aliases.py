@@ -4,7 +4,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import add_alias
+from conftest import add_alias, add_virtual
 from hypothesis import given, settings, strategies as st
 
 from qmailsql.core import aliases
@@ -274,9 +274,7 @@ def test_non_utf8_ext_still_finds_default(db):
 
 def test_magic_forward_lines(db):
     cfg = dataclasses.replace(db.config, magic_forwarding=True)
-    db.directory.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
-                       "VALUES ('forward', 'popaccount@hotmail.com', 'user', 'virtual.com')",
-                       write=True)
+    add_virtual(db, "forward", "popaccount@hotmail.com", "user", "virtual.com")
     add_alias(db, "alias", "default", ".", "/catchall/")
     L_ = "virtual.com-user"
     assert lines(db, "alias", "-", L_, local=L_, config=cfg) == b"&popaccount@hotmail.com\n"

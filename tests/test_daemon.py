@@ -118,9 +118,8 @@ def load_faq(q, home_root, alias_user=True):
     if alias_user:
         home = Path(home_root) / "alias"
         demo.make_home(str(home), demo.FAQ_UID + 1, demo.FAQ_GID)
-        q.directory.query("REPLACE INTO mailbox (username, uid, gid, home, password, "
-                          "password_type, suspended) VALUES (%s,%s,%s,%s,'','Password','N')",
-                          ("alias", demo.FAQ_UID + 1, demo.FAQ_GID, str(home)), write=True)
+        add_mailbox(q, "alias", home, uid=demo.FAQ_UID + 1, gid=demo.FAQ_GID, password="",
+                    replace=True)
 
 
 def add_user(q, name, home_root, uid=demo.FAQ_UID):
@@ -345,10 +344,8 @@ def test_peer_without_rights_never_sees_row_values(faq, sandbox, homes):
     os.chmod(sandbox, 0o755)
     paths = sb.Paths(sandbox)
     os.chmod(paths.run, 0o755)
-    faq.directory.query("REPLACE INTO mailbox (username, uid, gid, home, password, "
-                        "password_type, suspended) VALUES ('broken', %s, 100, "
-                        "'relative/secret-place', '', 'Password', 'N')", (OTHER_UID,),
-                        write=True)
+    add_mailbox(faq, "broken", "relative/secret-place", uid=OTHER_UID, gid=100, password="",
+                replace=True)
     local = [b"local", b"broken", b"/home/broken", b"broken", b"", b"", b"example.org"]
     status, body = raw_as(OTHER_UID, paths.daemon_socket, local)
     assert status == 111 and b"broken" in body, body

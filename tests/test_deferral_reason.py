@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import environ
+import qmailsql
+
+from conftest import add_mailbox, environ
 from qmail_lspawn import FD2_CLOSED, FD2_MESSAGE, QLX_NOALIAS, deliver
 from qmailsql.sandbox import host as sb
 from qmailsql.core.helpers import helper_path
@@ -139,9 +141,8 @@ def test_daemon_does_not_answer_in_time(qmail, tmp_path):
 
 
 def test_misconfigured_row(qmail):
-    sb.root_sql(sb.Paths(qmail.dir), [(
-        "INSERT INTO qmail.mailbox (username, uid, gid, home) VALUES ('badrow', 800, 100, "
-        "'relative/home')", ())])
+    with qmailsql.connect(str(qmail.dir)) as q:
+        add_mailbox(q, "badrow", "relative/home", uid=800, gid=100)
     try:
         d = qmail.deliver("badrow")
     finally:
@@ -170,9 +171,8 @@ def test_a_normal_delivery_still_runs_the_stock_program(qmail):
     home = qmail.dir / "home-ok"
     home.mkdir()
     os.chown(home, MAILBOX_UID, MAILBOX_GID)
-    sb.root_sql(sb.Paths(qmail.dir), [(
-        "INSERT INTO qmail.mailbox (username, uid, gid, home) VALUES ('okuser', %s, %s, %s)",
-        (MAILBOX_UID, MAILBOX_GID, str(home)))])
+    with qmailsql.connect(str(qmail.dir)) as q:
+        add_mailbox(q, "okuser", home, uid=MAILBOX_UID, gid=MAILBOX_GID)
     try:
         d = qmail.deliver("okuser")
     finally:

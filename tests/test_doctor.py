@@ -9,6 +9,7 @@ private sandbox of this module.
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -18,11 +19,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import add_mailbox, newu
+from conftest import add_alias, add_mailbox, add_virtual, newu
 
 from conftest import run_as
-from qmailsql.core import cdb
+from qmailsql.core import cdb, schema
 from qmailsql.admin import doctor, sync
+from qmailsql.admin.doctor import database
 from qmailsql.sandbox import host as sb
 from qmailsql.core.helpers import helper_path
 
@@ -277,6 +279,42 @@ def test_schema_missing_service_bars_column(sandbox, db):
     assert not found(run(sandbox), "schema-missing-column")
 
 
+def column_definition(q, table, column):
+    return sql(q, "SELECT column_type, is_nullable, column_default, extra FROM "
+                  "information_schema.columns WHERE table_schema = DATABASE() "
+                  "AND table_name = %s AND column_name = %s", (table, column))
+
+
+def table_layout(q, table):
+    """SHOW CREATE TABLE without the AUTO_INCREMENT counter (rows come and go)."""
+    return re.sub(r" AUTO_INCREMENT=\d+", "", sql(q, "SHOW CREATE TABLE `%s`" % table)[0][1])
+
+
+@pytest.mark.parametrize("table, column", [("mailbox", "password_type"), ("alias", "id")])
+def test_schema_missing_column_of_an_old_layout_fix_makes_initdbs_column(sandbox, db, table,
+                                                                         column):
+    """A column an old qmail-mysql table lacks: the fix adds it as initdb defines it
+    (password_type with its default Crypt-Password, not ENUM's first value Password;
+    an id as the primary key)."""
+    want, layout = column_definition(db, table, column), table_layout(db, table)
+    sql(db, "ALTER TABLE `%s` DROP COLUMN %s" % (table, column))
+    try:
+        [f] = found(run(sandbox), "schema-missing-column")
+        assert "table %s has no column %s (an old qmail-mysql layout?)" % (table, column) \
+            in f.what
+        sql(db, f.fix)
+        assert column_definition(db, table, column) == want
+        assert not found(run(sandbox), "schema-missing-column")
+    finally:
+        # back where initdb puts it (the fix adds it at the end) for the other tests
+        defined = schema.TABLES[table]
+        if not column_definition(db, table, column):
+            sql(db, database.add_column_fix(defined, defined.column(column), 32))
+        sql(db, "ALTER TABLE `%s` MODIFY %s%s" % (table, defined.column(column).sql(32),
+                                                  defined.place(defined.column(column))))
+    assert table_layout(db, table) == layout
+
+
 # ------------------------------------------------------------------ mailbox rows and homes
 
 def test_home_missing(sandbox, db, homes):
@@ -411,8 +449,7 @@ def test_mailbox_misconfigured(sandbox, db):
 # ------------------------------------------------------------------ alias rows
 
 def test_alias_blank(sandbox, db):
-    sql(db, "INSERT INTO alias (username, alias, alias_username, alias_host) "
-            "VALUES ('virtual', '@', '', '')")
+    add_alias(db, "virtual", "@", "", "")
     [(rid,)] = sql(db, "SELECT id FROM alias")
     [f] = found(run(sandbox), "alias-blank")
     assert "both alias_username and alias_host blank" in f.what
@@ -430,8 +467,8 @@ def test_alias_rows_shadowed_by_dot_qmail_files(sandbox, db, homes):
     makes the wrapper hand stock qmail-local the address's own extension."""
     home = make_home(homes / "iain")
     add_mailbox(db, "iain", home)
-    sql(db, "INSERT INTO alias (username, alias, alias_username, alias_host) VALUES "
-            "('iain', 'fwd', 'elsewhere', 'example.net'), ('iain', '', '.', '/Maildir/')")
+    add_alias(db, "iain", "fwd", "elsewhere", "example.net")
+    add_alias(db, "iain", "", ".", "/Maildir/")
     assert not found(run(sandbox), "alias-shadowed")
     Path(home, ".qmail-default").write_text("./Maildir/\n")
     assert not found(run(sandbox), "alias-shadowed")  # rows at fwd: .qmail-default unread
@@ -449,8 +486,7 @@ def test_alias_rows_shadowed_by_dot_qmail_files(sandbox, db, homes):
 
 
 def test_alias_misconfigured(sandbox, db):
-    sql(db, "INSERT INTO alias (username, alias, alias_username, alias_host) "
-            "VALUES ('iain', 'x', '.', '')")
+    add_alias(db, "iain", "x", ".", "")
     [f] = found(run(sandbox), "alias-misconfigured")
     assert "needs the rest of the delivery instruction" in f.what
     sql(db, "UPDATE alias SET alias_host='/Maildir/'")
@@ -458,8 +494,7 @@ def test_alias_misconfigured(sandbox, db):
 
 
 def test_alias_delivery_character_not_alone(sandbox, db):
-    sql(db, "INSERT INTO alias (username, alias, alias_username, alias_host) "
-            "VALUES ('iain', 'slowlaris', './Maildir/', '')")
+    add_alias(db, "iain", "slowlaris", "./Maildir/", "")
     [(rid,)] = sql(db, "SELECT id FROM alias")
     [f] = found(run(sandbox), "alias-misconfigured")
     assert "'./Maildir/' in alias_username" in f.what and "must stand alone" in f.what
@@ -480,8 +515,7 @@ def test_blank_mailbox_username(sandbox, db):
 # ------------------------------------------------------------------ virtual rows
 
 def test_funky_queries_catchall(sandbox, db, sqlserver_lines):
-    sql(db, "INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
-            "VALUES ('virtual', '@', '', 'virtual.com')")
+    add_virtual(db, "virtual", "@", "", "virtual.com")
     assert not found(run(sandbox), "virtual-funky-catchall")  # fine without funky_queries
     sqlserver_lines("funky_queries yes")
     [f] = found(run(sandbox), "virtual-funky-catchall")
@@ -494,8 +528,7 @@ def test_funky_queries_catchall(sandbox, db, sqlserver_lines):
 def test_magic_forward_loop(sandbox, db, sqlserver_lines):
     sqlserver_lines("magic_forwarding yes")
     for vu, host, ext in (("a", "x.example", "b@y.example"), ("b", "y.example", "a@x.example")):
-        sql(db, "INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
-                "VALUES ('forward', %s, %s, %s)", (ext, vu, host))
+        add_virtual(db, "forward", ext, vu, host)
     [f] = found(run(sandbox), "virtual-forward-loop")
     assert "a@x.example -> b@y.example -> a@x.example" in f.what
     assert f.fix.startswith("point one of them elsewhere")
@@ -514,8 +547,7 @@ def test_user_named_forward_with_magic_forwarding(sandbox, db, homes, sqlserver_
 
 
 def test_virtual_target_missing(sandbox, db, homes):
-    sql(db, "INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
-            "VALUES ('nosuchuser', '', 'sales', 'shop.example')")
+    add_virtual(db, "nosuchuser", "", "sales", "shop.example")
     [f] = found(run(sandbox), "virtual-target-missing")
     assert "sales@shop.example" in f.what and "'nosuchuser'" in f.what
     add_mailbox(db, "nosuchuser", make_home(homes / "nsu"))
@@ -523,8 +555,7 @@ def test_virtual_target_missing(sandbox, db, homes):
 
 
 def test_virtual_blank_username(sandbox, db):
-    sql(db, "INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
-            "VALUES ('', '', 'x', 'blank.example')")
+    add_virtual(db, "", "", "x", "blank.example")
     [f] = found(run(sandbox), "virtual-blank-username")
     assert "x@blank.example" in f.what
     sql(db, "DELETE FROM virtual")
@@ -551,8 +582,7 @@ def control_files(sandbox):
 
 
 def test_control_files_stale(sandbox, db, control_files):
-    sql(db, "INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
-            "VALUES ('joe', '', 'joe', 'stale.example')")
+    add_virtual(db, "joe", "", "joe", "stale.example")
     hits = found(run(sandbox), "control-stale")
     assert {f.what.split(" ")[0] for f in hits} == {"control/virtualdomains",
                                                     "control/rcpthosts"}
@@ -566,8 +596,7 @@ def test_control_files_stale(sandbox, db, control_files):
 
 
 def test_virtual_domain_in_control_locals(sandbox, db, control_files):
-    sql(db, "INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
-            "VALUES ('joe', '', 'joe', 'loc.example')")
+    add_virtual(db, "joe", "", "joe", "loc.example")
     (control_files / "locals").write_text("localhost\nLoc.Example\n")
     [f] = found(run(sandbox), "control-locals")
     assert f.what.startswith("loc.example is a virtual domain") and "remove the line" in f.fix
@@ -611,8 +640,8 @@ def test_users_cdb_entries_that_bypass_db_accounts(sandbox, db, homes, users_dir
     delivers as stock qmail would and the DB's rows are skipped."""
     kim = make_home(homes / "kim")
     add_mailbox(db, "kim", kim)
-    sql(db, "INSERT INTO alias (username, alias, alias_username, alias_host) VALUES "
-            "('jdoe', '', 'jd', 'example.net'), ('kim', 'x', '.', '/Maildir/')")
+    add_alias(db, "jdoe", "", "jd", "example.net")
+    add_alias(db, "kim", "x", ".", "/Maildir/")
     entries = [(False, "jdoe", ["jdoe", "801", "101", "/home/x", "", ""]),
                (True, "boss-", ["kim", str(UID), str(GID), "/elsewhere", "-", ""]),
                (False, "boss", ["kim", str(UID), str(GID), kim, "", ""]),

@@ -19,7 +19,7 @@ import tempfile
 import pytest
 
 import qmailsql
-from conftest import _new_sandbox, add_mailbox, raw_as
+from conftest import _new_sandbox, add_mailbox, add_virtual, raw_as
 from qmailsql.core import client, dovecot, passwords
 from qmailsql.sandbox import dovecot as private_dovecot
 from qmailsql.admin import dovecot as dovecot_admin
@@ -133,8 +133,7 @@ def test_passdb_refusals_and_service_bars(db, sandbox, tops):
     home = make_home(tops, "alice") if os.geteuid() == 0 else tops
     add_hashed_mailbox(db, "alice", home, deny="pop3")
     add_hashed_mailbox(db, "sus", home, suspended="Y")
-    db.directory.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
-                       "VALUES ('alice', '', 'al', 'example.com')", write=True)
+    add_virtual(db, "alice", "", "al", "example.com")
 
     def passdb(login, password, service):
         return client.call(sock, [b"passdb", login, password, service, b"198.51.100.9"])
@@ -157,8 +156,7 @@ def test_userdb_is_qmail_getpws_account(db, sandbox, tops):
     add_hashed_mailbox(db, "gone", os.path.join(tops, "no-such-home"))
     add_hashed_mailbox(db, "stolen", make_home(tops, "stolen", uid=UID + 1), uid=UID)
     add_hashed_mailbox(db, "zero", make_home(tops, "zero", uid=0), uid=0)
-    db.directory.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
-                       "VALUES ('alice', '', 'al', 'example.com')", write=True)
+    add_virtual(db, "alice", "", "al", "example.com")
     status, body = client.call(sock, [b"userdb", b"Al@Example.com"])
     assert status == 0, body
     assert body.split(b"\0")[:-1] == [b"user=alice", b"uid=5000", b"gid=5000",
@@ -172,8 +170,8 @@ def test_userdb_is_qmail_getpws_account(db, sandbox, tops):
 def test_iterate_lists_every_mailbox_in_pages(db, sandbox):
     sock = sb.Paths(sandbox).daemon_socket
     names = sorted("user%04d" % i for i in range(dovecot.ITERATE_ROWS * 2 + 10))
-    db.directory.query("INSERT INTO mailbox (username, uid, gid, home) VALUES "
-                       + ",".join(["(%s, 5000, 5000, '/h')"] * len(names)), names, write=True)
+    for name in names:
+        add_mailbox(db, name, "/h", uid=5000, gid=5000)
     got, after, pages = [], b"", 0
     while True:
         status, body = client.call(sock, [b"iterate", after])
@@ -364,9 +362,7 @@ def world():
                 add_hashed_mailbox(q, name, w.homes[name], scheme)
             w.homes["alice"] = make_home(top, "alice")
             add_hashed_mailbox(q, "alice", w.homes["alice"], "sha512-crypt", "alice pw")
-            q.directory.query("INSERT INTO virtual (username, ext, virtual_username, "
-                              "virtual_host) VALUES ('alice', '', 'al', 'example.com')",
-                              write=True)
+            add_virtual(q, "alice", "", "al", "example.com")
         deliver(w, "alice")
         w.server = start_dovecot(root, top)
         yield w

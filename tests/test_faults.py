@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import replica_pair
+from conftest import add_mailbox, replica_pair
 
 import qmailsql
 from qmailsql.core import config as configmod, db, resolve
@@ -50,12 +50,8 @@ def users(cluster, homes):
             d.query("DELETE FROM `%s`" % t, write=True)
         names = ["alias"] + ["user%02d" % i for i in range(NUSERS)]
         for name in names:
-            home = homes / name
-            home.mkdir()
-            os.chown(home, UID, GID)
-            d.query("INSERT INTO mailbox (username, uid, gid, home, password, password_type)"
-                    " VALUES (%s,%s,%s,%s,%s,'Password')",
-                    (name, UID, GID, str(home), "pw-" + name), write=True)
+            add_mailbox(d, name, homes / name, uid=UID, gid=GID, password="pw-" + name,
+                        make_home=True)
     finally:
         d.close()
     sb.wait_caught_up(primary, replica)

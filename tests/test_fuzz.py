@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 
 import pytest
+from conftest import add_mailbox
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import qmailsql
@@ -241,11 +242,8 @@ def expected(local):
 @pytest.fixture
 def fuzz_session(db, homes):
     for name in USERS:
-        home = homes / ("h%d" % USERS.index(name))
-        home.mkdir()
-        os.chown(home, UID, GID)
-        db.directory.query("INSERT INTO mailbox (username, uid, gid, home) VALUES (%s,%s,%s,%s)",
-                           (name, UID, GID, str(home)), write=True)
+        add_mailbox(db, name, homes / ("h%d" % USERS.index(name)), uid=UID, gid=GID,
+                    make_home=True)
     cfg = dataclasses.replace(db.config, system_users=False)
     with qmailsql.Session(config=cfg) as q:
         yield q

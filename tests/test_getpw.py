@@ -170,8 +170,7 @@ def test_db_down_is_111_never_alias(own_sandbox, homes):
     import qmailsql
     with qmailsql.connect(str(root)) as q:
         demo.load_faq(q.directory, str(homes))
-        q.directory.query("INSERT INTO mailbox (username, uid, gid, home) VALUES "
-                          "('alias', 800, 100, %s)", (str(homes),), write=True)
+        add_mailbox(q, "alias", homes, uid=800, gid=100)
     environ = dict(os.environ, **env)
     assert getpw_cli("iain", environ).returncode == 0
     sb.stop_db(sb.Paths(root), sig=signal.SIGKILL)

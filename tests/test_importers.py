@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import add_mailbox
 
 from qmailsql.core import aliases, auth, cdb, passwords
 from qmailsql import cli
@@ -219,8 +220,7 @@ def test_import_assign_dry_run_then_apply(sandbox, db, homes, capsys):
 def test_import_assign_conflict_kept_unless_replace(sandbox, db, homes, capsys):
     home = mkhome(homes / "ann", 2201, 2201)
     other = mkhome(homes / "ann2", 2202, 2202)
-    db.directory.query("INSERT INTO mailbox (username, uid, gid, home) VALUES "
-                       "('ann', 2202, 2202, %s)", (other,), write=True)
+    add_mailbox(db, "ann", other, uid=2202, gid=2202)
     f = homes / "assign"
     f.write_text("=ann:ann:2201:2201:%s:::\n.\n" % home)
     assert cli_import(sandbox, "assign", str(f), "--apply") == 0

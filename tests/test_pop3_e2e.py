@@ -27,6 +27,7 @@ import shutil
 import tempfile
 
 import pytest
+from conftest import add_mailbox
 
 import qmailsql
 from qmailsql.sandbox import dovecot as private_dovecot
@@ -66,9 +67,7 @@ def pop3_world(own_sandbox):
     from qmailsql.core.passwords import hash_password
     ptype, stored = hash_password("sha512-crypt", PASSWORD.encode())
     with qmailsql.connect(str(root)) as q:
-        q.directory.query("INSERT INTO mailbox (username, uid, gid, home, password, "
-                          "password_type) VALUES (%s,%s,%s,%s,%s,%s)",
-                          ("alice", UID, GID, home, stored, ptype), write=True)
+        add_mailbox(q, "alice", home, uid=UID, gid=GID, password=stored, ptype=ptype)
     body = private_dovecot.CHECKPASSWORD_RECIPE.format(socket=paths.daemon_socket, checkpassword=cp)
     server = private_dovecot.Private(top, body, {"pop3": sb.free_port()})
     try:

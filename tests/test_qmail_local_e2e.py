@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import as_uid, newu, raw_as
+from conftest import add_alias, add_mailbox, add_virtual, as_uid, newu, raw_as
 
 import qmailsql
 from qmailsql.sandbox import host as sb
@@ -107,20 +107,13 @@ class World:
         return self.q.directory.query(statement, params, write=True)
 
     def mailbox(self, name):
-        home = self.homes / name
-        home.mkdir()
-        os.chown(home, UID, GID)
-        self.sql("INSERT INTO mailbox (username, uid, gid, home, password, password_type) "
-                 "VALUES (%s,%s,%s,%s,'x','Password')", (name, UID, GID, str(home)))
-        return str(home)
+        return add_mailbox(self.q, name, self.homes / name, uid=UID, gid=GID, make_home=True)
 
     def alias(self, username, alias, au, ah):
-        self.sql("INSERT INTO alias (username, alias, alias_username, alias_host) VALUES "
-                 "(%s,%s,%s,%s)", (username, alias, au, ah))
+        add_alias(self.q, username, alias, au, ah)
 
     def virtual(self, username, ext, vu, vh):
-        self.sql("INSERT INTO virtual (username, ext, virtual_username, virtual_host) VALUES "
-                 "(%s,%s,%s,%s)", (username, ext, vu, vh))
+        add_virtual(self.q, username, ext, vu, vh)
 
     def getpw(self, local):
         r = subprocess.run([self.helpers["qmail-getpw"], local], capture_output=True,
@@ -559,8 +552,7 @@ def test_users_cdb_entry_for_a_db_user_elsewhere_is_stock(world, lspawn):
 def test_db_account_run_by_users_cdb_keeps_its_rows(world, lspawn):
     """An entry that names the DB's own account (same uid and home) is the DB's: rows."""
     home = lspawn.home("iain", UID, GID)
-    world.sql("INSERT INTO mailbox (username, uid, gid, home, password, password_type) "
-              "VALUES (%s,%s,%s,%s,'x','Password')", ("iain", UID, GID, home))
+    add_mailbox(world.q, "iain", home, uid=UID, gid=GID)
     world.alias("iain", "", ".", "/Maildir/")
     lspawn.newu((False, "boss", ["iain", str(UID), str(GID), home, "", ""]))
     argv, r, rec = lspawn.run("iain", UID, GID, home, "boss", "", "")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import add_alias, add_mailbox, add_virtual
 
 from qmailsql.core import client, quota
 from qmailsql.sandbox import host as sb
@@ -76,9 +77,7 @@ class Mail:
             for sub in ("tmp", "new", "cur"):
                 (home / "Maildir" / d / sub).mkdir(parents=True, exist_ok=True)
         subprocess.run(["chown", "-R", "%d:%d" % (UID, GID), str(home)], check=True)
-        self.sql("INSERT INTO mailbox (username, uid, gid, home, password, password_type, "
-                 "quota_size, quota_count) VALUES (%s,%s,%s,%s,'x','Password',%s,%s)",
-                 (name, UID, GID, str(home), size, count))
+        add_mailbox(self.q, name, home, uid=UID, gid=GID, quota_size=size, quota_count=count)
         self.flush()
         self.homes[name] = str(home)
         return home
@@ -287,8 +286,8 @@ def test_message_crossing_the_limit_defers_when_configured(mail, settings):
 
 
 def test_domain_default(mail):
-    mail.sql("INSERT INTO virtual (username, ext, virtual_username, virtual_host) VALUES "
-             "('erin','','erin','example.com'), ('frank','','frank','example.com')")
+    add_virtual(mail.q, "erin", "", "erin", "example.com")
+    add_virtual(mail.q, "frank", "", "frank", "example.com")
     home_e = mail.mailbox("erin")
     home_f = mail.mailbox("frank", count=5)
     out = run_cli(mail, "quota", "set", "@example.com", "--count", "1")
@@ -442,8 +441,8 @@ def test_warning_sent_once_until_below_again(mail, warn_at_90):
 
 def test_forward_and_program_rows_are_not_counted(mail):
     home = mail.mailbox("ned", count=1)
-    mail.sql("INSERT INTO alias (username, alias, alias_username, alias_host) VALUES "
-             "('ned','','other','example.net'), ('ned','','|','cat >/dev/null')")
+    add_alias(mail.q, "ned", "", "other", "example.net")
+    add_alias(mail.q, "ned", "", "|", "cat >/dev/null")
     mail.flush()
     for _ in range(3):  # far more than its limit of one message
         r = mail.deliver("ned")
@@ -455,9 +454,9 @@ def test_forward_and_program_rows_are_not_counted(mail):
 
 def test_rows_into_folders_count_trash_does_not(mail):
     home = mail.mailbox("olga", count=3, folders=("Lists", "Trash"))
-    mail.sql("INSERT INTO alias (username, alias, alias_username, alias_host) VALUES "
-             "('olga','','.','/Maildir/.Lists/'), ('olga','','.','/Maildir/.Trash/'), "
-             "('olga','','fwd','example.net')")
+    add_alias(mail.q, "olga", "", ".", "/Maildir/.Lists/")
+    add_alias(mail.q, "olga", "", ".", "/Maildir/.Trash/")
+    add_alias(mail.q, "olga", "", "fwd", "example.net")
     mail.flush()
     assert [mail.deliver("olga").returncode for _ in range(4)] == [0, 0, 0, 100]
     assert len(messages(home, ".Lists")) == 3 and len(messages(home, ".Trash")) == 3
@@ -510,8 +509,8 @@ def test_stock_failure_is_passed_through_and_not_recorded(mail):
     (home / "Maildir" / "new").chmod(0o700)
     # a later line bounces (stock's exit 100, passed on); the copy already in the
     # Maildir is stock's doing, found by the next recalculation, not recorded
-    mail.sql("INSERT INTO alias (username, alias, alias_username, alias_host) VALUES "
-             "('rob','','.','/Maildir/'), ('rob','','|','exit 100')")
+    add_alias(mail.q, "rob", "", ".", "/Maildir/")
+    add_alias(mail.q, "rob", "", "|", "exit 100")
     mail.flush()
     assert mail.deliver("rob").returncode == 100
     assert maildirsize(home) == "1000000S\n0 0\n" and len(messages(home)) == 1
@@ -593,8 +592,8 @@ def run_cli(mail, *args):
 
 
 def test_quota_command_reports_largest_first(mail):
-    mail.sql("INSERT INTO virtual (username, ext, virtual_username, virtual_host) VALUES "
-             "('tom','','tom','example.com'), ('uma','','uma','example.com')")
+    add_virtual(mail.q, "tom", "", "tom", "example.com")
+    add_virtual(mail.q, "uma", "", "uma", "example.com")
     home_t = mail.mailbox("tom", size=10 ** 6)
     home_u = mail.mailbox("uma")
     assert run_cli(mail, "quota", "set", "@example.com", "--size", "2M").returncode == 0

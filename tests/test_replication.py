@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import replica_pair
+from conftest import add_alias, add_mailbox, add_virtual, replica_pair
 
 import qmailsql
 from qmailsql.core import config as configmod, db, resolve
@@ -48,11 +48,7 @@ def repl(pair, homes):
 
     def add(name, home_name=None):
         home = homes / (home_name or name)
-        home.mkdir(exist_ok=True)
-        os.chown(home, UID, GID)
-        d.query("INSERT INTO mailbox (username, uid, gid, home, password, password_type) "
-                "VALUES (%s, %s, %s, %s, 'secret', 'Password')", (name, UID, GID, str(home)),
-                write=True)
+        add_mailbox(d, name, home, uid=UID, gid=GID, password="secret", make_home=True)
         return home
 
     add("alias")
@@ -166,10 +162,8 @@ def test_lag_rule_covers_virtual_and_alias_rows(repl, homes):
     sb.stop_replication(replica)
     d = directory(primary.root)
     try:
-        d.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
-                "VALUES ('newbie', '', 'nb', 'v.example')", write=True)
-        d.query("INSERT INTO alias (username, alias, alias_username, alias_host) "
-                "VALUES ('newbie', 'list', '.', '/Maildir/')", write=True)
+        add_virtual(d, "newbie", "", "nb", "v.example")
+        add_alias(d, "newbie", "list", ".", "/Maildir/")
     finally:
         d.close()
     with qmailsql.connect(str(replica.root)) as q:
@@ -287,12 +281,8 @@ def load_world(repl):
     homes = {n: add(n) for n in ("iain", "iain-sanity", "frank", "vuser")}
     d = directory(primary.root)
     try:
-        for sql, params in (
-                ("INSERT INTO alias (username, alias, alias_username, alias_host) VALUES "
-                 "(%s,%s,%s,%s)", ("iain", "slowlaris", ".", "/Maildir/")),
-                ("INSERT INTO virtual (username, ext, virtual_username, virtual_host) VALUES "
-                 "(%s,%s,%s,%s)", ("vuser", "", "vu", "v.example"))):
-            d.query(sql, params, write=True)
+        add_alias(d, "iain", "slowlaris", ".", "/Maildir/")
+        add_virtual(d, "vuser", "", "vu", "v.example")
     finally:
         d.close()
     sb.wait_caught_up(primary, replica)

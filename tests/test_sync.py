@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from conftest import add_virtual
 
 from qmailsql.core import cdb
 from qmailsql.admin import sync
@@ -138,8 +139,7 @@ def qhome(tmp_path):
 
 
 def vrow(q, vhost, vuser="u", username="u"):
-    q.directory.query("INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
-                      "VALUES (%s,'',%s,%s)", (username, vuser, vhost), write=True)
+    add_virtual(q, username, "", vuser, vhost)
 
 
 def rrow(q, host):

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import add_mailbox
 
 import qmailsql
 from qmailsql.core import config as configmod, db
@@ -90,8 +91,7 @@ def test_resolves_over_tls(tls, tmp_path, homes):
     os.chown(mhome, UID, GID)
     admin = db.Directory(configmod.as_admin(configmod.load(str(tls["root"]))))
     try:
-        admin.query("REPLACE INTO mailbox (username, uid, gid, home) VALUES (%s,%s,%s,%s)",
-                    ("tlsuser", UID, GID, str(mhome)), write=True)
+        add_mailbox(admin, "tlsuser", mhome, uid=UID, gid=GID, replace=True)
     finally:
         admin.close()
     home = qmail_home(tmp_path, tls, ca=c["ca"], verify="yes")

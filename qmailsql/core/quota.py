@@ -172,6 +172,13 @@ def _missing_schema(exc):
     return code in (ER_BAD_FIELD, ER_NO_SUCH_TABLE)
 
 
+# USER's domain with a default, the first alphabetically; the index on virtual(username)
+# (core/schema.py) keeps it to USER's own rows
+DOMAIN_DEFAULT_SQL = ("SELECT d.host, d.quota_size, d.quota_count FROM domain_quota d "
+                      "JOIN virtual v ON v.virtual_host = d.host WHERE v.username=%s "
+                      "ORDER BY d.host LIMIT 1")
+
+
 def mailbox_limits(directory, user):
     """Limits of USER (str, or bytes as a helper sent it) for a delivery or a Dovecot
     login. No mailbox row: no limits. Raises db.DirectoryUnavailable; a schema without
@@ -189,10 +196,7 @@ def mailbox_limits(directory, user):
         own_size, own_count = rows[0]
         domain = None
         if own_size is None or own_count is None:
-            found = directory.query(
-                "SELECT d.host, d.quota_size, d.quota_count FROM domain_quota d "
-                "JOIN virtual v ON v.virtual_host = d.host WHERE v.username=%s "
-                "ORDER BY d.host LIMIT 1", (user,))
+            found = directory.query(DOMAIN_DEFAULT_SQL, (user,))
             domain = found[0] if found else None
     except DirectoryUnavailable as e:
         if _missing_schema(e):

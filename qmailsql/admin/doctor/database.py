@@ -2,7 +2,6 @@
 (tables, columns, username widths, the lookups' indexes); and Tables, the handle the
 row scans stream through (one server-side cursor per table, on a connection of its own)."""
 import time
-from collections import OrderedDict
 
 import MySQLdb
 import MySQLdb.cursors
@@ -13,13 +12,9 @@ from .common import q
 
 FETCH = 5000
 ER_ACCESS_DENIED, ER_DBACCESS_DENIED, ER_BAD_DB = 1045, 1044, 1049
-TABLE_COLUMNS = OrderedDict([
-    ("mailbox", ["username", "uid", "gid", "home", "password", "password_type", "suspended",
-                 "deny_services"]),
-    ("alias", ["id", "username", "alias", "alias_username", "alias_host"]),
-    ("virtual", ["id", "username", "ext", "virtual_username", "virtual_host"]),
-    ("rcpthosts", ["host"]),
-])
+# the tables whose columns the lookups need (domain_quota and the quota columns are
+# the quota check's: without them quotas are off, see Column.needed)
+CHECKED = [t for t in schema.TABLES.values() if t.needed]
 
 
 def check_servers(ctx, cfg):
@@ -106,10 +101,12 @@ class Tables:
         self.directory.close()
 
     def read_schema(self):
+        names = [t.name for t in CHECKED]
+        marks = ", ".join(["%s"] * len(names))
         rows = self.directory.query(
             "SELECT table_name, column_name, character_maximum_length, collation_name "
             "FROM information_schema.columns WHERE table_schema = DATABASE() "
-            "AND table_name IN ('mailbox', 'alias', 'virtual', 'rcpthosts')")
+            "AND table_name IN (%s)" % marks, names)
         columns, widths, collations = {}, {}, {}
         for t, c, w, coll in rows:
             columns.setdefault(t, set()).add(c)
@@ -119,8 +116,7 @@ class Tables:
         est = {}
         for t, n in self.directory.query(
                 "SELECT table_name, table_rows FROM information_schema.tables "
-                "WHERE table_schema = DATABASE() "
-                "AND table_name IN ('mailbox', 'alias', 'virtual', 'rcpthosts')"):
+                "WHERE table_schema = DATABASE() AND table_name IN (%s)" % marks, names):
             est[t] = int(n or 0)
         return Schema(columns, collations, widths, est)
 
@@ -170,23 +166,24 @@ class Tables:
 def check_schema(ctx, cfg, found, directory):
     """FOUND: a Schema."""
     columns, widths, userlen = found.columns, found.widths, cfg.userlen
-    for table, cols in TABLE_COLUMNS.items():
-        if table not in columns:
+    for table in CHECKED:
+        if table.name not in columns:
             ctx.add("schema-missing-table", "error", "table %s does not exist in database %r"
-                     % (table, cfg.db), "qmailsql initdb --userlen %d" % userlen)
+                     % (table.name, cfg.db), "qmailsql initdb --userlen %d" % userlen)
             continue
-        added = {c for t, c, _ in schema.ADDED_COLUMNS if t == table}
-        for col in cols:
-            if col in added and col not in columns[table]:
+        for col in table.columns:
+            if not col.needed or col.name in columns[table.name]:
+                continue
+            if col.added:
                 ctx.add("schema-missing-column", "error",
                          "table %s has no column %s (tables older than this qmailsql): "
-                         "logins fail with a temporary error" % (table, col),
+                         "logins fail with a temporary error" % (table.name, col.name),
                          "qmailsql migrate")
-            elif col not in columns[table]:
+            else:
                 ctx.add("schema-missing-column", "error",
                          "table %s has no column %s (an old qmail-mysql layout?): queries "
-                         "on it fail and mail is deferred" % (table, col),
-                         _add_column_sql(schema, table, col, userlen))
+                         "on it fail and mail is deferred" % (table.name, col.name),
+                         add_column_fix(table, col, userlen))
     for table, cols in schema.USERNAME_COLUMNS.items():
         for col in cols:
             w = widths.get((table, col))
@@ -204,13 +201,8 @@ def check_schema(ctx, cfg, found, directory):
                  % userlen)
 
 
-def _add_column_sql(schema, table, col, userlen):
-    if col == "id":
-        return ("ALTER TABLE `%s` ADD id INT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY "
-                "FIRST;" % table)
-    ddl = schema.TABLES.get(table, "").format(n=userlen)
-    for line in ddl.split("\n"):
-        line = line.strip().rstrip(",")
-        if line.split(" ")[0] == col:
-            return "ALTER TABLE `%s` ADD %s;" % (table, line)
-    return "ALTER TABLE `%s` ADD %s ...;  (see qmailsql/core/schema.py)" % (table, col)
+def add_column_fix(table, column, userlen):
+    """ALTER TABLE adding COLUMN as initdb defines it, at the end; an AUTO_INCREMENT id
+    must be a key, so it comes first as the primary key."""
+    key = " PRIMARY KEY FIRST" if "AUTO_INCREMENT" in column.type else ""
+    return "ALTER TABLE `%s` ADD %s%s;" % (table.name, column.sql(userlen), key)
