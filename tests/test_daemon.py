@@ -318,6 +318,39 @@ def test_local_cached_for_its_uid_whatever_the_domain(faq, sandbox, homes):
         assert status == 111 and b"another account" in body, body
 
 
+def test_workers_say_what_their_answer_is(sandbox, db, homes):
+    """The cache keeps an answer as long as its kind says (hotpath.cache_times), and the
+    worker that gave it says the kind from the resolver's result, not from its bytes."""
+    from types import SimpleNamespace
+    from qmailsql.core import config as configmod
+    from qmailsql.core.hotpath import FRESH, HIT, NEGATIVE, NEVER
+    load_faq(db, homes)
+    config = configmod.load(str(sandbox))
+    d = daemon.Daemon(config)
+    worker = daemon.Worker(d, None, "test")
+    worker.setup(config)
+    root = SimpleNamespace(privileged=True, uid=0)
+
+    def kind(*fields):
+        task = daemon.Task(root, b"", fields[0], list(fields[1:]), None, 0, config)
+        worker.handle(task)
+        return task.status, task.kind
+    try:
+        assert kind(b"getpw", b"iain-slowlaris") == (0, HIT)
+        assert kind(b"getpw", b"nobody-known") == (0, NEGATIVE)  # the alias user, no one else
+        assert kind(b"getpw", b"alias-nobody") == (0, HIT)       # the alias user by its name
+        local = [b"iain", str(homes / "iain").encode(), b"iain", b"", b"", b"example.org"]
+        assert kind(b"local", *local) == (0, FRESH)
+        assert kind(b"localq", *local) == (0, FRESH)
+        assert kind(b"local-confirm", *local) == (0, NEVER)
+        assert kind(b"auth", b"iain", b"wrong", b"")[1] == NEVER
+        db.directory.query("DELETE FROM mailbox WHERE username='alias'", write=True)
+        assert kind(b"getpw", b"nobody-known") == (116, NEGATIVE)
+    finally:
+        worker.directory.close()
+        d.ep.close()
+
+
 def test_local_refusal_costs_the_same_for_known_and_unknown_names(sandbox, db, homes,
                                                                   monkeypatch):
     """Whether a name is a DB account must not show in how long `local` takes to refuse a

@@ -36,3 +36,18 @@ class ConfigError(ValueError):
 # The response cache's shares (ResponseCache.put's owner, besides a peer's uid).
 PRIVILEGED = -1  # the owner of what privileged peers' requests put in the cache
 STALE = -2       # the share of privileged answers kept for DB outages (stale > 0)
+
+# What kind of answer a worker gave (Task.kind), which decides how long the cache may
+# keep it (cache_times): the worker knows, from the resolver's result; nobody guesses
+# it from the bytes.
+HIT = "hit"            # a delivery (getpw): fresh cache_ttl, then stale_ttl for DB outages
+FRESH = "fresh"        # an answer kept while fresh only (local, localq, Dovecot's userdb)
+NEGATIVE = "negative"  # getpw's alias user for an unknown local, or 116: negative_ttl
+NEVER = "never"        # not cached (auth, passdb, local-confirm, every refusal)
+
+# What the loop does with a request (the first item of Dispatcher.dispatch()'s result).
+CACHED = "cached"      # (CACHED, frame): send the cached answer
+REFUSED = "refused"    # (REFUSED, frame, log kind, log line, close after it): RefusalLog it
+STALE_NOW = "stale"    # (STALE_NOW, frame, log line): the DB failed a moment ago
+INLINE = "inline"      # (INLINE, handler): the loop's own method answers
+WORK = "work"          # (WORK, pool, command, args, cache key, stale frame or None)
