@@ -7,6 +7,7 @@ runs at start and on reload.
 """
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdio cimport snprintf
 
 from qmailsql.core.definitions import (CACHED, FRESH, HIT, INLINE, KEY_ALIASES, NEGATIVE,
                                        PRIVILEGED, REFUSED, REPEATABLE, STALE, STALE_NOW,
@@ -162,11 +163,22 @@ def decode_frame(buf, Py_ssize_t limit=65536, Py_ssize_t start=0):
     return PyBytes_FromStringAndSize(<const char *>&view[i + 1], length), end + 1
 
 
-def split_fields(bytes payload):
+UNTERMINATED = "request fields must each end in NUL"
+
+
+cdef inline list _fields(bytes payload):
+    """split_fields(), None for a payload whose last field lacks its NUL."""
     cdef Py_ssize_t n = len(payload)
     if n == 0 or (<const unsigned char *>payload)[n - 1] != 0:
-        raise ValueError("request fields must each end in NUL")
+        return None
     return payload[:n - 1].split(b"\0")
+
+
+def split_fields(bytes payload):
+    cdef list fields = _fields(payload)
+    if fields is None:
+        raise ValueError(UNTERMINATED)
+    return fields
 
 
 # ---------------------------------------------------------------------------
@@ -376,7 +388,9 @@ MALFORMED = encode_response(EXIT_TEMP, b"malformed request")
 
 cdef inline bytes _local_key(long uid, bytes command, bytes user, bytes homedir, bytes local,
                              bytes dash, bytes ext):
-    return b"uid=%d\0" % uid + b"\0".join([command, user, homedir, local, dash, ext])
+    cdef char prefix[32]
+    cdef int n = snprintf(prefix, sizeof(prefix), "uid=%ld", uid)
+    return b"\0".join([prefix[:n], command, user, homedir, local, dash, ext])
 
 
 def local_cache_key(long uid, bytes command, bytes user, bytes homedir, bytes local,
@@ -457,11 +471,10 @@ cdef class Dispatcher:
             frame = self.cache.get(payload, now)
             if frame is not None:
                 return (CACHED, frame)
-        try:
-            fields = split_fields(payload)
-        except ValueError as e:
+        fields = _fields(payload)
+        if fields is None:
             return (REFUSED, MALFORMED, "malformed", "malformed request from uid %d pid %d: "
-                    "%s" % (uid, pid, e), True)
+                    "%s" % (uid, pid, UNTERMINATED), True)
         command = fields[0]
         found = self.specs.get(command)
         if found is None:
