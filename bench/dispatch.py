@@ -1,6 +1,6 @@
 """qmailsqld's CPU per cached request: the Cython hot path against QMAILSQL_PUREPYTHON=1.
 
-    python bench/dispatch.py [--requests 20000] [--rounds 5] [--batch 16]
+    python bench/dispatch.py [--requests 100000] [--rounds 5] [--batch 16]
 
 Brings up a sandbox with the FAQ's rows and two qmailsqld on its MariaDB, one with the
 compiled hot path (core/_hot.pyx) and one with its pure-Python reference
@@ -117,8 +117,8 @@ def report(result):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=20000,
-                   help="requests per load and round (default 20000)")
+    p.add_argument("--requests", type=int, default=100000,
+                   help="requests per load and round (default 100000)")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     p.add_argument("--batch", type=int, default=16,
                    help="requests per write for getpw_pipelined (default 16)")

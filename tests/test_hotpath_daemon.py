@@ -36,15 +36,8 @@ def test_encode_response_equal_and_decodable(status, body):
 
 # ---------------------------------------------------------------- policy
 
-KINDS = st.sampled_from([HIT, FRESH, NEGATIVE, NEVER, "", "bogus", None])
-TTL = st.sampled_from([0, 1, 10, 300, 3600])
-
-
-@settings(max_examples=500, deadline=None)
-@given(KINDS, TTL, TTL, TTL)
-def test_cache_times_equal(kind, cache_ttl, negative_ttl, stale_ttl):
-    args = (kind, cache_ttl, negative_ttl, stale_ttl)
-    assert _hot.cache_times(*args) == fallback.cache_times(*args)
+def test_cache_times_is_one_for_both_builds():
+    assert _hot.cache_times is fallback.cache_times
 
 
 def test_cache_times_policy():

@@ -9,9 +9,9 @@ cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdio cimport snprintf
 
-from qmailsql.core.definitions import (CACHED, FRESH, HIT, INLINE, KEY_ALIASES, NEGATIVE,
-                                       PRIVILEGED, REFUSED, REPEATABLE, STALE, STALE_NOW,
-                                       WORK, ConfigError)
+from qmailsql.core.definitions import (CACHED, INLINE, KEY_ALIASES, PRIVILEGED, REFUSED,
+                                       REPEATABLE, STALE, STALE_NOW, WORK, ConfigError,
+                                       cache_times)
 from qmailsql.core.errors import EXIT_TEMP, EXIT_USAGE, shown
 
 
@@ -182,22 +182,12 @@ def split_fields(bytes payload):
 
 
 # ---------------------------------------------------------------------------
-# qmailsqld's hot path: response framing, the response cache and its policy
-# (same names and behaviour as in qmailsql/core/fallback.py).
+# qmailsqld's hot path: response framing and the response cache (same names and
+# behaviour as in qmailsql/core/fallback.py; cache_times is definitions.py's).
 
 def encode_response(long status, bytes body=b""):
     cdef bytes payload = b"%d\0" % status + body
     return b"%d:%s," % (len(payload), payload)
-
-
-def cache_times(kind, cache_ttl, negative_ttl, stale_ttl):
-    if kind == HIT:
-        return (cache_ttl, stale_ttl)
-    if kind == FRESH:
-        return (cache_ttl, 0)
-    if kind == NEGATIVE:
-        return (negative_ttl, 0)
-    return (0, 0)
 
 
 cdef enum:

@@ -4,9 +4,9 @@
 tests/test_hotpath.py holds the two equal on random input.
 """
 
-from qmailsql.core.definitions import (CACHED, FRESH, HIT, INLINE, KEY_ALIASES, NEGATIVE,
-                                       PRIVILEGED, REFUSED, REPEATABLE, STALE, STALE_NOW,
-                                       WORK, ConfigError)
+from qmailsql.core.definitions import (  # noqa: F401 (cache_times: one for both builds)
+    CACHED, INLINE, KEY_ALIASES, PRIVILEGED, REFUSED, REPEATABLE, STALE, STALE_NOW, WORK,
+    ConfigError, cache_times)
 from qmailsql.core.errors import EXIT_TEMP, EXIT_USAGE, shown
 
 _BLANK = b" \t\r"
@@ -166,7 +166,8 @@ def split_fields(payload):
 
 
 # ---------------------------------------------------------------------------
-# qmailsqld's hot path: response framing, the response cache and its policy.
+# qmailsqld's hot path: response framing and the response cache (its policy,
+# cache_times, is in definitions.py: once per worker answer, not per request).
 # (qmailsql/core/_hot.pyx has the same names; tests/test_hotpath_daemon.py holds
 # the two equal.)
 
@@ -174,26 +175,6 @@ def encode_response(status, body=b""):
     """One response frame: netstring of `status\\0body` (csrc/PROTOCOL.md)."""
     payload = b"%d\0" % status + body
     return b"%d:%s," % (len(payload), payload)
-
-
-def cache_times(kind, cache_ttl, negative_ttl, stale_ttl):
-    """How long qmailsqld may keep an answer of KIND (Task.kind, set by the worker that
-    gave it). Returns (ttl, stale): the answer is fresh for ttl seconds and may then be
-    given for stale more seconds while the DB is unreachable; ttl 0 means never cache.
-
-    HIT (a getpw delivery): cache_ttl + stale_ttl. NEGATIVE (getpw's alias user for an
-    unknown local, Delivery.bounce, and 116): negative_ttl with no stale time, so a new
-    user is not bounced for long and an unknown address never goes to the alias user
-    because the DB is down. FRESH (local, localq, Dovecot's userdb): cache_ttl, no
-    stale time. NEVER (auth, passdb, local-confirm, 111, ...): 0.
-    """
-    if kind == HIT:
-        return (cache_ttl, stale_ttl)
-    if kind == FRESH:
-        return (cache_ttl, 0)
-    if kind == NEGATIVE:
-        return (negative_ttl, 0)
-    return (0, 0)
 
 
 def entry_cost(key, response):
