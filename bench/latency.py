@@ -3,8 +3,8 @@
     python bench/latency.py [--runs 300] [--clients 4] [--seconds 3] [--cold 1000]
 
 Builds bench/exec_floor.c (static, trivial) and bench/oneshot.c (links libmariadb
-like the original patch), plus a small fork/exec/wait timer and a load client
-(C, written here), brings up a sandbox (private MariaDB + qmailsqld) with the FAQ's
+like the original patch), a small fork/exec/wait timer (C, written here) and
+bench/request_load.c, brings up a sandbox (private MariaDB + qmailsqld) with the FAQ's
 rows, and measures medians in milliseconds:
 
   exec_floor_ms      fork+exec+wait of the static trivial program
@@ -120,72 +120,11 @@ int main(int argc, char **argv)
 }
 """
 
-# One connection, requests in sequence for SECONDS; prints "count elapsed_ns".
-LOAD_C = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <time.h>
-#include <unistd.h>
-
-static long long now(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-int main(int argc, char **argv)
-{
-  struct sockaddr_un sa;
-  char req[4096], resp[70000];
-  int fd, len, plen;
-  long long count = 0, t0, end;
-  if (argc != 4) return 100;
-  memset(&sa, 0, sizeof sa);
-  sa.sun_family = AF_UNIX;
-  strncpy(sa.sun_path, argv[1], sizeof sa.sun_path - 1);
-  fd = socket(AF_UNIX, SOCK_STREAM, 0);
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) { perror("connect"); return 111; }
-  plen = 6 + (int)strlen(argv[2]) + 1;
-  len = snprintf(req, sizeof req, "%d:getpw", plen);
-  req[len++] = 0;
-  memcpy(req + len, argv[2], strlen(argv[2]) + 1);
-  len += (int)strlen(argv[2]) + 1;
-  req[len++] = ',';
-  t0 = now();
-  end = t0 + (long long)(atof(argv[3]) * 1e9);
-  while (now() < end) {
-    int got = 0, want = -1, i;
-    if (write(fd, req, len) != len) { perror("write"); return 111; }
-    while (want < 0 || got < want) {
-      int r = read(fd, resp + got, sizeof resp - got);
-      if (r <= 0) { perror("read"); return 111; }
-      got += r;
-      if (want < 0)
-        for (i = 0; i < got; i++)
-          if (resp[i] == ':') { want = i + 1 + atoi(resp) + 1; break; }
-    }
-    if (resp[want - 1] != ',' || resp[got - 1] != ',' || resp[i + 1] != '0') {
-      fprintf(stderr, "bad response\n");
-      return 111;
-    }
-    count++;
-  }
-  printf("%lld %lld\n", count, now() - t0);
-  return 0;
-}
-"""
-
-
 def build(work):
     (work / "timer.c").write_text(TIMER_C)
-    (work / "load.c").write_text(LOAD_C)
     benchlib.cc(work / "exec_floor", [benchlib.HERE / "exec_floor.c"], static=True)
     benchlib.cc(work / "timer", [work / "timer.c"])
-    benchlib.cc(work / "load", [work / "load.c"])
+    benchlib.cc(work / "load", [benchlib.HERE / "request_load.c"])
     flags = subprocess.run(["mariadb_config", "--cflags", "--libs"], capture_output=True,
                            text=True)
     if flags.returncode:
@@ -229,7 +168,8 @@ def check(name, argv, env, fd3=None, want=0):
 def rps(work, sock, clients, seconds, daemon_pid):
     """(cached getpw/s, qmailsqld CPU ms per request) of CLIENTS load clients."""
     cpu0 = benchlib.cpu_seconds(daemon_pid)
-    procs = [subprocess.Popen([str(work / "load"), sock, LOCAL, str(seconds)],
+    procs = [subprocess.Popen([str(work / "load"), sock, str(2 ** 62), str(seconds), "1",
+                               "getpw", LOCAL],
                               stdout=subprocess.PIPE, text=True) for _ in range(clients)]
     total = 0.0
     requests = 0

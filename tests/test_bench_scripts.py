@@ -1,6 +1,7 @@
 """The bench scripts run, end to end, with tiny options: bench/delivery.py,
-bench/latency.py and bench/scale.py each bring up their own sandbox and must print
-their JSON line with every key (SPEC section 9) and numbers that make sense.
+bench/latency.py, bench/scale.py and bench/dispatch.py each bring up their own sandbox
+and must print their JSON line with every key (SPEC section 9) and numbers that make
+sense.
 
 They run from a neutral cwd with the installed package only (no PYTHONPATH), as
 `python bench/NAME.py` does on a fresh clone; a script that put the source tree
@@ -81,3 +82,17 @@ def test_scale_bench(tmp_path):
             out[kind + "_ms"]["dom400"] / out[kind + "_ms"]["200"], rel=0.01)
     assert out["max_ratio"] >= 1.0 and out["worst"].split()[0] in (
         "plain_lookup", "virtual_lookup", "plain_login", "virtual_login")
+
+
+def test_dispatch_bench(tmp_path):
+    out, text = run_bench("dispatch.py", ["--requests", "3000", "--rounds", "2", "--batch",
+                                          "8"], tmp_path)
+    assert (out["requests"], out["rounds"], out["batch"]) == (3000, 2, 8)
+    assert out["local_peer"] == ("unprivileged" if os.geteuid() == 0 else "privileged")
+    for load in ("getpw", "local", "getpw_pipelined"):
+        cy, py = out[load + "_cython_cpu_us"], out[load + "_python_cpu_us"]
+        # the daemons' CPU comes from /proc in clock ticks: small runs may see 0
+        assert cy >= 0 and py >= 0, (load, cy, py)
+        if cy:
+            assert out[load + "_python_over_cython"] == pytest.approx(py / cy, rel=0.01)
+        assert load in text

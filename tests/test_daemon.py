@@ -289,6 +289,67 @@ def test_peercred_refuses_getpw_from_other_uid(faq, sandbox, homes):
     assert getpw_helper("iain-slowlaris").returncode == 0
 
 
+def selects(root):
+    """The Com_select counter of ROOT's MariaDB (SHOW STATUS adds nothing to it)."""
+    return int(sb.root_sql(sb.Paths(root), [("SHOW GLOBAL STATUS LIKE 'Com_select'",
+                                             ())])[0][1])
+
+
+def test_local_cached_for_its_uid_whatever_the_domain(faq, sandbox, homes):
+    """The answer to `local` does not depend on its 6th field, the domain (aliases.py
+    ignores it): the same account's request for another domain is a cache hit, no query
+    (so getpw may fill the cache for the wrapper before the domain is known)."""
+    os.chmod(sandbox, 0o755)
+    paths = sb.Paths(sandbox)
+    os.chmod(paths.run, 0o755)
+    owner = os.stat(homes / "iain").st_uid
+    assert owner not in daemon.client_uids()  # the per-uid cache, not the privileged one
+    for command in (b"local", b"localq"):
+        asked = [command, b"iain", str(homes / "iain").encode(), b"iain-slowlaris", b"-",
+                 b"slowlaris"]
+        first = raw_as(owner, paths.daemon_socket, asked + [b"example.org"])
+        assert first[0] == 0, first
+        before = selects(sandbox)
+        assert raw_as(owner, paths.daemon_socket, asked + [b"other.example"]) == first
+        assert selects(sandbox) == before, command
+        # the uid is still part of the key: another uid's request is worked out (refused)
+        status, body = raw_as(OTHER_UID, paths.daemon_socket, asked + [b"example.org"])
+        assert status == 111 and b"another account" in body, body
+
+
+def test_workers_say_what_their_answer_is(sandbox, db, homes):
+    """The cache keeps an answer as long as its kind says (hotpath.cache_times), and the
+    worker that gave it says the kind from the resolver's result, not from its bytes."""
+    from types import SimpleNamespace
+    from qmailsql.core import config as configmod
+    from qmailsql.core.hotpath import FRESH, HIT, NEGATIVE, NEVER
+    load_faq(db, homes)
+    config = configmod.load(str(sandbox))
+    d = daemon.Daemon(config)
+    worker = daemon.Worker(d, None, "test")
+    worker.setup(config)
+    root = SimpleNamespace(privileged=True, uid=0)
+
+    def kind(*fields):
+        task = daemon.Task(root, b"", fields[0], list(fields[1:]), None, 0, config)
+        worker.handle(task)
+        return task.status, task.kind
+    try:
+        assert kind(b"getpw", b"iain-slowlaris") == (0, HIT)
+        assert kind(b"getpw", b"nobody-known") == (0, NEGATIVE)  # the alias user, no one else
+        assert kind(b"getpw", b"alias-nobody") == (0, HIT)       # the alias user by its name
+        local = [b"iain", str(homes / "iain").encode(), b"iain", b"", b"", b"example.org"]
+        assert kind(b"local", *local) == (0, FRESH)
+        assert kind(b"localq", *local) == (0, FRESH)
+        assert kind(b"local-confirm", *local) == (0, NEVER)
+        assert kind(b"auth", b"iain", b"wrong", b"")[1] == NEVER
+        db.directory.query("DELETE FROM mailbox WHERE username='alias'", write=True)
+        assert kind(b"getpw", b"nobody-known") == (116, NEGATIVE)
+    finally:
+        worker.directory.close()
+        d.ep.close()
+
+
 def test_local_refusal_costs_the_same_for_known_and_unknown_names(sandbox, db, homes,
                                                                   monkeypatch):
     """Whether a name is a DB account must not show in how long `local` takes to refuse a

@@ -1,14 +1,17 @@
 """qmailsqld's hot path: the Cython twins (_hot) equal their Python reference (fallback).
 
-Response framing, the cache policy (cache_times) and the response cache itself, driven
-by random operation sequences.
+Response framing, the cache policy (cache_times), the response cache itself and the
+loop's dispatch of a request, driven by random operation sequences.
 """
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from qmailsql.core import _hot, fallback
+from qmailsql.core.resolve import too_long
 from qmailsql.daemon import server as daemon
-from qmailsql.core.hotpath import PRIVILEGED, STALE, decode_frame, split_fields
+from qmailsql.daemon.commands import DOVECOT_PEER_COMMANDS, OPEN_COMMANDS, TABLE
+from qmailsql.core.hotpath import (FRESH, HIT, NEGATIVE, NEVER, PRIVILEGED, STALE,
+                                   decode_frame, split_fields)
 
 
 def test_daemon_uses_the_compiled_twins():
@@ -16,6 +19,7 @@ def test_daemon_uses_the_compiled_twins():
         assert daemon.ResponseCache is _hot.ResponseCache
         assert daemon.cache_times is _hot.cache_times
         assert daemon.encode_response is _hot.encode_response
+        assert daemon.Dispatcher is _hot.Dispatcher
 
 
 # ---------------------------------------------------------------- framing
@@ -32,66 +36,19 @@ def test_encode_response_equal_and_decodable(status, body):
 
 # ---------------------------------------------------------------- policy
 
-FIELD = st.sampled_from([b"", b"alias", b"iain", b"-", b"x", b"800", b"/h", b"ALIAS",
-                         b"a\0b"]) | st.binary(max_size=5)
-TTL = st.sampled_from([0, 1, 10, 300, 3600])
-
-
-def getpw_case():
-    local = st.sampled_from([b"", b"x", b"iain-foo", b"-", b"alias"]) | st.binary(max_size=6)
-
-    def build(local, fields_, alias_shape):
-        if alias_shape:
-            fields_ = [b"alias", b"1", b"2", b"/h", b"-", local]
-        body = b"".join(f + b"\0" for f in fields_)
-        return b"getpw\0" + local + b"\0", body
-    return st.builds(build, local, st.lists(FIELD, min_size=0, max_size=8), st.booleans())
-
-
-request = st.one_of(
-    getpw_case(),
-    st.tuples(st.sampled_from([b"getpw\0", b"local\0", b"auth\0", b"ping\0", b"flush\0",
-                               b"getpw", b"", b"local", b"getpwx\0", b"userdb\0",
-                               b"passdb\0", b"iterate\0", b"userdb"])
-              .flatmap(lambda head: st.binary(max_size=12).map(lambda t: head + t)),
-              st.binary(max_size=40)),
-)
-
-
-@settings(max_examples=3000, deadline=None)
-@given(request, st.sampled_from([0, 1, 100, 111, 115, 116, 255]), TTL, TTL, TTL)
-def test_cache_times_equal(req_body, status, cache_ttl, negative_ttl, stale_ttl):
-    req, body = req_body
-    args = (req, status, body, cache_ttl, negative_ttl, stale_ttl)
-    assert _hot.cache_times(*args) == fallback.cache_times(*args)
+def test_cache_times_is_one_for_both_builds():
+    assert _hot.cache_times is fallback.cache_times
 
 
 def test_cache_times_policy():
-    ok = b"iain\0" b"800\0" b"100\0" b"/h\0" b"-\0" b"foo\0"
-    alias = b"alias\0" b"801\0" b"100\0" b"/a\0" b"-\0" b"nobody\0"
+    """The worker says what the answer is (Task.kind); the TTLs follow from it alone."""
     for m in (_hot, fallback):
         ct = m.cache_times
-        assert ct(b"getpw\0iain-foo\0", 0, ok, 300, 10, 3600) == (300, 3600)
-        assert ct(b"getpw\0nobody\0", 0, alias, 300, 10, 3600) == (10, 0)
-        # the alias user reached through a real candidate is a positive answer
-        assert ct(b"getpw\0alias-nobody\0", 0, alias, 300, 10, 3600) == (300, 3600)
-        assert ct(b"getpw\0x\0", 116, b"no alias user", 300, 10, 3600) == (10, 0)
-        for code in (111, 100, 115):
-            assert ct(b"getpw\0x\0", code, b"trouble", 300, 10, 3600) == (0, 0)
-        assert ct(b"getpw\0x\0", 0, b"short\0answer\0", 300, 10, 3600) == (0, 0)
-        assert ct(b"local\0u\0/h\0u\0\0\0d\0", 0, b"./Maildir/\n", 300, 10, 3600) == (300, 0)
-        assert ct(b"local\0u\0/h\0u\0\0\0d\0", 0, b"", 300, 10, 3600) == (300, 0)
-        assert ct(b"local\0u\0/h\0u\0\0\0d\0", 111, b"db down", 300, 10, 3600) == (0, 0)
-        assert ct(b"auth\0u\0pw\0\0", 0, b"u\0" b"1\0" b"1\0" b"/h\0\0", 300, 10, 3600) \
-            == (0, 0)
-        assert ct(b"ping\0", 0, b"pong", 300, 10, 3600) == (0, 0)
-        # Dovecot: a userdb answer like a delivery's; never a password's, never a miss
-        fields = b"uid=800\0gid=100\0home=/h\0mail=maildir:~/Maildir\0"
-        assert ct(b"userdb\0iain\0", 0, fields, 300, 10, 3600) == (300, 0)
-        assert ct(b"userdb\0nobody\0", 1, b"no such user", 300, 10, 3600) == (0, 0)
-        assert ct(b"userdb\0iain\0", 111, b"db down", 300, 10, 3600) == (0, 0)
-        assert ct(b"passdb\0iain\0pw\0imap\0\0", 0, b"user=iain\0", 300, 10, 3600) == (0, 0)
-        assert ct(b"iterate\0\0", 0, b"iain\0", 300, 10, 3600) == (0, 0)
+        assert ct(HIT, 300, 10, 3600) == (300, 3600)       # a getpw delivery
+        assert ct(NEGATIVE, 300, 10, 3600) == (10, 0)      # alias user for want of any, 116
+        assert ct(FRESH, 300, 10, 3600) == (300, 0)        # local, localq, userdb
+        assert ct(NEVER, 300, 10, 3600) == (0, 0)          # auth, passdb, refusals
+        assert ct("bogus", 300, 10, 3600) == (0, 0)        # anything unknown: never
 
 
 # ---------------------------------------------------------------- the cache
@@ -212,3 +169,112 @@ def test_split_fields_of_requests():
     assert split_fields(b"getpw\0\0") == [b"getpw", b""]
     with pytest.raises(ValueError):
         split_fields(b"ping")
+
+
+# ---------------------------------------------------------------- dispatch
+
+MAX_FIELD, MAX_HOMEDIR = 8, 16  # small bounds, so that requests cross them often
+ARG = st.sampled_from([b"", b"iain", b"/h", b"-", b"x", b"x" * 9, b"h" * 17, b"a\0b",
+                       b"\xff"]) | st.binary(max_size=3)
+SHORT = st.sampled_from([b"", b"iain", b"/h", b"x"])  # few values: requests repeat
+COMMAND = st.sampled_from(sorted(TABLE) + [b"", b"bogus", b"getpwx", b"LOCAL"])
+
+
+def join(fields):
+    return b"".join(f + b"\0" for f in fields)
+
+
+PAYLOAD = st.one_of(
+    # the field counts the table takes, mostly short fields: they reach the cache
+    st.sampled_from(sorted(TABLE)).flatmap(lambda c: st.sampled_from(TABLE[c].nargs).flatmap(
+        lambda n: st.lists(SHORT | ARG, min_size=n, max_size=n).map(lambda a: join([c] + a)))),
+    st.builds(lambda c, a: join([c] + a), COMMAND, st.lists(ARG, max_size=7)),
+    st.binary(max_size=12))
+PEER = st.tuples(st.sampled_from([0, 5, 800]), st.integers(1, 99999), st.booleans(),
+                 st.sampled_from([OPEN_COMMANDS, DOVECOT_PEER_COMMANDS]))
+# (pool index of the request, its peer, time, seconds since the DB failed, TTL of the
+# answer put for a WORK result (0: none), its stale time, whether it goes in as the
+# peer's own (else privileged))
+OP = st.tuples(st.integers(0, 7), PEER, st.floats(0, 50).map(lambda x: round(x, 2)),
+               st.sampled_from([1e9, 0.5, 3.0]), st.sampled_from([0, 0, 1, 30]),
+               st.sampled_from([0, 100]), st.booleans())
+
+
+def run_dispatch(m, pool, ops):
+    cache = m.ResponseCache(6, 2, 4)
+    d = m.Dispatcher(TABLE, cache, too_long, MAX_FIELD, MAX_HOMEDIR, 2.0)
+    out = []
+    for i, (which, (uid, pid, privileged, commands), now, since, ttl, stale, own) in \
+            enumerate(ops):
+        result = d.dispatch(pool[which % len(pool)], uid, pid, privileged, commands, now,
+                            now - since)
+        out.append(result)
+        if result[0] == m.WORK and ttl:  # what drain_wake does with the worker's answer
+            out.append(cache.put(result[4], b"answer %d" % i, now, ttl, stale,
+                                 uid if own and not privileged else PRIVILEGED))
+        out.append((len(cache), cache.generation))
+    return out
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(PAYLOAD, min_size=1, max_size=8), st.lists(OP, max_size=30))
+@example([b"getpw\0iain\0"], [(0, (0, 1, True, OPEN_COMMANDS), 1.0, 1e9, 1, 100, False),
+                              (0, (0, 1, True, OPEN_COMMANDS), 5.0, 0.5, 0, 0, False),
+                              (0, (0, 1, True, OPEN_COMMANDS), 6.0, 3.0, 0, 0, False)])
+def test_dispatch_equal(pool, ops):
+    """The same decisions, refusal frames and log lines, cache hits and cache keys for
+    random payloads from random peers, with the answers to earlier ones in the cache."""
+    assert run_dispatch(_hot, pool, ops) == run_dispatch(fallback, pool, ops)
+
+
+LOCAL = [b"local", b"iain", b"/h/iain", b"iain-x", b"-", b"x"]
+
+
+def payload(fields):
+    return b"".join(f + b"\0" for f in fields)
+
+
+@pytest.mark.parametrize("m", [_hot, fallback], ids=["cython", "python"])
+def test_dispatch_semantics(m):
+    cache = m.ResponseCache(100)
+    d = m.Dispatcher(TABLE, cache, too_long, 16, 32, 2.0)
+
+    def ask(fields, uid=800, privileged=False, now=10.0, failed=-1e9, raw=None):
+        return d.dispatch(raw if raw is not None else payload(fields), uid, 4242, privileged,
+                          OPEN_COMMANDS, now, failed)
+    # a peer's local: worked out under its uid's key, which leaves the domain out
+    work = ask(LOCAL + [b"example.org"])
+    assert work == (m.WORK, "db", b"local", LOCAL[1:] + [b"example.org"],
+                    m.local_cache_key(800, *LOCAL[:6]), None)
+    assert work[4] == b"uid=800\0local\0iain\0/h/iain\0iain-x\0-\0x"
+    cache.put(work[4], b"lines", 10.0, 300, 0, 800)
+    assert ask(LOCAL + [b"other.example"]) == (m.CACHED, b"lines")
+    assert ask(LOCAL + [b"example.org"], uid=801)[0] == m.WORK       # not another uid's
+    assert ask([b"localq"] + LOCAL[1:] + [b"example.org"])[0] == m.WORK  # nor localq's
+    # privileged peers: by payload, first of all
+    getpw = payload([b"getpw", b"iain-x"])
+    assert ask([b"getpw", b"iain-x"], uid=0, privileged=True) == (
+        m.WORK, "db", b"getpw", [b"iain-x"], getpw, None)
+    cache.put(getpw, b"delivery", 10.0, 1, 100)
+    assert ask(None, uid=0, privileged=True, raw=getpw) == (m.CACHED, b"delivery")
+    # expired: the stale answer goes with the task, or at once just after a DB failure
+    assert ask(None, uid=0, privileged=True, now=20.0, raw=getpw)[5] == b"delivery"
+    assert ask(None, uid=0, privileged=True, now=20.0, failed=19.0, raw=getpw) == (
+        m.STALE_NOW, b"delivery",
+        "stale answer for getpw 'iain-x': the DB was unreachable 1.0s ago")
+    # refusals: the frame, the RefusalLog kind and line, and whether to close after
+    assert ask([b"getpw", b"iain"]) == (
+        m.REFUSED, m.encode_response(111, b"qmailsqld refuses getpw requests from uid 800"),
+        "command", "refused uid 800 for getpw (pid 4242; allow it with QMAILSQL_CLIENT_UIDS)",
+        False)
+    assert ask(None, raw=b"getpw\0iain")[0:3] == (m.REFUSED, m.MALFORMED, "malformed")
+    assert ask(None, raw=b"getpw\0iain")[4] is True
+    assert ask([b"nope"])[1] == m.encode_response(100, b"unknown command 'nope'")
+    assert ask(LOCAL)[3] == "local request from uid 800 with 5 fields instead of 6"
+    big = ask([b"local", b"iain", b"h" * 33] + LOCAL[3:] + [b"d"])
+    assert big[0:3] == (m.REFUSED, m.encode_response(111, too_long("homedir", b"h" * 33, 32)
+                                                     .encode()), "size")
+    assert ask([b"local", b"iain", b"h" * 32] + LOCAL[3:] + [b"d"])[0] == m.WORK
+    assert ask([b"local", b"i" * 17] + LOCAL[2:] + [b"d"])[3].endswith(
+        too_long("user", b"i" * 17, 16))
+    assert ask([b"ping"]) == (m.INLINE, "ping")

@@ -205,10 +205,10 @@ BRIEF = {
     ".venv/bin/python bench/quota.py": ["--runs", "10", "--warmup", "1", "--messages", "300",
                                         "--recalc-runs", "1"],
 }
-# run elsewhere: the suite itself (by .ci/run), whose run this is; the delivery and
-# scale benches, with their own checks, by tests/test_bench_scripts.py
+# run elsewhere: the suite itself (by .ci/run), whose run this is; the delivery, scale
+# and dispatch benches, with their own checks, by tests/test_bench_scripts.py
 ELSEWHERE = {".venv/bin/pytest tests", ".venv/bin/python bench/delivery.py",
-             ".venv/bin/python bench/scale.py"}
+             ".venv/bin/python bench/scale.py", ".venv/bin/python bench/dispatch.py"}
 JSON_KEYS = {
     "bench/latency.py": {"exec_floor_ms", "getpw_ms", "local_ms", "checkpassword_ms",
                          "oneshot_ms", "daemon_rps"},

@@ -1,13 +1,18 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
 """Cython hot path: the same names and behaviour as qmailsql/core/fallback.py.
 
-Per-delivery work lives here: request framing, local-part splitting, and the
-control/sqlserver parser the daemon runs at start and on reload.
+Per-delivery work lives here: request framing, local-part splitting, the response
+cache, the loop's dispatch of a request, and the control/sqlserver parser the daemon
+runs at start and on reload.
 """
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdio cimport snprintf
 
-from qmailsql.core.definitions import PRIVILEGED, STALE, ConfigError, KEY_ALIASES, REPEATABLE
+from qmailsql.core.definitions import (CACHED, INLINE, KEY_ALIASES, PRIVILEGED, REFUSED,
+                                       REPEATABLE, STALE, STALE_NOW, WORK, ConfigError,
+                                       cache_times)
+from qmailsql.core.errors import EXIT_TEMP, EXIT_USAGE, shown
 
 
 cdef inline bint _blank(unsigned char c):
@@ -158,44 +163,31 @@ def decode_frame(buf, Py_ssize_t limit=65536, Py_ssize_t start=0):
     return PyBytes_FromStringAndSize(<const char *>&view[i + 1], length), end + 1
 
 
-def split_fields(bytes payload):
+UNTERMINATED = "request fields must each end in NUL"
+
+
+cdef inline list _fields(bytes payload):
+    """split_fields(), None for a payload whose last field lacks its NUL."""
     cdef Py_ssize_t n = len(payload)
     if n == 0 or (<const unsigned char *>payload)[n - 1] != 0:
-        raise ValueError("request fields must each end in NUL")
+        return None
     return payload[:n - 1].split(b"\0")
 
 
+def split_fields(bytes payload):
+    cdef list fields = _fields(payload)
+    if fields is None:
+        raise ValueError(UNTERMINATED)
+    return fields
+
+
 # ---------------------------------------------------------------------------
-# qmailsqld's hot path: response framing, the response cache and its policy
-# (same names and behaviour as in qmailsql/core/fallback.py).
+# qmailsqld's hot path: response framing and the response cache (same names and
+# behaviour as in qmailsql/core/fallback.py; cache_times is definitions.py's).
 
 def encode_response(long status, bytes body=b""):
     cdef bytes payload = b"%d\0" % status + body
     return b"%d:%s," % (len(payload), payload)
-
-
-def cache_times(bytes request, long status, bytes body, cache_ttl, negative_ttl, stale_ttl):
-    cdef Py_ssize_t n = len(request)
-    cdef bytes head = request[:6]
-    cdef list fields
-    cdef bytes local
-    if head == b"getpw\0":
-        if status == 0:
-            fields = body.split(b"\0")
-            if len(fields) != 7 or len(<bytes>fields[6]) != 0:
-                return (0, 0)
-            local = request[6:n - 1] if n > 6 else b""
-            if fields[0] == b"alias" and fields[4] == b"-" and fields[5] == local:
-                return (negative_ttl, 0)
-            return (cache_ttl, stale_ttl)
-        if status == 116:
-            return (negative_ttl, 0)
-        return (0, 0)
-    if head == b"local\0" or request[:7] == b"userdb\0" or request[:7] == b"localq\0":
-        if status == 0:
-            return (cache_ttl, 0)
-        return (0, 0)
-    return (0, 0)
 
 
 cdef enum:
@@ -376,3 +368,143 @@ cdef class ResponseCache:
     def clear(self):
         self._reset()
         self.generation += 1
+
+
+# ---------------------------------------------------------------------------
+# qmailsqld's dispatch (same names and behaviour as in qmailsql/core/fallback.py).
+
+MALFORMED = encode_response(EXIT_TEMP, b"malformed request")
+
+
+cdef inline bytes _local_key(long uid, bytes command, bytes user, bytes homedir, bytes local,
+                             bytes dash, bytes ext):
+    cdef char prefix[32]
+    cdef int n = snprintf(prefix, sizeof(prefix), "uid=%ld", uid)
+    return b"\0".join([prefix[:n], command, user, homedir, local, dash, ext])
+
+
+def local_cache_key(long uid, bytes command, bytes user, bytes homedir, bytes local,
+                    bytes dash, bytes ext):
+    return _local_key(uid, command, user, homedir, local, dash, ext)
+
+
+cdef enum:
+    CACHE_NONE, CACHE_SHARED, CACHE_PER_UID, CACHE_STALE
+
+
+@cython.final
+cdef class _Spec:
+    # one row of the command table, as dispatch() reads it
+    cdef object row          # the table's Command
+    cdef object pool         # "inline", "db" or "auth"
+    cdef object handler
+    cdef bint inline
+    cdef int cache
+    cdef tuple nargs
+    cdef Py_ssize_t asked    # nargs[-1]: the count named in messages
+    cdef tuple fields        # names of the bounded fields
+    cdef Py_ssize_t[8] limits
+    cdef Py_ssize_t nbounded
+
+
+cdef dict _CACHE_MODES = {None: CACHE_NONE, "shared": CACHE_SHARED,
+                          "per-uid": CACHE_PER_UID, "stale": CACHE_STALE}
+
+
+cdef class Dispatcher:
+    cdef dict specs
+    cdef readonly object table
+    cdef readonly ResponseCache cache
+    cdef object too_long
+    cdef readonly Py_ssize_t max_field, max_homedir
+    cdef readonly double stale_shortcut
+
+    def __init__(self, table, ResponseCache cache, too_long, Py_ssize_t max_field,
+                 Py_ssize_t max_homedir, double stale_shortcut):
+        cdef _Spec spec
+        cdef Py_ssize_t i
+        self.table = table
+        self.cache = cache
+        self.too_long = too_long
+        self.max_field = max_field
+        self.max_homedir = max_homedir
+        self.stale_shortcut = stale_shortcut
+        self.specs = {}
+        for name, row in table.items():
+            spec = _Spec.__new__(_Spec)
+            spec.row = row
+            spec.pool = row.pool
+            spec.handler = row.handler
+            spec.inline = row.pool == "inline"
+            spec.cache = _CACHE_MODES[row.cache]
+            spec.nargs = tuple(row.nargs)
+            spec.asked = spec.nargs[len(spec.nargs) - 1]  # (no wraparound here)
+            # dispatch() reads the fields these need without a bounds check
+            if min(spec.nargs) < {CACHE_PER_UID: 6, CACHE_STALE: 1}.get(spec.cache, 0):
+                raise ValueError("command %r: too few fields for its cache key" % name)
+            spec.fields = tuple(row.fields)
+            if len(spec.fields) > 8:
+                raise ValueError("command %r: more than 8 bounded fields" % name)
+            spec.nbounded = len(spec.fields)
+            for i in range(spec.nbounded):
+                spec.limits[i] = max_homedir if spec.fields[i] == "homedir" else max_field
+            self.specs[name] = spec
+
+    cpdef tuple dispatch(self, bytes payload, long uid, long pid, bint privileged, commands,
+                         double now, double db_failed_at):
+        cdef object frame, found, stale = None
+        cdef list fields
+        cdef bytes command, key = payload, value
+        cdef _Spec spec
+        cdef Py_ssize_t i, n, nfields
+        if privileged:
+            frame = self.cache.get(payload, now)
+            if frame is not None:
+                return (CACHED, frame)
+        fields = _fields(payload)
+        if fields is None:
+            return (REFUSED, MALFORMED, "malformed", "malformed request from uid %d pid %d: "
+                    "%s" % (uid, pid, UNTERMINATED), True)
+        command = fields[0]
+        found = self.specs.get(command)
+        if found is None:
+            name = shown(command)
+            return (REFUSED, encode_response(EXIT_USAGE, b"unknown command " +
+                                             name.encode("ascii")),
+                    "malformed", "unknown command %s from uid %d" % (name, uid), False)
+        spec = <_Spec>found
+        if not privileged and command not in commands:
+            return (REFUSED, encode_response(EXIT_TEMP, b"qmailsqld refuses %s requests from "
+                                             b"uid %d" % (command, uid)),
+                    "command", "refused uid %d for %s (pid %d; allow it with %s)" % (
+                        uid, command.decode("ascii"), pid, "QMAILSQL_DOVECOT_UIDS"
+                        if spec.row.who == "dovecot" else "QMAILSQL_CLIENT_UIDS"), False)
+        nfields = len(fields) - 1
+        if nfields not in spec.nargs:
+            return (REFUSED, encode_response(EXIT_TEMP, b"malformed %s request: %d fields, "
+                                             b"expected %d" % (command, nfields, spec.asked)),
+                    "malformed", "%s request from uid %d with %d fields instead of %d" % (
+                        command.decode("ascii"), uid, nfields, spec.asked), False)
+        if spec.inline:
+            return (INLINE, spec.handler)
+        n = spec.nbounded if spec.nbounded < nfields else nfields
+        for i in range(n):
+            value = <bytes>fields[i + 1]
+            if len(value) > spec.limits[i]:
+                problem = self.too_long(spec.fields[i], value, spec.limits[i])
+                return (REFUSED, encode_response(EXIT_TEMP, problem.encode()), "size",
+                        "refused %s from uid %d pid %d: %s" % (command.decode("ascii"), uid,
+                                                               pid, problem), False)
+        if spec.cache == CACHE_STALE:
+            stale = self.cache.get_stale(payload, now)
+            if stale is not None and now - db_failed_at < self.stale_shortcut:
+                return (STALE_NOW, stale, "stale answer for getpw %s: the DB was unreachable "
+                        "%.1fs ago" % (shown(fields[1]), now - db_failed_at))
+        elif spec.cache != CACHE_NONE and not privileged:
+            if spec.cache == CACHE_PER_UID:
+                key = _local_key(uid, command, fields[1], fields[2], fields[3], fields[4],
+                                 fields[5])
+            frame = self.cache.get(key, now)
+            if frame is not None:
+                return (CACHED, frame)
+        return (WORK, spec.pool, command, fields[1:], key, stale)

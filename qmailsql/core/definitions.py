@@ -1,6 +1,7 @@
 """Names the Cython hot path (_hot.pyx) and its pure-Python reference (fallback.py)
-share, so both builds raise one ConfigError, accept one set of control/sqlserver keys
-and name the response cache's shares alike.
+share, so both builds raise one ConfigError, accept one set of control/sqlserver keys,
+name the response cache's shares, answer kinds and dispatch actions alike and keep
+answers as long (cache_times: once per worker answer, not per request, so not compiled).
 """
 
 # Canonical key <- every spelling control/sqlserver accepts.
@@ -36,3 +37,39 @@ class ConfigError(ValueError):
 # The response cache's shares (ResponseCache.put's owner, besides a peer's uid).
 PRIVILEGED = -1  # the owner of what privileged peers' requests put in the cache
 STALE = -2       # the share of privileged answers kept for DB outages (stale > 0)
+
+# What kind of answer a worker gave (Task.kind), which decides how long the cache may
+# keep it (cache_times): the worker knows, from the resolver's result; nobody guesses
+# it from the bytes.
+HIT = "hit"            # a delivery (getpw): fresh cache_ttl, then stale_ttl for DB outages
+FRESH = "fresh"        # an answer kept while fresh only (local, localq, Dovecot's userdb)
+NEGATIVE = "negative"  # getpw's alias user for an unknown local, or 116: negative_ttl
+NEVER = "never"        # not cached (auth, passdb, local-confirm, every refusal)
+
+
+def cache_times(kind, cache_ttl, negative_ttl, stale_ttl):
+    """How long qmailsqld may keep an answer of KIND (Task.kind, set by the worker that
+    gave it). Returns (ttl, stale): the answer is fresh for ttl seconds and may then be
+    given for stale more seconds while the DB is unreachable; ttl 0 means never cache.
+
+    HIT (a getpw delivery): cache_ttl + stale_ttl. NEGATIVE (getpw's alias user for an
+    unknown local, Delivery.bounce, and 116): negative_ttl with no stale time, so a new
+    user is not bounced for long and an unknown address never goes to the alias user
+    because the DB is down. FRESH (local, localq, Dovecot's userdb): cache_ttl, no
+    stale time. NEVER (auth, passdb, local-confirm, 111, ...): 0.
+    """
+    if kind == HIT:
+        return (cache_ttl, stale_ttl)
+    if kind == FRESH:
+        return (cache_ttl, 0)
+    if kind == NEGATIVE:
+        return (negative_ttl, 0)
+    return (0, 0)
+
+
+# What the loop does with a request (the first item of Dispatcher.dispatch()'s result).
+CACHED = "cached"      # (CACHED, frame): send the cached answer
+REFUSED = "refused"    # (REFUSED, frame, log kind, log line, close after it): RefusalLog it
+STALE_NOW = "stale"    # (STALE_NOW, frame, log line): the DB failed a moment ago
+INLINE = "inline"      # (INLINE, handler): the loop's own method answers
+WORK = "work"          # (WORK, pool, command, args, cache key, stale frame or None)

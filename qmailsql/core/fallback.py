@@ -4,7 +4,10 @@
 tests/test_hotpath.py holds the two equal on random input.
 """
 
-from qmailsql.core.definitions import KEY_ALIASES, PRIVILEGED, REPEATABLE, STALE, ConfigError
+from qmailsql.core.definitions import (  # noqa: F401 (cache_times: one for both builds)
+    CACHED, INLINE, KEY_ALIASES, PRIVILEGED, REFUSED, REPEATABLE, STALE, STALE_NOW, WORK,
+    ConfigError, cache_times)
+from qmailsql.core.errors import EXIT_TEMP, EXIT_USAGE, shown
 
 _BLANK = b" \t\r"
 
@@ -163,7 +166,8 @@ def split_fields(payload):
 
 
 # ---------------------------------------------------------------------------
-# qmailsqld's hot path: response framing, the response cache and its policy.
+# qmailsqld's hot path: response framing and the response cache (its policy,
+# cache_times, is in definitions.py: once per worker answer, not per request).
 # (qmailsql/core/_hot.pyx has the same names; tests/test_hotpath_daemon.py holds
 # the two equal.)
 
@@ -171,38 +175,6 @@ def encode_response(status, body=b""):
     """One response frame: netstring of `status\\0body` (csrc/PROTOCOL.md)."""
     payload = b"%d\0" % status + body
     return b"%d:%s," % (len(payload), payload)
-
-
-def cache_times(request, status, body, cache_ttl, negative_ttl, stale_ttl):
-    """How long qmailsqld may keep the answer (STATUS, BODY) to REQUEST (a payload).
-
-    Returns (ttl, stale): the answer is fresh for ttl seconds and may then be given
-    for stale more seconds while the DB is unreachable; ttl 0 means never cache.
-    getpw: a real user lives cache_ttl (+ stale_ttl); the alias user's answer for
-    an unknown local (user `alias`, dash `-`, ext = the whole local) and 116 live
-    negative_ttl with no stale time, so a new user is not bounced for long and an
-    unknown address never goes to the alias user because the DB is down.
-    local, localq and userdb (Dovecot's): cache_ttl, no stale time. Everything else
-    (auth, passdb, local-confirm, 111, ...): never.
-    """
-    if request[:6] == b"getpw\0":
-        if status == 0:
-            fields = body.split(b"\0")
-            if len(fields) != 7 or fields[6] != b"":
-                return (0, 0)
-            n = len(request)
-            local = request[6:n - 1] if n > 6 else b""
-            if fields[0] == b"alias" and fields[4] == b"-" and fields[5] == local:
-                return (negative_ttl, 0)
-            return (cache_ttl, stale_ttl)
-        if status == 116:
-            return (negative_ttl, 0)
-        return (0, 0)
-    if request[:6] == b"local\0" or request[:7] in (b"userdb\0", b"localq\0"):
-        if status == 0:
-            return (cache_ttl, 0)
-        return (0, 0)
-    return (0, 0)
 
 
 def entry_cost(key, response):
@@ -353,3 +325,97 @@ class ResponseCache:
     def clear(self):
         self._reset()
         self.generation += 1
+
+
+# ---------------------------------------------------------------------------
+# qmailsqld's dispatch: from a request payload to what the loop does with it.
+
+MALFORMED = encode_response(EXIT_TEMP, b"malformed request")
+
+
+def local_cache_key(uid, command, user, homedir, local, dash, ext):
+    """The cache key of unprivileged peer UID's `local`/`localq` answer: the uid (a worker
+    checked the account for this very uid) and every field the answer depends on, not
+    the domain (aliases.py ignores it), so getpw may fill it before the domain is known.
+    The fields hold no NUL: the key is unambiguous."""
+    return b"uid=%d\0" % uid + b"\0".join([command, user, homedir, local, dash, ext])
+
+
+class Dispatcher:
+    """The loop's per-request decision, with its one side effect on the cache: lookups.
+
+    TABLE is the daemon's command table (name -> Command, qmailsql/daemon/commands.py),
+    CACHE its ResponseCache, TOO_LONG(name, value, limit) says why a field is too long
+    (resolve.too_long: words the refusal of a field longer than its bound); the table's
+    bounded fields may be MAX_FIELD bytes long, homedir MAX_HOMEDIR. Within STALE_SHORTCUT seconds of a DB failure a getpw with a stale
+    answer gets it at once. dispatch() returns a tuple: see definitions.CACHED etc.
+    """
+
+    def __init__(self, table, cache, too_long, max_field, max_homedir, stale_shortcut):
+        self.table = table
+        self.cache = cache
+        self.too_long = too_long
+        self.max_field = max_field
+        self.max_homedir = max_homedir
+        self.stale_shortcut = stale_shortcut
+
+    def dispatch(self, payload, uid, pid, privileged, commands, now, db_failed_at):
+        """What to do with request PAYLOAD from peer UID/PID (PRIVILEGED: in the client
+        uid list; else it may send COMMANDS) at monotonic time NOW; DB_FAILED_AT: when a
+        worker last saw the DB fail."""
+        cache = self.cache
+        if privileged:
+            frame = cache.get(payload, now)
+            if frame is not None:
+                return (CACHED, frame)
+        try:
+            fields = split_fields(payload)
+        except ValueError as e:
+            return (REFUSED, MALFORMED, "malformed", "malformed request from uid %d pid %d: "
+                    "%s" % (uid, pid, e), True)
+        command = fields[0]
+        args = fields[1:]
+        spec = self.table.get(command)
+        if spec is None:
+            name = shown(command)
+            return (REFUSED, encode_response(EXIT_USAGE, b"unknown command " +
+                                             name.encode("ascii")),
+                    "malformed", "unknown command %s from uid %d" % (name, uid), False)
+        if not privileged and command not in commands:
+            return (REFUSED, encode_response(EXIT_TEMP, b"qmailsqld refuses %s requests from "
+                                             b"uid %d" % (command, uid)),
+                    "command", "refused uid %d for %s (pid %d; allow it with %s)" % (
+                        uid, command.decode("ascii"), pid, "QMAILSQL_DOVECOT_UIDS"
+                        if spec.who == "dovecot" else "QMAILSQL_CLIENT_UIDS"), False)
+        nargs = spec.nargs
+        if len(args) not in nargs:
+            return (REFUSED, encode_response(EXIT_TEMP, b"malformed %s request: %d fields, "
+                                             b"expected %d" % (command, len(args), nargs[-1])),
+                    "malformed", "%s request from uid %d with %d fields instead of %d" % (
+                        command.decode("ascii"), uid, len(args), nargs[-1]), False)
+        if spec.pool == "inline":
+            return (INLINE, spec.handler)
+        for name, value in zip(spec.fields, args):
+            limit = self.max_homedir if name == "homedir" else self.max_field
+            if len(value) > limit:
+                problem = self.too_long(name, value, limit)
+                return (REFUSED, encode_response(EXIT_TEMP, problem.encode()), "size",
+                        "refused %s from uid %d pid %d: %s" % (command.decode("ascii"), uid,
+                                                               pid, problem), False)
+        key = payload
+        stale = None
+        how = spec.cache
+        if how == "stale":
+            stale = cache.get_stale(payload, now)
+            if stale is not None and now - db_failed_at < self.stale_shortcut:
+                # the DB failed a moment ago: no need to make this one wait for it too
+                return (STALE_NOW, stale, "stale answer for getpw %s: the DB was unreachable "
+                        "%.1fs ago" % (shown(args[0]), now - db_failed_at))
+        elif how is not None and not privileged:
+            if how == "per-uid":
+                # a worker checks that USER is this peer's own account
+                key = local_cache_key(uid, command, *args[:5])
+            frame = cache.get(key, now)  # "shared" (Dovecot's userdb): anyone's answer
+            if frame is not None:
+                return (CACHED, frame)
+        return (WORK, spec.pool, command, args, key, stale)

@@ -1,7 +1,8 @@
 """The daemon's commands (csrc/PROTOCOL.md): one table says, for each, how many
 request fields it takes, who may ask, which pool answers it, how its answers are
-looked up in the cache, and which fields have a length bound. The loop
-(server.Daemon.dispatch) and the workers (Worker.handle) only look things up here."""
+looked up in the cache, and which fields have a length bound. The loop's dispatch
+(hotpath.Dispatcher, core/_hot.pyx) and the workers (Worker.handle) only look things
+up here."""
 from collections import namedtuple
 
 LOCAL_FIELDS = ("user", "homedir", "local part", "dash", "ext", "domain")
@@ -14,8 +15,10 @@ LOCAL_FIELDS = ("user", "homedir", "local part", "dash", "ext", "domain")
 # cache: how an unprivileged peer's request is looked up (privileged peers' requests
 #   are always looked up first, by their payload): None (not at all), "shared" (the
 #   same answer as anyone's), "per-uid" (checked for this very uid: the key has the
-#   uid in front) or "stale" (getpw: a stale answer is kept ready for a DB failure);
-# fields: names of the fields with a length bound (oversized());
+#   uid in front, hotpath.local_cache_key) or "stale" (getpw: a stale answer is kept
+#   ready for a DB failure);
+# fields: names of the fields with a length bound (resolve.MAX_FIELD; homedir:
+#   server.MAX_HOMEDIR);
 # handler: the method that answers it (pool "inline": the Daemon's, else the Worker's).
 Command = namedtuple("Command", "name nargs who pool cache fields handler")
 

@@ -55,8 +55,9 @@ import time
 
 from qmailsql.core import config as configmod, db
 from qmailsql.core import users
-from qmailsql.core.hotpath import (IMPLEMENTATION, PRIVILEGED, ConfigError, ResponseCache,
-                                   cache_times, decode_frame, encode_response, split_fields)
+from qmailsql.core.hotpath import (CACHED, IMPLEMENTATION, MALFORMED, PRIVILEGED, REFUSED,
+                                   STALE_NOW, WORK, ConfigError, Dispatcher, ResponseCache,
+                                   cache_times, decode_frame, encode_response)
 from qmailsql.core.resolve import EXIT_TEMP, MAX_FIELD, shown, too_long
 from qmailsql.daemon.commands import DOVECOT_PEER_COMMANDS, OPEN_COMMANDS, TABLE as COMMANDS
 from qmailsql.daemon.conn import Conn
@@ -64,7 +65,7 @@ from qmailsql.daemon.listen import StartError, listen, probe, remove_pidfile, wr
 from qmailsql.daemon.logs import log
 # Worker, TaskQueue, WorkerDirectory, probe and StartError: also reachable from here
 # (qmailsql.daemon.server is what the tests and the cli import)
-from qmailsql.daemon.workers import MAX_PAYLOAD, Task, TaskQueue, Worker, WorkerDirectory, _bytes
+from qmailsql.daemon.workers import MAX_PAYLOAD, Task, TaskQueue, Worker, WorkerDirectory
 
 RECV_SIZE = MAX_PAYLOAD + 16
 DB_WORKERS = 4
@@ -92,7 +93,6 @@ ACCEPT_BURST = 64             # connections accepted per round of the loop
 
 PONG = encode_response(0, b"pong")
 FLUSHED = encode_response(0, b"")
-MALFORMED = encode_response(EXIT_TEMP, b"malformed request")
 UCRED = struct.Struct("3i")
 
 EPOLLIN = select.EPOLLIN
@@ -152,17 +152,6 @@ def _env_int(name, default, low=1):
     return value
 
 
-def oversized(command, args):
-    """Why a getpw or local request is refused for its size (None: it is not): no field
-    may be longer than stock qmail ever passes (resolve.too_long; homedir: PATH_MAX)."""
-    spec = COMMANDS.get(command)
-    for name, value in zip(spec.fields if spec else (), args):
-        problem = too_long(name, value, MAX_HOMEDIR if name == "homedir" else MAX_FIELD)
-        if problem:
-            return problem
-    return None
-
-
 class RefusalLog:
     """Log lines about refused requests: at most BURST of one kind (a short word) per uid
     every EVERY seconds; the lines left out are counted, and the count is logged once
@@ -216,6 +205,9 @@ class Daemon:
         entries = _env_int("QMAILSQL_CACHE_ENTRIES", CACHE_ENTRIES)
         self.cache = ResponseCache(entries, _env_int("QMAILSQL_CACHE_PER_UID",
                                                      max(1, entries // 100)))
+        # no getpw/local field longer than stock qmail ever passes (homedir: PATH_MAX)
+        self.dispatcher = Dispatcher(COMMANDS, self.cache, too_long, MAX_FIELD, MAX_HOMEDIR,
+                                     STALE_SHORTCUT)
         self.n_db = _env_int("QMAILSQL_DB_WORKERS", DB_WORKERS)
         self.n_auth = _env_int("QMAILSQL_AUTH_WORKERS", AUTH_WORKERS)
         self.max_per_uid = _env_int("QMAILSQL_MAX_CONN_PER_UID", MAX_CONN_PER_UID)
@@ -494,91 +486,33 @@ class Daemon:
         return handled
 
     def dispatch(self, conn, payload):
-        cache = self.cache
-        if conn.privileged:
-            frame = cache.get(payload, time.monotonic())
-            if frame is not None:
-                if self.debug:
-                    self.debug_log(conn, payload, frame, "cache")
-                self.send(conn, frame)
-                return
-        try:
-            fields = split_fields(payload)
-        except ValueError as e:
-            self.refusal_log(conn.uid, "malformed", "malformed request from uid %d pid %d: %s" % (
-                conn.uid, conn.pid, e))
-            self.send(conn, MALFORMED)
-            conn.close_after = True
-            return
-        command = fields[0]
-        args = fields[1:]
-        spec = COMMANDS.get(command)
-        if spec is None:
-            self.refusal_log(conn.uid, "malformed", "unknown command %s from uid %d" % (
-                shown(command), conn.uid))
-            self.send(conn, encode_response(100, b"unknown command " + _bytes(shown(command))))
-            return
-        if not conn.privileged and command not in conn.commands:
-            cmd = command.decode("ascii")
-            self.refusal_log(conn.uid, "command", "refused uid %d for %s (pid %d; allow it "
-                             "with %s)" % (conn.uid, cmd, conn.pid, "QMAILSQL_DOVECOT_UIDS"
-                                           if spec.who == "dovecot"
-                                           else "QMAILSQL_CLIENT_UIDS"))
-            self.send(conn, encode_response(EXIT_TEMP, b"qmailsqld refuses %s requests from "
-                                            b"uid %d" % (command, conn.uid)))
-            return
-        nargs = spec.nargs
-        if len(args) not in nargs:
-            self.refusal_log(conn.uid, "malformed", "%s request from uid %d with %d fields "
-                             "instead of %d" % (command.decode("ascii"), conn.uid, len(args),
-                                                nargs[-1]))
-            self.send(conn, encode_response(EXIT_TEMP, b"malformed %s request: %d fields, "
-                                            b"expected %d" % (command, len(args), nargs[-1])))
-            return
-        if spec.pool == "inline":
-            getattr(self, spec.handler)(conn)
-            return
-        problem = oversized(command, args)
-        if problem is not None:
-            self.refusal_log(conn.uid, "size", "refused %s from uid %d pid %d: %s" % (
-                command.decode("ascii"), conn.uid, conn.pid, problem))
-            self.send(conn, encode_response(EXIT_TEMP, _bytes(problem)))
-            return
-        stale = None
-        key = payload
-        if spec.cache == "shared" and not conn.privileged:  # Dovecot's user: its answers are
-            frame = cache.get(payload, time.monotonic())  # the same as anyone's
-            if frame is not None:
-                self.send(conn, frame)
-                return
-        elif spec.cache == "per-uid" and not conn.privileged:
-            # a worker checks that USER is this peer's own account; what is cached
-            # here was checked for this very uid
-            key = b"uid=%d\0" % conn.uid + payload
-            frame = cache.get(key, time.monotonic())
-            if frame is not None:
-                if self.debug:
-                    self.debug_log(conn, payload, frame, "cache")
-                self.send(conn, frame)
-                return
-        elif spec.cache == "stale":
-            now = time.monotonic()
-            stale = cache.get_stale(payload, now)
-            if stale is not None and now - self.db_failed_at < STALE_SHORTCUT:
-                # the DB failed a moment ago: no need to make this one wait for it too
-                log("stale answer for getpw %s: the DB was unreachable %.1fs ago" % (
-                    shown(args[0]), now - self.db_failed_at))
-                self.send(conn, stale)
-                return
-        task = Task(conn, payload, command, args, stale, cache.generation, self.config)
-        task.key = key
-        task.queued = time.monotonic()
-        conn.busy = True
-        self.busy += 1
-        if spec.pool == "auth":
-            self.auth_tasks.put(task)
-        else:
-            self.db_tasks.put(task)
+        """Do what the Dispatcher (core/_hot.pyx) decides for PAYLOAD: send, log, queue."""
+        result = self.dispatcher.dispatch(payload, conn.uid, conn.pid, conn.privileged,
+                                          conn.commands, time.monotonic(), self.db_failed_at)
+        action = result[0]
+        if action == CACHED:
+            if self.debug:
+                self.debug_log(conn, payload, result[1], "cache")
+            self.send(conn, result[1])
+        elif action == WORK:
+            _, pool, command, args, key, stale = result
+            task = Task(conn, payload, command, args, stale, self.cache.generation, self.config)
+            task.key = key
+            task.queued = time.monotonic()
+            conn.busy = True
+            self.busy += 1
+            (self.auth_tasks if pool == "auth" else self.db_tasks).put(task)
+        elif action == REFUSED:
+            _, frame, kind, line, close_after = result
+            self.refusal_log(conn.uid, kind, line)
+            self.send(conn, frame)
+            if close_after:
+                conn.close_after = True
+        elif action == STALE_NOW:
+            log(result[2])
+            self.send(conn, result[1])
+        else:  # INLINE
+            getattr(self, result[1])(conn)
 
     def ping(self, conn):
         self.send(conn, PONG)
@@ -625,8 +559,8 @@ class Daemon:
                                "stale" if task.served_stale else "db")
             if not task.served_stale and task.generation == cache.generation:
                 cfg = task.config
-                ttl, stale = cache_times(task.payload, task.status, task.body, cfg.cache_ttl,
-                                         cfg.negative_ttl, cfg.stale_ttl)
+                ttl, stale = cache_times(task.kind, cfg.cache_ttl, cfg.negative_ttl,
+                                         cfg.stale_ttl)
                 if ttl > 0:
                     cache.put(task.key, task.frame, time.monotonic(), ttl, stale,
                               PRIVILEGED if conn.privileged else conn.uid)

@@ -6,8 +6,8 @@ import threading
 import time
 
 from qmailsql.core import aliases, auth as authmod, db, dovecot, quota, resolve
-from qmailsql.core.hotpath import encode_response
-from qmailsql.core.resolve import EXIT_TEMP, Refusal, shown
+from qmailsql.core.hotpath import FRESH, HIT, NEGATIVE, NEVER, encode_response
+from qmailsql.core.resolve import EXIT_NOALIAS, EXIT_TEMP, Refusal, shown
 from qmailsql.daemon.commands import TABLE as COMMANDS
 from qmailsql.daemon.logs import log
 
@@ -63,7 +63,7 @@ class TaskQueue:
 
 class Task:
     __slots__ = ("conn", "payload", "key", "command", "args", "stale", "generation", "config",
-                 "status", "body", "frame", "served_stale", "queued")
+                 "status", "body", "kind", "frame", "served_stale", "queued")
 
     def __init__(self, conn, payload, command, args, stale, generation, config):
         self.conn = conn
@@ -76,6 +76,7 @@ class Task:
         self.config = config
         self.status = EXIT_TEMP
         self.body = b""
+        self.kind = NEVER  # what the answer is, for the cache (hotpath.cache_times)
         self.frame = b""
         self.served_stale = False
         self.queued = 0.0  # when it was put on a worker queue (monotonic)
@@ -151,11 +152,13 @@ class Worker:
             log("internal error in %s %s: %s: %s" % (task.command.decode("ascii",
                 "replace"), shown(task.args[0]) if task.args else "", type(e).__name__, e))
             task.status, task.body, task.frame = EXIT_TEMP, b"internal error in qmailsqld", b""
+            task.kind = NEVER
         if not task.frame:
             if len(task.body) > MAX_PAYLOAD - 4:  # the helpers refuse longer answers
                 log("%s %s: answer of %d bytes is too long for the protocol" % (
                     task.command.decode("ascii"), shown(task.args[0]), len(task.body)))
                 task.status, task.body = EXIT_TEMP, b"answer too long for the protocol"
+                task.kind = NEVER
             task.frame = encode_response(task.status, task.body)
         self.daemon.reply(task)
 
@@ -177,10 +180,14 @@ class Worker:
                 task.status = 0
                 return
             task.status, task.body = r.code, _bytes(r.message)
+            if r.code == EXIT_NOALIAS:
+                task.kind = NEGATIVE
             if r.code == EXIT_TEMP:
                 log("getpw %s: %s" % (shown(local), r.message))
             return
         task.status, task.body = 0, delivery.fields()
+        # the alias user for want of anything else: a new user must not wait long for it
+        task.kind = NEGATIVE if delivery.bounce else HIT
         self.daemon.db_failed_at = -1e9  # the DB answers again
 
     def local(self, task, confirm=False):
@@ -209,6 +216,8 @@ class Worker:
             self.log_for(task.conn, "local %s %s: %s" % (shown(user), shown(ext), e))
             return
         task.status, task.body = 0, _bytes(body or b"")
+        # local-confirm decides a bounce: always from the DB
+        task.kind = NEVER if confirm else FRESH
 
     def local_confirm(self, task):
         self.local(task, confirm=True)
@@ -272,6 +281,8 @@ class Worker:
                                  self.config, log)
         status, _, body = payload.partition(b"\0")
         task.status, task.body = int(status), body
+        if task.command == b"userdb" and task.status == 0:  # a user found; never a password
+            task.kind = FRESH
 
 
 def _bytes(value):
