@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import add_mailbox, add_virtual
+from conftest import BuggyDirectory, add_mailbox, add_virtual, unreachable
 
 import qmailsql
 from qmailsql.core import _crypt, auth, passwords
@@ -321,6 +321,21 @@ def test_db_trouble_is_111_not_wrong_password(db, logs):
     out = auth.response(Down(), db.config, b"alice", b"pw", b"", log=logs.append,
                         limiter=Limiter())
     assert out[0] == 111 and b"no DB server answered" in out[1]
+
+
+def test_a_bug_is_not_reported_as_db_trouble(sandbox, logs):
+    """Only DirectoryUnavailable is DB trouble (cause "db"); a bug goes up as itself
+    and response() answers it as an internal error."""
+    cfg, down = unreachable(sandbox)
+    with pytest.raises(Refusal) as exc:
+        auth.authenticate(down, cfg, b"alice", b"pw", "", limiter=Limiter())
+    assert exc.value.code == 111 and exc.value.cause == "db"
+    with pytest.raises(TypeError):
+        auth.authenticate(BuggyDirectory(), cfg, b"alice", b"pw", "", limiter=Limiter())
+    answer = auth.response(BuggyDirectory(), cfg, b"alice", b"pw", b"", log=logs.append,
+                           limiter=Limiter())
+    assert answer == (111, b"internal error in qmailsqld (see its log)")
+    assert logs == ["auth trouble 'alice': internal error: TypeError: a bug, not the DB (test)"]
 
 
 def test_db_killed_is_111(own_sandbox):

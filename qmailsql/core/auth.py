@@ -44,6 +44,7 @@ import time
 from collections import deque
 
 from qmailsql.core import passwords, services, virtual
+from qmailsql.core.db import DirectoryUnavailable
 from qmailsql.core.resolve import EXIT_TEMP, Refusal, mailbox_row_fault, pick_row, shown
 
 __all__ = ["LoginRefused", "NoSuchMailbox", "Limiter", "LIMITER", "authenticate", "attempt",
@@ -374,10 +375,9 @@ def authenticate(directory, config, login, password, remoteip="", log=None, limi
 
     try:
         row, notes = _lookup(directory, config, name)
-    except Refusal:
-        raise
-    except Exception as e:  # DirectoryUnavailable and anything else from the DB
-        raise Refusal(EXIT_TEMP, "DB lookup for login %s failed: %s" % (_show(name), e))
+    except DirectoryUnavailable as e:  # anything else is a bug: it goes up as one
+        raise Refusal(EXIT_TEMP, "DB lookup for login %s failed: %s" % (_show(name), e),
+                      cause="db")
     via = (" (%s)" % "; ".join(notes)) if notes else ""
 
     if row is None:

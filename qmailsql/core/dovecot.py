@@ -66,10 +66,9 @@ def userdb_fields(resolver, directory, config, name):
         return None
     try:
         names = auth.login_names(directory, config, name, [])
-    except Refusal:
-        raise
-    except Exception as e:  # DirectoryUnavailable, and anything else from the DB
-        raise Refusal(EXIT_TEMP, "DB lookup for %s failed: %s" % (shown(name.encode()), e))
+    except db.DirectoryUnavailable as e:  # anything else is a bug: it goes up as one
+        raise Refusal(EXIT_TEMP, "DB lookup for %s failed: %s" % (shown(name.encode()), e),
+                      cause="db")
     rows = resolver.fetch(names)
     for candidate in names:
         acct = resolver.account(candidate, rows)
@@ -79,7 +78,7 @@ def userdb_fields(resolver, directory, config, name):
             limits = quota.mailbox_limits(directory, acct.name)
         except db.DirectoryUnavailable as e:  # no login without its quota
             raise Refusal(EXIT_TEMP, "DB lookup of the quota of %s failed: %s" % (
-                shown(acct.name.encode("utf-8", "replace")), e))
+                shown(acct.name.encode("utf-8", "replace")), e), cause="db")
         return [("user", acct.name), ("uid", "%d" % acct.uid), ("gid", "%d" % acct.gid),
                 ("home", acct.home), ("mail", MAIL)] + sorted(
                     quota.dovecot_userdb_fields(limits).items())
@@ -124,7 +123,7 @@ def iterate(directory, after):
                                "ORDER BY username LIMIT %s", (_text(after), ITERATE_ROWS))
     except UnicodeDecodeError:
         return _answer(100, "iterate: the name to start after is not UTF-8")
-    except Exception as e:
+    except db.DirectoryUnavailable as e:  # anything else is a bug: answer() says so
         return _answer(EXIT_TEMP, "DB trouble listing mailboxes: %s" % e)
     out, size = [], 0
     for (name,) in rows:
