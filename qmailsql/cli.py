@@ -10,7 +10,7 @@ import textwrap
 
 from qmailsql import __version__, api
 from qmailsql.api import DEFAULTS_FILE_ENV
-from qmailsql.daemon import server as daemon
+from qmailsql.daemon import run as daemon_process
 from qmailsql.sandbox import demo, host as sandbox
 
 DESCRIPTION = """\
@@ -175,7 +175,7 @@ def cmd_dovecot_config(args):
 # ------------------------------------------------------------------- daemon
 
 def cmd_daemon(args):
-    return daemon.main(args)
+    return daemon_process.main(args)
 
 
 def cmd_flush(args):

@@ -64,7 +64,7 @@ from qmailsql.daemon.conn import EPOLLIN, EPOLLOUT, OUT_CHUNK, OUT_LIMIT, Conn
 from qmailsql.daemon.listen import StartError, listen, probe, remove_pidfile, write_pidfile
 from qmailsql.daemon.logs import log
 # Worker, TaskQueue, WorkerDirectory, probe and StartError: also reachable from here
-# (qmailsql.daemon.server is what the tests and the cli import)
+# (qmailsql.daemon.server is what the tests import)
 from qmailsql.daemon.workers import MAX_PAYLOAD, Task, TaskQueue, Worker, WorkerDirectory, _bytes
 
 RECV_SIZE = MAX_PAYLOAD + 16
@@ -745,31 +745,4 @@ class Daemon:
         self.remove_socket()
         if self.pidfile:
             remove_pidfile(self.pidfile)
-
-
-def main(args):
-    """`qmailsql daemon` / `qmailsqld`: run in the foreground until SIGTERM."""
-    qmail_dir = getattr(args, "qmail_dir", None)
-    debug = bool(getattr(args, "debug", False))
-    pidfile = getattr(args, "pidfile", None)
-    try:
-        config = configmod.load(qmail_dir)
-        daemon = Daemon(config, qmail_dir, debug, pidfile)
-    except ConfigError as e:
-        log("fatal: %s" % e)
-        return 111
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, daemon.on_signal)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    try:
-        daemon.start()
-    except StartError as e:
-        log("fatal: %s" % e)
-        return 111
-    try:
-        daemon.run()
-    finally:
-        daemon.shutdown()
-        log("stop")
-    return 0
 
