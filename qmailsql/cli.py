@@ -10,7 +10,7 @@ import textwrap
 
 from qmailsql import __version__, api
 from qmailsql.api import DEFAULTS_FILE_ENV
-from qmailsql.daemon import server as daemon
+from qmailsql.daemon import run as daemon_process
 from qmailsql.sandbox import demo, host as sandbox
 
 DESCRIPTION = """\
@@ -175,7 +175,7 @@ def cmd_dovecot_config(args):
 # ------------------------------------------------------------------- daemon
 
 def cmd_daemon(args):
-    return daemon.main(args)
+    return daemon_process.main(args)
 
 
 def cmd_flush(args):
@@ -228,89 +228,95 @@ def changed(what, hosts_changed=False):
     return 0
 
 
-def cmd_mailbox(args):
+def table_command(args, changes, listing, hosts_changed=False, errors=api.AdminError):
+    """The shape of the table commands (mailbox, alias, virtual, rcpthost): CHANGES maps
+    an action (add, del, ...) to a function of the Session that makes the change and
+    returns the line that says so; ERRORS from it exit 100. Any other action lists:
+    LISTING(session) returns (header, rows), printed once the session is closed."""
     with session(args) as q:
-        try:
-            if args.action == "add":
-                password = None
-                if args.password_stdin or args.password_type:
-                    password = sys.stdin.buffer.readline().rstrip(b"\r\n")
-                q.add_mailbox(args.name, args.uid, args.gid, args.home, password,
-                              args.password_type, args.suspended, args.replace)
-                return changed("mailbox %s added" % args.name)
-            if args.action == "del":
-                q.delete_mailbox(args.name)
-                return changed("mailbox %s deleted" % args.name)
-            if args.action == "set":
-                deny = api.parse_services(args.deny) if args.deny else set()
-                allow = api.parse_services(args.allow) if args.allow else set()
-                if deny & allow:
-                    return die(100, "--deny and --allow both name %s" % ",".join(sorted(
-                        deny & allow)))
-                if not (deny or allow or args.suspended is not None):
-                    return die(100, "nothing to change: give --deny, --allow, --suspend or "
-                               "--unsuspend")
-                done = q.set_mailbox(args.name, deny, allow, args.suspended)
-                return changed("mailbox %s: barred from %s; suspended %s" % (
-                    args.name, done.deny_services or "nothing", done.suspended))
-        except (api.AdminError, ValueError) as e:
-            return die(100, str(e))
-        rows = q.mailboxes()
-    print_rows(("username", "uid", "gid", "home", "password_type", "suspended",
-                "deny_services"),
-               ((m.username, m.uid, m.gid, m.home, m.password_type,
-                 "Y" if m.suspended else "N", m.deny_services) for m in rows))
+        change = changes.get(args.action)
+        if change is not None:
+            try:
+                return changed(change(q), hosts_changed)
+            except errors as e:
+                return die(100, str(e))
+        header, rows = listing(q)
+    print_rows(header, rows)
     return 0
+
+
+def cmd_mailbox(args):
+    def add(q):
+        password = None
+        if args.password_stdin or args.password_type:
+            password = sys.stdin.buffer.readline().rstrip(b"\r\n")
+        q.add_mailbox(args.name, args.uid, args.gid, args.home, password,
+                      args.password_type, args.suspended, args.replace)
+        return "mailbox %s added" % args.name
+
+    def delete(q):
+        q.delete_mailbox(args.name)
+        return "mailbox %s deleted" % args.name
+
+    def set_(q):
+        deny = api.parse_services(args.deny) if args.deny else set()
+        allow = api.parse_services(args.allow) if args.allow else set()
+        if deny & allow:
+            raise ValueError("--deny and --allow both name %s" % ",".join(sorted(deny & allow)))
+        if not (deny or allow or args.suspended is not None):
+            raise ValueError("nothing to change: give --deny, --allow, --suspend or "
+                             "--unsuspend")
+        done = q.set_mailbox(args.name, deny, allow, args.suspended)
+        return "mailbox %s: barred from %s; suspended %s" % (
+            args.name, done.deny_services or "nothing", done.suspended)
+
+    return table_command(
+        args, {"add": add, "del": delete, "set": set_},
+        lambda q: (("username", "uid", "gid", "home", "password_type", "suspended",
+                    "deny_services"),
+                   [(m.username, m.uid, m.gid, m.home, m.password_type,
+                     "Y" if m.suspended else "N", m.deny_services) for m in q.mailboxes()]),
+        errors=(api.AdminError, ValueError))
 
 
 def cmd_alias(args):
-    with session(args) as q:
-        try:
-            if args.action == "add":
-                q.add_alias(args.user, args.line, args.ext)
-                return changed("alias %s ext %r: %s" % (args.user, args.ext, args.line))
-            if args.action == "del":
-                n = q.delete_alias(args.user, args.ext, args.line)
-                return changed("%d alias row(s) deleted" % n)
-        except api.AdminError as e:
-            return die(100, str(e))
-        rows = q.aliases(args.user)
-    print_rows(("username", "alias", "alias_username", "alias_host"),
-               ((a.username, a.ext, a.alias_username, a.alias_host) for a in rows))
-    return 0
+    def add(q):
+        q.add_alias(args.user, args.line, args.ext)
+        return "alias %s ext %r: %s" % (args.user, args.ext, args.line)
+
+    return table_command(
+        args, {"add": add, "del": lambda q: "%d alias row(s) deleted" % q.delete_alias(
+            args.user, args.ext, args.line)},
+        lambda q: (("username", "alias", "alias_username", "alias_host"),
+                   [(a.username, a.ext, a.alias_username, a.alias_host)
+                    for a in q.aliases(args.user)]))
 
 
 def cmd_virtual(args):
-    with session(args) as q:
-        try:
-            if args.action == "add":
-                q.add_virtual(args.address, args.user, args.ext, args.forward)
-                return changed("virtual %s added" % args.address, hosts_changed=True)
-            if args.action == "del":
-                q.delete_virtual(args.address)
-                return changed("virtual %s deleted" % args.address, hosts_changed=True)
-        except api.AdminError as e:
-            return die(100, str(e))
-        rows = q.virtuals(args.host)
-    print_rows(("virtual_username", "virtual_host", "username", "ext"),
-               ((v.virtual_username, v.virtual_host, v.username, v.ext) for v in rows))
-    return 0
+    def add(q):
+        q.add_virtual(args.address, args.user, args.ext, args.forward)
+        return "virtual %s added" % args.address
+
+    def delete(q):
+        q.delete_virtual(args.address)
+        return "virtual %s deleted" % args.address
+
+    return table_command(
+        args, {"add": add, "del": delete},
+        lambda q: (("virtual_username", "virtual_host", "username", "ext"),
+                   [(v.virtual_username, v.virtual_host, v.username, v.ext)
+                    for v in q.virtuals(args.host)]),
+        hosts_changed=True)
 
 
 def cmd_rcpthost(args):
-    with session(args) as q:
-        try:
-            if args.action == "add":
-                return changed("rcpthost %s added" % q.add_rcpthost(args.host),
-                               hosts_changed=True)
-            if args.action == "del":
-                q.delete_rcpthost(args.host)
-                return changed("rcpthost %s deleted" % args.host, hosts_changed=True)
-        except api.AdminError as e:
-            return die(100, str(e))
-        hosts = q.rcpthosts()
-    print_rows(("host",), ((h,) for h in hosts))
-    return 0
+    def delete(q):
+        q.delete_rcpthost(args.host)
+        return "rcpthost %s deleted" % args.host
+
+    return table_command(
+        args, {"add": lambda q: "rcpthost %s added" % q.add_rcpthost(args.host), "del": delete},
+        lambda q: (("host",), [(h,) for h in q.rcpthosts()]), hosts_changed=True)
 
 
 def cmd_sync(args):

@@ -4,6 +4,7 @@
 `own_sandbox` is a fresh one for a test that stops or kills the server.
 """
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import qmailsql
-from qmailsql.core import cdb, client
+from qmailsql.core import cdb, client, config as configmod, db as dbmod
 from qmailsql.core.hotpath import decode_frame
 from qmailsql.sandbox import host as sb
 
@@ -111,6 +112,31 @@ def add_virtual(q, username, ext, virtual_username, virtual_host):
     """A virtual row: VIRTUAL_USERNAME@VIRTUAL_HOST is delivered as USERNAME-EXT."""
     _write_row(q, "INSERT INTO virtual (username, ext, virtual_username, virtual_host) "
                   "VALUES (%s,%s,%s,%s)", (username, ext, virtual_username, virtual_host))
+
+
+# ---------------------------------------------------------------- directories that fail
+
+def unreachable(sandbox):
+    """(config, db.Directory) of SANDBOX's configuration with a DB server that is not
+    there: every query raises DirectoryUnavailable, as a real outage does."""
+    config = dataclasses.replace(configmod.load(str(sandbox)),
+                                 servers=[configmod.Server(socket="/nonexistent/mysql.sock")],
+                                 connect_timeout=1)
+    return config, dbmod.Directory(config)
+
+
+class BuggyDirectory:
+    """A directory whose query meets a bug (TypeError), not DB trouble."""
+    log = None
+
+    def query(self, sql, params=(), write=False):
+        raise TypeError("a bug, not the DB (test)")
+
+    def mailboxes(self, names):
+        return self.query("SELECT", names)
+
+    def must_confirm(self):
+        return False
 
 
 def flush_daemon(root):

@@ -4,12 +4,10 @@ import os
 import subprocess
 
 import pytest
-from conftest import add_alias, add_virtual
+from conftest import BuggyDirectory, add_alias, add_virtual, unreachable
 from hypothesis import given, settings, strategies as st
 
 from qmailsql.core import aliases
-from qmailsql.core import config as configmod
-from qmailsql.core import db as dbmod
 from qmailsql.core.resolve import Refusal
 
 
@@ -287,10 +285,19 @@ def test_magic_forward_lines(db):
 
 
 def test_db_down_is_111(sandbox):
-    cfg = dataclasses.replace(configmod.load(str(sandbox)),
-                              servers=[configmod.Server(socket="/nonexistent/mysql.sock")],
-                              connect_timeout=1)
-    d = dbmod.Directory(cfg)
+    cfg, d = unreachable(sandbox)
     with pytest.raises(Refusal) as e:
         aliases.delivery_lines(d, cfg, b"u", b"/h", b"u-x", b"-", b"x", b"h")
     assert e.value.code == 111
+    assert e.value.cause == "db" and "DB lookup of alias rows failed" in e.value.message
+
+
+def test_a_bug_is_not_reported_as_db_trouble(sandbox):
+    """Only DirectoryUnavailable is DB trouble; anything else is a bug and goes up as
+    itself (the worker logs it as an internal error and answers 111)."""
+    cfg, _ = unreachable(sandbox)
+    for magic in (False, True):  # the magic forward's look-up too
+        config = dataclasses.replace(cfg, magic_forwarding=magic)
+        with pytest.raises(TypeError):
+            aliases.delivery_lines(BuggyDirectory(), config, b"alias", b"/h", b"x.com-u", b"-",
+                                   b"x.com-u", b"h")

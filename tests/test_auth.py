@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import add_mailbox, add_virtual
+from conftest import BuggyDirectory, add_mailbox, add_virtual, unreachable
 
 import qmailsql
 from qmailsql.core import _crypt, auth, passwords
@@ -283,17 +283,17 @@ def test_response_payloads(db, logs):
     lim = Limiter(clock=Clock())
     ok = auth.response(db.directory, db.config, b"alice", b"pw", b"192.0.2.7", log=logs.append,
                        limiter=lim)
-    assert ok == b"0\x00alice\x005000\x005000\x00/home/mail/alice\x00\x00"
+    assert ok == (0, b"alice\x005000\x005000\x00/home/mail/alice\x00\x00")
     bad = auth.response(db.directory, db.config, b"alice", b"pw2", b"192.0.2.7",
                         log=logs.append, limiter=lim)
-    assert bad == b"1\x00wrong password for 'alice'"
+    assert bad == (1, b"wrong password for 'alice'")
     assert logs == ["auth ok 'alice' from 192.0.2.7: user 'alice' uid 5000",
                     "auth refused 'alice' from 192.0.2.7: wrong password for 'alice'"]
     assert not any("pw2" in line for line in logs)
     logs.clear()
     ok = auth.response(db.directory, db.config, b"alice", b"pw", b"", log=logs.append,
                        limiter=lim, service=b"imap")
-    assert ok.startswith(b"0\x00alice\x00") and logs == ["auth ok 'alice' (imap): user 'alice' "
+    assert ok[0] == 0 and ok[1].startswith(b"alice\x00") and logs == ["auth ok 'alice' (imap): user 'alice' "
                                                          "uid 5000"]
 
 
@@ -305,7 +305,7 @@ def test_response_never_raises(db, logs):
             raise RuntimeError("boom")
     out = auth.response(Broken(), db.config, b"alice", b"pw", b"", log=logs.append,
                         limiter=Limiter(clock=Clock()))
-    assert out.startswith(b"111\x00")
+    assert out[0] == 111
     assert "boom" in logs[0]
 
 
@@ -320,7 +320,22 @@ def test_db_trouble_is_111_not_wrong_password(db, logs):
     assert exc.value.code == 111 and not isinstance(exc.value, LoginRefused)
     out = auth.response(Down(), db.config, b"alice", b"pw", b"", log=logs.append,
                         limiter=Limiter())
-    assert out.startswith(b"111\x00") and b"no DB server answered" in out
+    assert out[0] == 111 and b"no DB server answered" in out[1]
+
+
+def test_a_bug_is_not_reported_as_db_trouble(sandbox, logs):
+    """Only DirectoryUnavailable is DB trouble (cause "db"); a bug goes up as itself
+    and response() answers it as an internal error."""
+    cfg, down = unreachable(sandbox)
+    with pytest.raises(Refusal) as exc:
+        auth.authenticate(down, cfg, b"alice", b"pw", "", limiter=Limiter())
+    assert exc.value.code == 111 and exc.value.cause == "db"
+    with pytest.raises(TypeError):
+        auth.authenticate(BuggyDirectory(), cfg, b"alice", b"pw", "", limiter=Limiter())
+    answer = auth.response(BuggyDirectory(), cfg, b"alice", b"pw", b"", log=logs.append,
+                           limiter=Limiter())
+    assert answer == (111, b"internal error in qmailsqld (see its log)")
+    assert logs == ["auth trouble 'alice': internal error: TypeError: a bug, not the DB (test)"]
 
 
 def test_db_killed_is_111(own_sandbox):
@@ -334,7 +349,7 @@ def test_db_killed_is_111(own_sandbox):
             login(q, b"alice", b"pw", lim)
         assert exc.value.code == 111 and not isinstance(exc.value, LoginRefused)
         out = auth.response(q.directory, q.config, b"alice", b"wrong", b"", limiter=lim)
-        assert out.startswith(b"111\x00")
+        assert out[0] == 111
         assert len(lim) == 0  # trouble is not a failed login
 
 

@@ -19,8 +19,9 @@ import tempfile
 import pytest
 
 import qmailsql
-from conftest import _new_sandbox, add_mailbox, add_virtual, raw_as
+from conftest import BuggyDirectory, _new_sandbox, add_mailbox, add_virtual, raw_as, unreachable
 from qmailsql.core import client, dovecot, passwords
+from qmailsql.core.resolve import Refusal, Resolver
 from qmailsql.sandbox import dovecot as private_dovecot
 from qmailsql.admin import dovecot as dovecot_admin
 from qmailsql.sandbox import host as sb
@@ -190,11 +191,31 @@ def test_iterate_answer_is_bounded_in_bytes():
         def query(self, sql, params, write=False):
             assert "username > %s" in sql and params == ("", dovecot.ITERATE_ROWS)
             return [("u%03d" % i + "x" * 250,) for i in range(dovecot.ITERATE_ROWS)]
-    payload = dovecot.iterate(Rows(), b"")
-    assert payload.startswith(b"0\0") and len(payload) <= dovecot.ITERATE_BYTES + 2
-    names = payload[2:].split(b"\0")[:-1]
+    status, body = dovecot.iterate(Rows(), b"")
+    assert status == 0 and len(body) <= dovecot.ITERATE_BYTES
+    names = body.split(b"\0")[:-1]
     assert len(names) == dovecot.ITERATE_BYTES // 255  # whole names only, in order
     assert names[-1].startswith(b"u%03d" % (len(names) - 1))
+
+
+def test_a_bug_is_not_reported_as_db_trouble(sandbox):
+    """Only DirectoryUnavailable is DB trouble (cause "db", or iterate's 111); a bug goes
+    up as itself, and answer() answers it as an internal error."""
+    cfg, down = unreachable(sandbox)
+    buggy = BuggyDirectory()
+    with pytest.raises(Refusal) as e:
+        dovecot.userdb_fields(Resolver.for_directory(cfg, down), down, cfg, b"al@example.com")
+    assert e.value.code == 111 and e.value.cause == "db"
+    with pytest.raises(TypeError):
+        dovecot.userdb_fields(Resolver.for_directory(cfg, buggy), buggy, cfg, b"al@example.com")
+    status, body = dovecot.iterate(down, b"")
+    assert status == 111 and body.startswith(b"DB trouble listing mailboxes")
+    with pytest.raises(TypeError):
+        dovecot.iterate(buggy, b"")
+    logs = []
+    assert dovecot.answer(b"iterate", [b""], None, buggy, cfg, logs.append) == (
+        111, b"internal error in qmailsqld (see its log)")
+    assert logs == ["internal error in iterate: TypeError: a bug, not the DB (test)"]
 
 
 # ---------------------------------------------------------------- the configuration

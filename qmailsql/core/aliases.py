@@ -46,6 +46,7 @@ doctor. With no rows, stock qmail-local runs unchanged and reads the files as us
 import os
 
 from qmailsql.core import virtual
+from qmailsql.core.db import DirectoryUnavailable
 from qmailsql.core.problems import Problem, sql_str
 from qmailsql.core.problems import blank as _blank
 from qmailsql.core.resolve import ALIAS_USER, EXIT_TEMP, Refusal, shown, too_long
@@ -280,10 +281,8 @@ def _lines(directory, config, user, local, dash, ext):
             if fwd is not None:
                 return fwd
         found = lines_for(directory, user, dash, ext)
-    except Refusal:
-        raise
-    except Exception as e:
-        raise Refusal(EXIT_TEMP, "DB lookup of alias rows failed: %s" % e)
+    except DirectoryUnavailable as e:  # anything else is a bug: it goes up as one
+        raise Refusal(EXIT_TEMP, "DB lookup of alias rows failed: %s" % e, cause="db")
     if found is None:
         return b""
     _, default, rows = found

@@ -3,15 +3,15 @@
 The contract for qmailsqld (its ``auth`` command, run in a thread pool because a
 slow hash must not stall deliveries)::
 
-    payload = auth.response(directory, config, login, password, remoteip)
+    status, body = auth.response(directory, config, login, password, remoteip)
 
-returns the complete response payload of csrc/PROTOCOL.md and never raises:
+returns the answer of csrc/PROTOCOL.md (the daemon frames it) and never raises:
 
-* ``0\\0user\\0uid\\0gid\\0home\\0shell\\0``  login accepted (shell is empty: the
+* ``0, b"user\\0uid\\0gid\\0home\\0shell\\0"``  login accepted (shell is empty: the
   mailbox table has no shell column, checkpassword then sets ``/bin/sh``);
-* ``1\\0reason``   login refused (bad login or password, suspended, empty stored
+* ``1, b"reason"``   login refused (bad login or password, suspended, empty stored
   password, uid 0, a stored value of the wrong shape, too many failures);
-* ``111\\0reason`` temporary trouble (DB down, a misconfigured row, a bug).
+* ``111, b"reason"`` temporary trouble (DB down, a misconfigured row, a bug).
 
 It logs one line per attempt through ``log`` (default: ``directory.log``), with the
 reason, never the password. Underneath, :func:`authenticate` returns
@@ -44,6 +44,7 @@ import time
 from collections import deque
 
 from qmailsql.core import passwords, services, virtual
+from qmailsql.core.db import DirectoryUnavailable
 from qmailsql.core.resolve import EXIT_TEMP, Refusal, mailbox_row_fault, pick_row, shown
 
 __all__ = ["LoginRefused", "NoSuchMailbox", "Limiter", "LIMITER", "authenticate", "attempt",
@@ -374,10 +375,9 @@ def authenticate(directory, config, login, password, remoteip="", log=None, limi
 
     try:
         row, notes = _lookup(directory, config, name)
-    except Refusal:
-        raise
-    except Exception as e:  # DirectoryUnavailable and anything else from the DB
-        raise Refusal(EXIT_TEMP, "DB lookup for login %s failed: %s" % (_show(name), e))
+    except DirectoryUnavailable as e:  # anything else is a bug: it goes up as one
+        raise Refusal(EXIT_TEMP, "DB lookup for login %s failed: %s" % (_show(name), e),
+                      cause="db")
     via = (" (%s)" % "; ".join(notes)) if notes else ""
 
     if row is None:
@@ -497,15 +497,15 @@ def attempt(directory, config, login, password, remoteip="", log=None, limiter=N
 
 def response(directory, config, login, password, remoteip="", log=None, limiter=None,
              service=""):
-    """The complete response payload for the `auth` command (see the module doc)."""
+    """(status, body) of the answer to the `auth` command (see the module doc)."""
     status, result = attempt(directory, config, login, password, remoteip, log, limiter,
                              service)
     if status:
-        return b"%d\0" % status + result.encode("utf-8", "replace")
+        return status, result.encode("utf-8", "replace")
     user, uid, gid, home, shell = result
     fields = [os.fsencode(user), b"%d" % uid, b"%d" % gid, os.fsencode(home),
               os.fsencode(shell)]
-    return b"0\0" + b"".join(f + b"\0" for f in fields)
+    return 0, b"".join(f + b"\0" for f in fields)
 
 
 # ---------------------------------------------------------------- qmailsql passwd

@@ -40,11 +40,12 @@ def _text(value):
     return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else value
 
 
-def _payload(status, fields):
-    """status 0 + key=value fields, or another status + one line of text."""
+def _answer(status, fields):
+    """(status, body): status 0 and key=value fields, or another status and one line of
+    text."""
     if status:
-        return b"%d\0" % status + auth._line(fields).encode("utf-8", "replace")
-    return b"0\0" + b"".join(os.fsencode("%s=%s" % kv) + b"\0" for kv in fields)
+        return status, auth._line(fields).encode("utf-8", "replace")
+    return 0, b"".join(os.fsencode("%s=%s" % kv) + b"\0" for kv in fields)
 
 
 def userdb_fields(resolver, directory, config, name):
@@ -65,10 +66,9 @@ def userdb_fields(resolver, directory, config, name):
         return None
     try:
         names = auth.login_names(directory, config, name, [])
-    except Refusal:
-        raise
-    except Exception as e:  # DirectoryUnavailable, and anything else from the DB
-        raise Refusal(EXIT_TEMP, "DB lookup for %s failed: %s" % (shown(name.encode()), e))
+    except db.DirectoryUnavailable as e:  # anything else is a bug: it goes up as one
+        raise Refusal(EXIT_TEMP, "DB lookup for %s failed: %s" % (shown(name.encode()), e),
+                      cause="db")
     rows = resolver.fetch(names)
     for candidate in names:
         acct = resolver.account(candidate, rows)
@@ -78,7 +78,7 @@ def userdb_fields(resolver, directory, config, name):
             limits = quota.mailbox_limits(directory, acct.name)
         except db.DirectoryUnavailable as e:  # no login without its quota
             raise Refusal(EXIT_TEMP, "DB lookup of the quota of %s failed: %s" % (
-                shown(acct.name.encode("utf-8", "replace")), e))
+                shown(acct.name.encode("utf-8", "replace")), e), cause="db")
         return [("user", acct.name), ("uid", "%d" % acct.uid), ("gid", "%d" % acct.gid),
                 ("home", acct.home), ("mail", MAIL)] + sorted(
                     quota.dovecot_userdb_fields(limits).items())
@@ -92,7 +92,7 @@ def passdb(resolver, directory, config, login, password, service, remoteip, log)
     status, result = auth.attempt(directory, config, login, password, remoteip, log=log,
                                   service=service)
     if status:
-        return _payload(status, result)
+        return _answer(status, result)
     user = result[0]
     fields = [("user", user)]
     try:
@@ -101,7 +101,7 @@ def passdb(resolver, directory, config, login, password, service, remoteip, log)
         log("passdb %s: no userdb fields to prefetch: %s" % (shown(login), r.message))
         extra = None
     fields += [("userdb_" + k, v) for k, v in extra or () if k != "user"]
-    return _payload(0, fields)
+    return _answer(0, fields)
 
 
 def userdb(resolver, directory, config, name, log):
@@ -109,10 +109,10 @@ def userdb(resolver, directory, config, name, log):
         fields = userdb_fields(resolver, directory, config, name)
     except Refusal as r:
         log("userdb %s: %s" % (shown(name), r.message))
-        return _payload(EXIT_TEMP, r.message)
+        return _answer(EXIT_TEMP, r.message)
     if fields is None:
-        return _payload(1, "no such user")
-    return _payload(0, fields)
+        return _answer(1, "no such user")
+    return _answer(0, fields)
 
 
 def iterate(directory, after):
@@ -122,9 +122,9 @@ def iterate(directory, after):
         rows = directory.query("SELECT username FROM mailbox WHERE username > %s "
                                "ORDER BY username LIMIT %s", (_text(after), ITERATE_ROWS))
     except UnicodeDecodeError:
-        return _payload(100, "iterate: the name to start after is not UTF-8")
-    except Exception as e:
-        return _payload(EXIT_TEMP, "DB trouble listing mailboxes: %s" % e)
+        return _answer(100, "iterate: the name to start after is not UTF-8")
+    except db.DirectoryUnavailable as e:  # anything else is a bug: answer() says so
+        return _answer(EXIT_TEMP, "DB trouble listing mailboxes: %s" % e)
     out, size = [], 0
     for (name,) in rows:
         data = os.fsencode(name)
@@ -134,11 +134,11 @@ def iterate(directory, after):
             break
         out.append(data)
         size += len(data) + 1
-    return b"0\0" + b"".join(n + b"\0" for n in out)
+    return 0, b"".join(n + b"\0" for n in out)
 
 
 def answer(command, args, resolver, directory, config, log):
-    """The response payload for a Dovecot command (COMMANDS). Never raises."""
+    """(status, body) of the answer to a Dovecot command (COMMANDS). Never raises."""
     try:
         if command == b"passdb":
             return passdb(resolver, directory, config, *args, log=log)
@@ -147,4 +147,4 @@ def answer(command, args, resolver, directory, config, log):
         return iterate(directory, args[0])
     except Exception as e:  # a bug must never become a login
         log("internal error in %s: %s: %s" % (command.decode(), type(e).__name__, e))
-        return _payload(EXIT_TEMP, "internal error in qmailsqld (see its log)")
+        return _answer(EXIT_TEMP, "internal error in qmailsqld (see its log)")

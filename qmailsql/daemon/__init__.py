@@ -1,2 +1,2 @@
-"""qmailsqld: listening, the event loop and connection state, the command table,
-the workers. Imports qmailsql.core only."""
+"""qmailsqld: the process (run), listening, the event loop (server) and connection
+state (conn), the command table, the workers. Imports qmailsql.core only."""

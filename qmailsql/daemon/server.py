@@ -57,14 +57,15 @@ from qmailsql.core import config as configmod, db
 from qmailsql.core import users
 from qmailsql.core.hotpath import (CACHED, IMPLEMENTATION, MALFORMED, PRIVILEGED, REFUSED,
                                    STALE_NOW, WORK, ConfigError, Dispatcher, ResponseCache,
-                                   cache_times, decode_frame, encode_response)
+                                   cache_times, encode_response)
 from qmailsql.core.resolve import EXIT_TEMP, MAX_FIELD, shown, too_long
 from qmailsql.daemon.commands import DOVECOT_PEER_COMMANDS, OPEN_COMMANDS, TABLE as COMMANDS
-from qmailsql.daemon.conn import Conn
+# OUT_LIMIT, OUT_CHUNK: also reachable from here (the tests read them)
+from qmailsql.daemon.conn import EPOLLIN, EPOLLOUT, OUT_CHUNK, OUT_LIMIT, Conn
 from qmailsql.daemon.listen import StartError, listen, probe, remove_pidfile, write_pidfile
 from qmailsql.daemon.logs import log
 # Worker, TaskQueue, WorkerDirectory, probe and StartError: also reachable from here
-# (qmailsql.daemon.server is what the tests and the cli import)
+# (qmailsql.daemon.server is what the tests import)
 from qmailsql.daemon.workers import MAX_PAYLOAD, Task, TaskQueue, Worker, WorkerDirectory
 
 RECV_SIZE = MAX_PAYLOAD + 16
@@ -72,8 +73,6 @@ DB_WORKERS = 4
 AUTH_WORKERS = 2
 CACHE_ENTRIES = 100000
 STOP_GRACE = 15.0             # seconds to finish requests in flight on SIGTERM
-IDLE_TIMEOUT = 60.0           # a connection silent this long (not waiting on us) is closed
-DRAIN_TIMEOUT = 5.0           # after a malformed request: read and drop this long at most
 STALE_SHORTCUT = 2.0          # after a DB failure, stale answers are given at once this long
 ACCEPT_PAUSE = 0.1            # out of file descriptors: stop accepting this long
 MAX_CONN_PER_UID = 128        # per unprivileged uid (privileged: no cap); above qmail's
@@ -86,17 +85,12 @@ MAX_HOMEDIR = 4096            # bytes of a local request's homedir (PATH_MAX); t
                               # getpw/local fields: resolve.MAX_FIELD
 TURN_FRAMES = 16              # requests of one connection handled before the next one's turn
 UID_ROUND_FRAMES = 32         # ... of all connections of one unprivileged uid per round
-OUT_LIMIT = 256 * 1024        # answers queued for a client that does not read: stop reading it
-OUT_CHUNK = 16384             # small answers are queued together up to this size
-COMPACT_AT = 65536            # handled input is cut off the buffer once it is this long
 ACCEPT_BURST = 64             # connections accepted per round of the loop
 
 PONG = encode_response(0, b"pong")
 FLUSHED = encode_response(0, b"")
 UCRED = struct.Struct("3i")
 
-EPOLLIN = select.EPOLLIN
-EPOLLOUT = select.EPOLLOUT
 DONTWAIT = socket.MSG_DONTWAIT
 SOL_SOCKET = socket.SOL_SOCKET
 SO_PEERCRED = socket.SO_PEERCRED
@@ -363,8 +357,7 @@ class Daemon:
                     continue
                 self.per_uid[uid] = n + 1
             commands = DOVECOT_PEER_COMMANDS if uid in self.dovecot_uids else OPEN_COMMANDS
-            conn = Conn(sock, uid, pid, privileged, commands)
-            conn.last = time.monotonic()
+            conn = Conn(sock, uid, pid, privileged, commands, time.monotonic())
             self.conns[conn.fd] = conn
             self.read(conn)  # the request is usually there already
             if not conn.queued:
@@ -396,22 +389,18 @@ class Daemon:
         if not n:
             self.close(conn)
             return
-        now = conn.last = time.monotonic()
-        if conn.close_after:
+        # one buffer for every recv: no 64 kB malloc each
+        if not conn.received(self.recv_view[:n], time.monotonic()):
             return  # after a malformed request: dropped
-        if conn.inpos == len(conn.inbuf):
-            conn.started = now  # the first byte of a request
-        conn.inbuf += self.recv_view[:n]  # one buffer for every recv: no 64 kB malloc each
         if self.ready_privileged or self.ready_uids or \
                 self.process(conn, TURN_FRAMES) == TURN_FRAMES:
             self.ready(conn)
 
     def ready(self, conn):
-        """CONN has bytes to handle: queue it for its turn in serve(), and read no more
-        of it meanwhile."""
-        if conn.queued or conn.closed:
+        """If CONN has requests to take now: queue it for its turn in serve(), and read
+        no more of it meanwhile."""
+        if not conn.wait_turn():
             return
-        conn.queued = True
         if conn.privileged:
             self.ready_privileged.append(conn)
         else:
@@ -430,7 +419,7 @@ class Daemon:
         ready = self.ready_privileged
         for _ in range(len(ready)):
             conn = ready.popleft()
-            conn.queued = False
+            conn.turn_over()
             if self.process(conn, TURN_FRAMES) == TURN_FRAMES:
                 self.ready(conn)  # it may have more: at the back
             self.rearm(conn)
@@ -440,13 +429,12 @@ class Daemon:
             budget = UID_ROUND_FRAMES
             while waiting and budget > 0:
                 conn = waiting.popleft()
+                conn.turn_over()
                 turn = min(TURN_FRAMES, budget)
                 handled = self.process(conn, turn)
                 budget -= max(handled, 1)
-                if handled < turn or conn.closed:
-                    conn.queued = False
-                else:
-                    waiting.append(conn)
+                if handled == turn and conn.wait_turn():
+                    waiting.append(conn)  # it may have more: again in this uid's round
                 self.rearm(conn)
             if waiting:
                 uids[uid] = waiting  # at the back: the other uids come first
@@ -455,34 +443,21 @@ class Daemon:
         """Answer up to BUDGET complete requests at the front of CONN's input, in order;
         returns how many were taken. Stops early when a worker has one, when the
         client does not read its answers (OUT_LIMIT) or when there are no more."""
-        buf = conn.inbuf
         handled = 0
-        while handled < budget and not (conn.busy or conn.closed or conn.close_after
-                                        or conn.outbytes >= OUT_LIMIT):
+        while handled < budget and conn.may_take():
             try:
-                payload, end = decode_frame(buf, MAX_PAYLOAD, conn.inpos)
-            except ValueError as e:
+                payload = conn.next_request(MAX_PAYLOAD)
+            except ValueError as e:  # the Conn takes no more requests
                 self.refusal_log(conn.uid, "malformed", "malformed request from uid %d "
                                  "pid %d: %s" % (conn.uid, conn.pid, e))
                 self.send(conn, MALFORMED)
-                conn.close_after = True
                 break
             if payload is None:
                 break
-            conn.inpos = end
             handled += 1
             self.dispatch(conn, payload)
-        if conn.closed:
-            return handled
-        if conn.close_after or conn.inpos == len(buf):
-            buf.clear()
-            conn.inpos = 0
-            return handled
-        if conn.inpos > COMPACT_AT:
-            del buf[:conn.inpos]
-            conn.inpos = 0
-        if handled:
-            conn.started = time.monotonic()  # what is left is the next request
+        if not conn.closed:
+            conn.end_turn(handled, time.monotonic())
         return handled
 
     def dispatch(self, conn, payload):
@@ -499,7 +474,7 @@ class Daemon:
             task = Task(conn, payload, command, args, stale, self.cache.generation, self.config)
             task.key = key
             task.queued = time.monotonic()
-            conn.busy = True
+            conn.handed_off()
             self.busy += 1
             (self.auth_tasks if pool == "auth" else self.db_tasks).put(task)
         elif action == REFUSED:
@@ -507,7 +482,7 @@ class Daemon:
             self.refusal_log(conn.uid, kind, line)
             self.send(conn, frame)
             if close_after:
-                conn.close_after = True
+                conn.malformed()
         elif action == STALE_NOW:
             log(result[2])
             self.send(conn, result[1])
@@ -552,7 +527,8 @@ class Daemon:
         while done:
             task = done.popleft()
             conn = task.conn
-            conn.busy = False
+            now = time.monotonic()
+            conn.answered(now)
             self.busy -= 1
             if self.debug:
                 self.debug_log(conn, task.payload, task.frame,
@@ -562,27 +538,22 @@ class Daemon:
                 ttl, stale = cache_times(task.kind, cfg.cache_ttl, cfg.negative_ttl,
                                          cfg.stale_ttl)
                 if ttl > 0:
-                    cache.put(task.key, task.frame, time.monotonic(), ttl, stale,
+                    cache.put(task.key, task.frame, now, ttl, stale,
                               PRIVILEGED if conn.privileged else conn.uid)
             if conn.closed:
                 continue
-            conn.last = time.monotonic()
-            if conn.pending():
-                conn.started = conn.last  # not read while a worker had it: not its fault
             self.send(conn, task.frame)
             if conn.closed:
                 continue
-            if conn.pending() and not conn.close_after:
-                self.ready(conn)
-            if self.stopping and not conn.busy and not conn.pending() and not conn.out:
+            self.ready(conn)
+            if self.stopping and not conn.in_flight() and not conn.pending():
                 self.close(conn)
                 continue
             self.rearm(conn)
 
     def send(self, conn, frame):
         """Send FRAME, or queue what the socket does not take now (after what is queued)."""
-        out = conn.out
-        if not out:
+        if not conn.out:
             try:
                 n = conn.sock.send(frame, DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -593,55 +564,34 @@ class Daemon:
             if n == len(frame):
                 return
             frame = frame[n:]
-        if out and len(out[-1]) < OUT_CHUNK:
-            out[-1] += frame  # many small answers: few chunks, few send() calls
-        else:
-            out.append(bytearray(frame))
-        conn.outbytes += len(frame)
+        conn.queue_output(frame)
 
     def flush_out(self, conn):
         out = conn.out
         while out:
-            chunk = out[0]
             try:
-                n = conn.sock.send(chunk, DONTWAIT)
+                n = conn.sock.send(out[0], DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 self.close(conn)
                 return
-            conn.outbytes -= n
-            if n < len(chunk):
-                del chunk[:n]
+            if not conn.sent(n):
                 break
-            out.popleft()
-        conn.last = time.monotonic()
-        if conn.outbytes < OUT_LIMIT and conn.pending() and not conn.busy \
-                and not conn.close_after:
-            self.ready(conn)  # it reads its answers again: on with its requests
+        conn.active(time.monotonic())
+        self.ready(conn)  # it reads its answers again: on with its requests
 
     def rearm(self, conn):
-        """Watch CONN for what it needs next: writable while answers wait; readable
-        unless a worker has its request, it waits for its turn, or it does not read
-        what it was sent (then its requests wait in the kernel, not here)."""
+        """Watch CONN for what it needs next (Conn.want_events)."""
         if conn.closed:
             return
-        if conn.close_after and not conn.out and not conn.busy and not conn.draining:
-            # the answer is out: stop sending, then read and drop what the client still
-            # sends until it hangs up, so the answer is not lost to a reset
-            conn.draining = True
-            conn.inbuf.clear()
-            conn.inpos = 0
-            conn.last = time.monotonic()
+        if conn.begin_drain(time.monotonic()):
             try:
                 conn.sock.shutdown(socket.SHUT_WR)
             except OSError:
                 self.close(conn)
                 return
-        want = EPOLLOUT if conn.out else 0
-        if conn.draining or not (conn.busy or conn.queued or conn.close_after
-                                 or conn.outbytes >= OUT_LIMIT):
-            want |= EPOLLIN
+        want = conn.want_events()
         if want == conn.events:
             return
         try:
@@ -660,12 +610,9 @@ class Daemon:
     def close(self, conn):
         if conn.closed:
             return
-        conn.closed = True
-        conn.events = 0  # close() takes the fd out of the epoll set
         self.conns.pop(conn.fd, None)
-        conn.sock.close()
-        conn.out.clear()
-        conn.outbytes = 0
+        conn.sock.close()  # which takes the fd out of the epoll set
+        conn.mark_closed()
         if not conn.privileged:
             n = self.per_uid.get(conn.uid, 0) - 1
             if n > 0:
@@ -682,17 +629,10 @@ class Daemon:
                 pass
         frame_timeout = self.frame_timeout
         for conn in list(self.conns.values()):
-            if conn.busy or conn.closed or conn.queued:
-                continue
-            if self.stopping:
-                idle = 0.0
-            elif conn.close_after:
-                idle = DRAIN_TIMEOUT
-            else:
-                idle = IDLE_TIMEOUT
-            if now - conn.last > idle and not (self.stopping and conn.out):
+            why = conn.timed_out(now, frame_timeout, self.stopping)
+            if why == "idle":
                 self.close(conn)
-            elif conn.pending() and not conn.close_after and now - conn.started > frame_timeout:
+            elif why == "incomplete":
                 self.refusal_log(conn.uid, "incomplete", "closed the connection from uid %d "
                                  "pid %d: its request was still incomplete (%d bytes) %.0fs "
                                  "after its first byte" % (conn.uid, conn.pid, conn.pending(),
@@ -713,7 +653,7 @@ class Daemon:
         self.remove_socket()
         # idle connections have nothing in flight: close them now
         for conn in list(self.conns.values()):
-            if not conn.busy and not conn.out:
+            if not conn.in_flight():
                 self.close(conn)
 
     def remove_socket(self):
@@ -739,31 +679,4 @@ class Daemon:
         self.remove_socket()
         if self.pidfile:
             remove_pidfile(self.pidfile)
-
-
-def main(args):
-    """`qmailsql daemon` / `qmailsqld`: run in the foreground until SIGTERM."""
-    qmail_dir = getattr(args, "qmail_dir", None)
-    debug = bool(getattr(args, "debug", False))
-    pidfile = getattr(args, "pidfile", None)
-    try:
-        config = configmod.load(qmail_dir)
-        daemon = Daemon(config, qmail_dir, debug, pidfile)
-    except ConfigError as e:
-        log("fatal: %s" % e)
-        return 111
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, daemon.on_signal)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    try:
-        daemon.start()
-    except StartError as e:
-        log("fatal: %s" % e)
-        return 111
-    try:
-        daemon.run()
-    finally:
-        daemon.shutdown()
-        log("stop")
-    return 0
 

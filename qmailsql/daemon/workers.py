@@ -268,19 +268,16 @@ class Worker:
         login, password, remoteip = task.args[:3]
         service = task.args[3] if len(task.args) > 3 else b""
         task.args = (login, b"", remoteip)  # the password goes no further than this
-        payload = authmod.response(self.directory, self.config, login, password, remoteip,
-                                   log=log, service=service)  # the whole answer, logged there
-        status, _, body = payload.partition(b"\0")
-        task.status, task.body = int(status), body
+        # logged there
+        task.status, task.body = authmod.response(self.directory, self.config, login, password,
+                                                  remoteip, log=log, service=service)
 
     def dovecot_request(self, task):
         args = task.args
         if task.command == b"passdb":
             task.args = (args[0], b"") + tuple(args[2:])  # the password goes no further
-        payload = dovecot.answer(task.command, args, self.resolver, self.directory,
-                                 self.config, log)
-        status, _, body = payload.partition(b"\0")
-        task.status, task.body = int(status), body
+        task.status, task.body = dovecot.answer(task.command, args, self.resolver,
+                                                self.directory, self.config, log)
         if task.command == b"userdb" and task.status == 0:  # a user found; never a password
             task.kind = FRESH
 
