@@ -1,6 +1,7 @@
 """Where qmail lives, what control/sqlserver says, and who the administrator is (SPEC 2)."""
 import dataclasses
 import os
+import pwd
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,7 +301,6 @@ def describe_admin(cfg):
     if cfg.defaults_file:
         return ("the administrator's login comes from %s (user= and password= under "
                 "[client] or [%s])" % (cfg.defaults_file, ADMIN_GROUP))
-    import pwd
     try:
         me = pwd.getpwuid(os.getuid()).pw_name
     except KeyError:

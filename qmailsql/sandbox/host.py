@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+import MySQLdb
+
 from qmailsql.core import config as configmod, db, dovecot as dovecot_config, schema
 from qmailsql.core.config import SANDBOX_MARKER as MARKER, admin_option_file  # noqa: F401 (sb.*)
 from qmailsql.core.helpers import LIBEXEC, NAMES, PACKAGE_DIR, SCRIPTS
@@ -100,7 +102,6 @@ def _wait(predicate, timeout, what):
 
 def root_connect(paths, password=None, **kwargs):
     """A MySQLdb connection as the sandbox's DB root, over its socket (set-up, tests)."""
-    import MySQLdb
     if password is None:
         password = root_password(paths)
     return MySQLdb.connect(unix_socket=str(paths.db_socket), user="root", passwd=password,
@@ -444,7 +445,6 @@ def up_replica(primary_root, replica_root, port=None, daemon=False, server_id=No
 
 def replica_status(paths):
     """SHOW SLAVE STATUS of the server in PATHS as a dict ({} if it is no replica)."""
-    import MySQLdb
     conn = root_connect(paths)
     try:
         cur = conn.cursor(MySQLdb.cursors.DictCursor)
