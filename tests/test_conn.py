@@ -82,7 +82,7 @@ def test_a_malformed_frame_ends_the_requests_and_drains_after_the_answer(conn):
     assert conn.close_after and not conn.may_take() and not conn.wants_turn()
     assert not conn.wait_turn() and not conn.queued
     assert not conn.received(encode_frame([b"ping"]), 101.0)  # dropped
-    assert conn.last == 101.0
+    assert conn.last == 100.0  # dropped bytes are no activity (DRAIN_TIMEOUT is "at most")
     conn.end_turn(0, 101.0)
     assert conn.pending() == 0
     conn.queue_output(b"the answer")
@@ -266,3 +266,14 @@ class ConnMachine(RuleBasedStateMachine):
 
 TestConnMachine = ConnMachine.TestCase
 TestConnMachine.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+
+
+def test_bytes_trickled_after_a_malformed_request_do_not_hold_the_connection(conn):
+    """DRAIN_TIMEOUT is "at most": what a client still sends after its malformed request
+    is dropped and does not count as activity, else it could stay connected forever."""
+    conn.received(b"garbage", 100.0)
+    conn.malformed()
+    for t in (101.0, 103.0, 104.5):
+        assert conn.received(b"x", t) is False
+    assert conn.last == 100.0
+    assert conn.timed_out(100.0 + connmod.DRAIN_TIMEOUT + 0.1, 10.0) == "idle"

@@ -253,6 +253,18 @@ def test_daemon_stopped_means_111(faq, sandbox, tmp_path):
 
 # ---------------------------------------------------------------- who may ask
 
+def test_peercred_reads_uids_above_2_31_as_they_are(sandbox):
+    """uid_t is unsigned: a uid of 2**31 or more is that uid, not a negative number (which
+    would file its cache entries under the privileged share)."""
+    os.chmod(sandbox, 0o755)
+    paths = sb.Paths(sandbox)
+    os.chmod(paths.run, 0o755)
+    big = 2 ** 31 + 5
+    status, body = raw_as(big, paths.daemon_socket, [b"getpw", b"iain"])
+    assert status == 111 and b"from uid %d" % big in body, body
+    assert "refused uid %d for getpw" % big in log_text(sandbox)
+
+
 def test_peercred_refuses_getpw_from_other_uid(faq, sandbox, homes):
     os.chmod(sandbox, 0o755)  # let the other uid reach the socket at all
     paths = sb.Paths(sandbox)

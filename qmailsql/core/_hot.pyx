@@ -438,6 +438,8 @@ cdef class Dispatcher:
             spec.inline = row.pool == "inline"
             spec.cache = _CACHE_MODES[row.cache]
             spec.nargs = tuple(row.nargs)
+            if not spec.nargs:  # asked below is read without a bounds check
+                raise ValueError("command %r: no field count" % name)
             spec.asked = spec.nargs[len(spec.nargs) - 1]  # (no wraparound here)
             # dispatch() reads the fields these need without a bounds check
             if min(spec.nargs) < {CACHE_PER_UID: 6, CACHE_STALE: 1}.get(spec.cache, 0):

@@ -71,10 +71,11 @@ class Conn:
         return len(self.inbuf) - self.inpos
 
     def received(self, data, now):
-        """DATA came from the client. False: it is dropped (after a malformed request)."""
-        self.last = now
+        """DATA came from the client. False: it is dropped (after a malformed request,
+        and not counted as activity: DRAIN_TIMEOUT is the most it may stay)."""
         if self.close_after:
             return False
+        self.last = now
         if self.inpos == len(self.inbuf):
             self.started = now  # the first byte of a request
         self.inbuf += data

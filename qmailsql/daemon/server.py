@@ -89,7 +89,7 @@ ACCEPT_BURST = 64             # connections accepted per round of the loop
 
 PONG = encode_response(0, b"pong")
 FLUSHED = encode_response(0, b"")
-UCRED = struct.Struct("3i")
+UCRED = struct.Struct("iII")  # pid_t, uid_t, gid_t: the ids are unsigned
 
 DONTWAIT = socket.MSG_DONTWAIT
 SOL_SOCKET = socket.SOL_SOCKET
