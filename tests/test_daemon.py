@@ -3,6 +3,7 @@
 No timing assertions: where a TTL matters the test waits for the behaviour to show
 (with a generous limit), or uses flush.
 """
+import dataclasses
 import io
 import os
 import random
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import add_mailbox, as_uid, environ, python_for_everyone, raw_as
+from conftest import add_mailbox, add_virtual, as_uid, environ, python_for_everyone, raw_as
 
 import qmailsql
 from qmailsql import cli
@@ -355,6 +356,15 @@ def test_workers_say_what_their_answer_is(sandbox, db, homes):
         assert kind(b"localq", *local) == (0, FRESH)
         assert kind(b"local-confirm", *local) == (0, NEVER)
         assert kind(b"auth", b"iain", b"wrong", b"")[1] == NEVER
+        # a magic forward is configured, not a bounce in waiting: a HIT (cache_ttl, and
+        # stale while the DB is down: its `local` answer, &address, is FRESH only)
+        add_virtual(db, "forward", "popaccount@hotmail.com", "user", "virtual.com")
+        worker.setup(dataclasses.replace(config, magic_forwarding=True))
+        assert kind(b"getpw", b"virtual.com-user") == (0, HIT)
+        forward = [b"alias", str(homes / "alias").encode(), b"virtual.com-user", b"-",
+                   b"virtual.com-user", b"virtual.com"]
+        assert kind(b"local", *forward) == (0, FRESH)
+        worker.setup(config)
         db.directory.query("DELETE FROM mailbox WHERE username='alias'", write=True)
         assert kind(b"getpw", b"nobody-known") == (116, NEGATIVE)
     finally:

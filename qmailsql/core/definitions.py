@@ -52,7 +52,9 @@ def cache_times(kind, cache_ttl, negative_ttl, stale_ttl):
     gave it). Returns (ttl, stale): the answer is fresh for ttl seconds and may then be
     given for stale more seconds while the DB is unreachable; ttl 0 means never cache.
 
-    HIT (a getpw delivery): cache_ttl + stale_ttl. NEGATIVE (getpw's alias user for an
+    HIT (a getpw delivery, a magic forward's too: it is configured, not a bounce in
+    waiting; its `local` answer is FRESH, so a stale one ends in the forward or 111):
+    cache_ttl + stale_ttl. NEGATIVE (getpw's alias user for an
     unknown local, Delivery.bounce, and 116): negative_ttl with no stale time, so a new
     user is not bounced for long and an unknown address never goes to the alias user
     because the DB is down. FRESH (local, localq, Dovecot's userdb): cache_ttl, no
