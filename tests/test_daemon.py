@@ -1125,13 +1125,43 @@ def test_install_and_undo(tmp_path):
 # ---------------------------------------------------------------- loop parts
 
 class FakeConn:
-    def __init__(self, uid, privileged):
-        self.uid, self.privileged = uid, privileged
+    def __init__(self, uid, privileged, service=False):
+        self.uid, self.privileged, self.service = uid, privileged, service
 
 
 class FakeTask:
-    def __init__(self, name, uid, privileged=False):
-        self.name, self.conn = name, FakeConn(uid, privileged)
+    def __init__(self, name, uid, privileged=False, service=False):
+        self.name, self.conn = name, FakeConn(uid, privileged, service)
+
+
+def test_task_queue_gives_dovecot_turns_of_its_own():
+    """Dovecot's auth user asks for many users: its requests take every other
+    unprivileged turn, not one turn among as many as there are mailbox uids (a busy
+    delivery hour must not hold IMAP logins back), and still leave a worker free."""
+    q = daemon.TaskQueue(workers=3)
+    for uid in range(1, 6):
+        q.put(FakeTask("u%d" % uid, uid))
+    for i in range(1, 4):
+        q.put(FakeTask("d%d" % i, 113, service=True))
+    order = []
+    for _ in range(8):
+        t = q.get()
+        order.append(t.name)
+        q.done(t)
+    assert order == ["u1", "d1", "u2", "d2", "u3", "d3", "u4", "u5"]
+    q.put(FakeTask("u6", 6))
+    q.put(FakeTask("d4", 113, service=True))
+    assert {q.get().name, q.get().name} == {"u6", "d4"}
+    import threading
+    taken = []
+    worker = threading.Thread(target=lambda: taken.append(q.get()))
+    q.put(FakeTask("d5", 113, service=True))
+    worker.start()
+    worker.join(0.5)
+    assert worker.is_alive() and not taken  # two unprivileged at work: one stays free
+    q.put(FakeTask("root", 0, True))
+    worker.join(10)
+    assert [t.name for t in taken] == ["root"]
 
 
 def test_task_queue_privileged_first_uids_in_turn():

@@ -4,7 +4,7 @@ import collections
 import select
 
 from qmailsql.core.hotpath import decode_frame
-from qmailsql.daemon.commands import OPEN_COMMANDS
+from qmailsql.daemon.commands import DOVECOT_PEER_COMMANDS, OPEN_COMMANDS
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -40,7 +40,7 @@ class Conn:
     - closed (with any of the others): final. Socket closed, no input or output kept,
       not in epoll (events 0); a worker or a ready queue that still holds it lets go.
     """
-    __slots__ = ("sock", "fd", "uid", "pid", "privileged", "commands", "inbuf", "inpos", "started", "out",
+    __slots__ = ("sock", "fd", "uid", "pid", "privileged", "service", "commands", "inbuf", "inpos", "started", "out",
                  "outbytes", "busy", "queued", "closed", "close_after", "draining", "events",
                  "last")
 
@@ -51,6 +51,8 @@ class Conn:
         self.pid = pid
         self.privileged = privileged
         self.commands = commands  # what it may ask when not privileged
+        # Dovecot's auth user: a service asking for many users (TaskQueue's own turns)
+        self.service = commands is DOVECOT_PEER_COMMANDS
         self.inbuf = bytearray()
         self.inpos = 0
         self.started = 0.0

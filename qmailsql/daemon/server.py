@@ -70,7 +70,7 @@ from qmailsql.daemon.workers import MAX_PAYLOAD, Task, TaskQueue, Worker, Worker
 
 RECV_SIZE = MAX_PAYLOAD + 16
 DB_WORKERS = 4
-AUTH_WORKERS = 2
+AUTH_WORKERS = 4              # one kept for checkpassword: Dovecot's logins get 3 at once
 CACHE_ENTRIES = 100000
 STOP_GRACE = 15.0             # seconds to finish requests in flight on SIGTERM
 STALE_SHORTCUT = 2.0          # after a DB failure, stale answers are given at once this long

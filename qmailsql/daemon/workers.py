@@ -16,22 +16,28 @@ TOO_BUSY = encode_response(EXIT_TEMP, b"qmailsqld was too busy")
 
 
 class TaskQueue:
-    """The requests waiting for a worker: privileged peers' first, then one uid's after
-    another's in turn; at most WORKERS - 1 workers at a time on unprivileged peers'
-    requests, so that one is always free for a delivery lookup."""
+    """The requests waiting for a worker: privileged peers' first; then, taking turns,
+    Dovecot's (a service that asks for many users, so it is not one uid among as many
+    as there are mailboxes) and one uid's after another's; at most WORKERS - 1 workers
+    at a time on unprivileged peers' requests, so that one is always free for a
+    delivery lookup."""
 
     def __init__(self, workers):
         self.cond = threading.Condition(threading.Lock())
         self.privileged = collections.deque()
+        self.service = collections.deque()
         self.by_uid = collections.OrderedDict()  # uid -> deque of its tasks
         self.unprivileged_limit = max(1, workers - 1)
         self.unprivileged_running = 0
+        self.service_turn = False  # whether Dovecot's requests have the next turn
 
     def put(self, task):
         """Queue TASK (None: one worker stops)."""
         with self.cond:
             if task is None or task.conn.privileged:
                 self.privileged.append(task)
+            elif task.conn.service:
+                self.service.append(task)
             else:
                 waiting = self.by_uid.get(task.conn.uid)
                 if waiting is None:
@@ -44,12 +50,17 @@ class TaskQueue:
             while True:
                 if self.privileged:
                     return self.privileged.popleft()
-                if self.by_uid and self.unprivileged_running < self.unprivileged_limit:
+                if (self.service or self.by_uid) and \
+                        self.unprivileged_running < self.unprivileged_limit:
+                    self.unprivileged_running += 1
+                    if self.service and (self.service_turn or not self.by_uid):
+                        self.service_turn = False
+                        return self.service.popleft()
+                    self.service_turn = True
                     uid, waiting = self.by_uid.popitem(last=False)
                     task = waiting.popleft()
                     if waiting:
                         self.by_uid[uid] = waiting  # at the back: the next uid comes first
-                    self.unprivileged_running += 1
                     return task
                 self.cond.wait()
 
