@@ -1,0 +1,112 @@
+"""One DB round trip per uncached delivery (issue 16): qmail-getpw, run as qmail-lspawn
+runs it (a privileged peer), then the qmail-local wrapper's `localq`, asked as the
+mailbox's uid, cost the sandbox's MariaDB one statement between them, counted in its
+general log."""
+import os
+import subprocess
+
+import pytest
+from conftest import ROW_UID, add_alias, add_mailbox, add_virtual, as_uid, flush_daemon, raw_as
+
+from qmailsql.core import config as configmod
+from qmailsql.core.helpers import helper_path
+from qmailsql.sandbox import host as sb
+
+# what a new DB connection asks once (db.max_statement), before any lookup
+SETUP_STATEMENTS = ("SELECT @@max_allowed_packet",)
+
+
+class GeneralLog:
+    """The statements qmailsqld's DB login sends while it is on."""
+
+    def __init__(self, paths, login):
+        self.paths, self.login = paths, login
+
+    def __enter__(self):
+        sb.root_sql(self.paths, [("SET GLOBAL log_output = 'TABLE'", ()),
+                                 ("TRUNCATE TABLE mysql.general_log", ()),
+                                 ("SET GLOBAL general_log = 1", ())])
+        return self
+
+    def __exit__(self, *exc):
+        sb.root_sql(self.paths, [("SET GLOBAL general_log = 0", ())])
+
+    def statements(self):
+        rows = sb.root_sql(self.paths, [(
+            "SELECT CONVERT(argument USING utf8mb4) FROM mysql.general_log WHERE "
+            "command_type = 'Query' AND user_host LIKE %s ORDER BY event_time",
+            (self.login + "[%",))])
+        return [r[0] for r in rows if r[0] not in SETUP_STATEMENTS]
+
+
+def daemon_login(root):
+    return configmod.load(str(root)).login
+
+
+@pytest.fixture
+def trip(db, sandbox, everyone_dir):
+    paths = sb.Paths(sandbox)
+    for d in (sandbox, paths.run):  # the wrapper runs as the mailbox's uid
+        os.chmod(d, 0o755)
+    env = {"PATH": "/usr/bin:/bin", "QMAILSQL_SOCKET": str(paths.daemon_socket),
+           "QMAILSQL_QMAIL_LOCAL": "/bin/true"}
+
+    class Trip:
+        def mailbox(self, name):
+            return add_mailbox(db, name, everyone_dir / name, make_home=True)
+
+        def deliver(self, local, domain="example.org"):
+            """qmail-lspawn's two steps; (getpw fields, the statements they cost)."""
+            with GeneralLog(paths, daemon_login(sandbox)) as log:
+                r = subprocess.run([str(helper_path("qmail-getpw")), local], env=env,
+                                   capture_output=True, timeout=60)
+                assert r.returncode == 0, r.stderr
+                user, uid, gid, home, dash, ext = r.stdout.split(b"\0")[:6]
+                w = subprocess.run(as_uid(int(uid), int(gid)) + [
+                    str(helper_path("qmail-local")), "--", user, home, local, dash, ext,
+                    domain, "sender@example.net", "./Maildir/"], env=env,
+                    capture_output=True, timeout=60, cwd="/")
+                assert w.returncode == 0, w.stderr
+                return (user, dash, ext), log.statements()
+    return Trip()
+
+
+def test_plain_mailbox_costs_one_statement(trip):
+    trip.mailbox("plain")
+    got, statements = trip.deliver("plain")
+    assert got == (b"plain", b"", b"")
+    assert len(statements) == 1, statements
+
+
+def test_extension_with_alias_rows_costs_one_statement(db, trip):
+    trip.mailbox("iain")
+    add_alias(db, "iain", "slowlaris", ".", "/Maildir/")
+    add_alias(db, "iain", "default", "&", "elsewhere@example.net")
+    got, statements = trip.deliver("iain-slowlaris")
+    assert got == (b"iain", b"-", b"slowlaris")
+    assert len(statements) == 1, statements
+
+
+def test_virtual_address_costs_one_statement(db, trip):
+    trip.mailbox("sales")
+    add_virtual(db, "sales", "", "sales", "sillydomain.com")
+    got, statements = trip.deliver("sillydomain.com-sales", "sillydomain.com")
+    assert got == (b"sales", b"", b"")
+    assert len(statements) == 1, statements
+
+
+def test_prefilled_answer_is_the_one_local_gives(db, sandbox, trip):
+    """What getpw put in the cache for the wrapper (asked again: no statement) is what
+    `localq` works out when it is asked afresh, after a flush."""
+    home = trip.mailbox("iain")
+    add_alias(db, "iain", "slowlaris", ".", "/Maildir/")
+    paths = sb.Paths(sandbox)
+    request = [b"localq", b"iain", home.encode(), b"iain-slowlaris", b"-", b"slowlaris",
+               b"example.org"]
+    trip.deliver("iain-slowlaris")
+    with GeneralLog(paths, daemon_login(sandbox)) as log:
+        prefilled = raw_as(ROW_UID, paths.daemon_socket, request)
+        assert log.statements() == []
+    assert prefilled[0] == 0 and prefilled[1].endswith(b"\n./Maildir/\n"), prefilled
+    flush_daemon(sandbox)
+    assert raw_as(ROW_UID, paths.daemon_socket, request) == prefilled
