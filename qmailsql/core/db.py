@@ -31,6 +31,8 @@ first server costs nothing once it is cooling down.
 """
 import threading
 import time
+from collections import namedtuple
+from decimal import Decimal
 
 import MySQLdb
 
@@ -59,6 +61,42 @@ PACKET_ROOM = 1024  # of max_allowed_packet, kept for the packet's own header
 
 class DirectoryUnavailable(Exception):
     """The DB can't answer now (down, timeout, refused login): try again later."""
+
+
+class StatementRefused(DirectoryUnavailable):
+    """The server answered that it will not run the statement (a missing column, no
+    grant, read_only): the same on every server."""
+
+
+class NotFetched(Exception):
+    """A sealed Batch was asked a read it did not fetch ahead."""
+
+
+# One SELECT of a read: COLUMNS (WIDTH of them) and TAIL (FROM ... WHERE ..., maybe
+# ORDER BY with LIMIT) with PARAMS (a tuple) for TAIL's marks. A read is a tuple of
+# Parts, its rows theirs one after another (UNION ALL), so that Batch can send many
+# reads as one statement. Without LIMIT no ORDER BY: callers sort.
+Part = namedtuple("Part", "columns width tail params")
+
+
+def union(parts, tags=None):
+    """(sql, params) of the read PARTS; with TAGS (one int per part) each row starts
+    with its part's tag."""
+    if len(parts) == 1 and tags is None:
+        p, = parts
+        return "SELECT " + p.columns + " " + p.tail, p.params
+    sql = []
+    params = []
+    for i, p in enumerate(parts):
+        head = "(SELECT " if tags is None else "(SELECT %d, " % tags[i]
+        sql.append(head + p.columns + " " + p.tail + ")")
+        params.extend(p.params)
+    return " UNION ALL ".join(sql), params
+
+
+def select(directory, parts):
+    """The rows of the read PARTS (a tuple of Part) from DIRECTORY, in one statement."""
+    return directory.query(*union(parts))
 
 
 class ServerHealth:
@@ -160,6 +198,19 @@ def max_statement(conn):
     return int(value) - PACKET_ROOM
 
 
+def run(conn, sql, params):
+    """SQL with PARAMS on CONN: its rows, as a cursor's fetchall() gives them, from the
+    connection's own query() and store_result(): a cursor's bookkeeping costs more
+    than the lookup it runs."""
+    try:
+        statement = sql.encode(conn.encoding) % tuple(map(conn.literal, params))
+    except (TypeError, ValueError) as e:  # what a cursor makes of it
+        raise MySQLdb.ProgrammingError(str(e))
+    conn.query(statement)
+    result = conn.store_result()
+    return result.fetch_row(0) if result is not None else ()
+
+
 class Directory:
     """DB connections (reconnecting, failing over); not shared between threads.
 
@@ -175,6 +226,7 @@ class Directory:
         self._write = None
         self.last_server = None   # the server that answered the last query
         self.confirmations = 0    # final answers worked out again on the write_server
+        self.batch_refused_at = -1e9  # when the server last refused a Batch's statement
 
     # compatibility: the read connection and its server
     @property
@@ -254,12 +306,7 @@ class Directory:
                     "statement of up to %d bytes not sent to %s: longer than its "
                     "max_allowed_packet allows (%d)" % (size, link.server, link.max_statement))
             try:
-                cur = link.conn.cursor()
-                try:
-                    cur.execute(sql, params)
-                    rows = cur.fetchall()
-                finally:
-                    cur.close()
+                rows = run(link.conn, sql, params)
                 link.used = True
                 self.last_server = link.server
                 return rows
@@ -272,7 +319,7 @@ class Directory:
                     # the server answered: the statement is refused (read_only, lock
                     # timeout, schema problem). Another server would say the same or,
                     # worse, accept a write meant for elsewhere. Mail waits.
-                    raise DirectoryUnavailable("DB error on %s: %s" % (link.server,
+                    raise StatementRefused("DB error on %s: %s" % (link.server,
                                                                         _reason(e)))
                 # an idle connection the server closed is not a sick server
                 if not (code == CR_SERVER_GONE_ERROR and link.used and attempt == 1):
@@ -282,6 +329,10 @@ class Directory:
                 if attempt == 2:
                     raise DirectoryUnavailable("DB query failed on %s: %s"
                                                % (link.server, _reason(e)))
+
+    def room(self):
+        """The longest statement the read server takes (bytes); connects if need be."""
+        return self._link(False).max_statement
 
     def must_confirm(self):
         """Whether a final miss just read must be asked again on the write_server: there
@@ -299,10 +350,13 @@ class Directory:
         """mailbox rows whose username is one of NAMES (any case; caller picks exact)."""
         if not names:
             return []
-        names = list(names)
-        marks = ",".join(["%s"] * len(names))
-        return self.query("SELECT username, uid, gid, home FROM mailbox WHERE username IN ("
-                          + marks + ")", names)
+        return select(self, mailbox_read(names))
+
+
+def mailbox_read(names):
+    """The read of the mailbox rows (username, uid, gid, home) named NAMES."""
+    return (Part("username, uid, gid, home", 4, "FROM mailbox WHERE username IN (" +
+                 ",".join(["%s"] * len(names)) + ")", tuple(names)),)
 
 
 class WriteServerReads:
@@ -319,6 +373,107 @@ class WriteServerReads:
 
     def must_confirm(self):
         return False
+
+
+class Batch:
+    """A Directory whose reads were planned ahead (plan(): reads, each a tuple of Part):
+    the first planned read asked sends all those planned and not yet sent as one
+    statement, one round trip, and the others are answered from its rows. A read is
+    known by its statement (union()), so the code that asks it need not know about
+    the batch. Anything else goes to the Directory as usual, or raises NotFetched
+    once the batch is sealed. The lag rule and the write_server are the Directory's.
+
+    The statement is a UNION ALL of every part, each row tagged with its part and its
+    columns in the slot of its part's column list (NULL in the others), so that each
+    column keeps its type; but NULL next to an unsigned column makes it DECIMAL, which
+    is turned back into int."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.config = directory.config
+        self.pending = {}   # statement -> read: planned, not sent
+        self.rows = {}      # statement -> its rows
+
+    sealed = False
+
+    def plan(self, reads):
+        for read in reads:
+            sql, params = union(read)
+            key = (sql, tuple(params))
+            if key not in self.rows:
+                self.pending[key] = read
+
+    def query(self, sql, params=(), write=False):
+        key = (sql, tuple(params))
+        rows = self.rows.get(key)
+        if rows is None and key in self.pending and not write:
+            self.fetch(key)
+            rows = self.rows.get(key)
+        if rows is not None:
+            return rows
+        if self.sealed:
+            raise NotFetched(sql)
+        return self.directory.query(sql, params, write)
+
+    mailboxes = Directory.mailboxes
+
+    def fetch(self, asked):
+        """Send the pending reads as one statement. When the server cannot take it, the
+        read ASKED (a statement) goes alone and the others are dropped (asked on their
+        own when they are needed)."""
+        reads, self.pending = self.pending, {}
+        if len(reads) > 1:
+            sql, params, layout = combined(reads)
+            if statement_size(sql, params) <= self.directory.room():
+                try:
+                    self.rows.update(split(self.directory.query(sql, params), layout))
+                    return
+                except StatementRefused:
+                    # e.g. a schema without the quota columns, which the reads
+                    # that do not need them survive
+                    self.directory.batch_refused_at = time.monotonic()
+        self.rows[asked] = self.directory.query(*asked)
+
+    def must_confirm(self):
+        return self.directory.must_confirm()
+
+    def on_write_server(self):
+        return self.directory.on_write_server()
+
+
+def combined(reads):
+    """(sql, params, layout) of one statement for READS ({statement: read}); layout:
+    for each tag, (statement, first column, width)."""
+    slots = {}   # a part's column list -> where its columns start in a row
+    width = 1
+    for read in reads.values():
+        for p in read:
+            if p.columns not in slots:
+                slots[p.columns] = width
+                width += p.width
+    parts = []
+    layout = []
+    for key, read in reads.items():
+        for p in read:
+            start = slots[p.columns]
+            parts.append(Part("NULL, " * (start - 1) + p.columns +
+                              ", NULL" * (width - start - p.width), width - 1, p.tail,
+                              p.params))
+            layout.append((key, start, p.width))
+    sql, params = union(parts, range(len(parts)))
+    return sql, params, layout
+
+
+def split(rows, layout):
+    """{statement: rows} of the rows of combined()'s statement."""
+    got = {key: [] for key, _, _ in layout}
+    by_tag = [[] for _ in layout]
+    for row in rows:
+        by_tag[row[0]].append(row)
+    for (key, start, n), tagged in zip(layout, by_tag):
+        got[key].extend(tuple(int(v) if type(v) is Decimal else v
+                              for v in row[start:start + n]) for row in tagged)
+    return got
 
 
 def statement_size(sql, params):

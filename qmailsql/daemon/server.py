@@ -64,7 +64,8 @@ from qmailsql.daemon.listen import StartError, listen, probe, remove_pidfile, wr
 from qmailsql.daemon.logs import log
 # Worker, TaskQueue, WorkerDirectory, probe and StartError: also reachable from here
 # (qmailsql.daemon.server is what the tests and the cli import)
-from qmailsql.daemon.workers import MAX_PAYLOAD, Task, TaskQueue, Worker, WorkerDirectory, _bytes
+from qmailsql.daemon.workers import (MAX_PAYLOAD, Task, TaskQueue, Worker, WorkerDirectory,
+                                     _bytes, local_cache_key, put_fills)
 
 RECV_SIZE = MAX_PAYLOAD + 16
 DB_WORKERS = 4
@@ -554,7 +555,7 @@ class Daemon:
         elif spec.cache == "per-uid" and not conn.privileged:
             # a worker checks that USER is this peer's own account; what is cached
             # here was checked for this very uid
-            key = b"uid=%d\0" % conn.uid + payload
+            key = local_cache_key(conn.uid, command, *args[:5])
             frame = cache.get(key, time.monotonic())
             if frame is not None:
                 if self.debug:
@@ -627,9 +628,11 @@ class Daemon:
                 cfg = task.config
                 ttl, stale = cache_times(task.payload, task.status, task.body, cfg.cache_ttl,
                                          cfg.negative_ttl, cfg.stale_ttl)
+                now = time.monotonic()
                 if ttl > 0:
-                    cache.put(task.key, task.frame, time.monotonic(), ttl, stale,
+                    cache.put(task.key, task.frame, now, ttl, stale,
                               PRIVILEGED if conn.privileged else conn.uid)
+                put_fills(cache, task, now, ttl)
             if conn.closed:
                 continue
             conn.last = time.monotonic()
