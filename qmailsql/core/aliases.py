@@ -155,9 +155,8 @@ def rows_read(user, ext_names, defaults):
     if defaults:
         cond.append("alias LIKE %s")
         params.append("%default")
-    return (Part("id, username, alias, alias_username, alias_host", 5,
-                 "FROM alias WHERE username=%s AND (" + " OR ".join(cond) + ")",
-                 tuple(params)),)
+    return (Part("id, username, alias, alias_username, alias_host", 5, "alias",
+                 "username=%s AND (" + " OR ".join(cond) + ")", tuple(params)),)
 
 
 def fetch_args(user, dash, ext):

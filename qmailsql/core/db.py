@@ -68,15 +68,25 @@ class StatementRefused(DirectoryUnavailable):
     grant, read_only): the same on every server."""
 
 
+class StatementTooLong(DirectoryUnavailable):
+    """A statement longer than the server's max_allowed_packet: not sent."""
+
+
 class NotFetched(Exception):
     """A sealed Batch was asked a read it did not fetch ahead."""
 
 
-# One SELECT of a read: COLUMNS (WIDTH of them) and TAIL (FROM ... WHERE ..., maybe
-# ORDER BY with LIMIT) with PARAMS (a tuple) for TAIL's marks. A read is a tuple of
-# Parts, its rows theirs one after another (UNION ALL), so that Batch can send many
-# reads as one statement. Without LIMIT no ORDER BY: callers sort.
-Part = namedtuple("Part", "columns width tail params")
+# One SELECT of a read: SELECT COLUMNS (WIDTH of them) FROM SOURCE WHERE WHERE REST,
+# PARAMS (a tuple) for WHERE's marks (REST has none: ORDER BY with LIMIT, or LIMIT).
+# A read is a tuple of Parts, its rows theirs one after another (UNION ALL), so that
+# Batch can send many reads as one statement. Without LIMIT no ORDER BY: callers sort.
+Part = namedtuple("Part", "columns width source where params rest", defaults=("",))
+
+
+def part_sql(p, tag=None):
+    head = "SELECT " if tag is None else "SELECT %d, " % tag
+    return "%s%s FROM %s WHERE %s%s" % (head, p.columns, p.source, p.where,
+                                         " " + p.rest if p.rest else "")
 
 
 def union(parts, tags=None):
@@ -84,12 +94,11 @@ def union(parts, tags=None):
     with its part's tag."""
     if len(parts) == 1 and tags is None:
         p, = parts
-        return "SELECT " + p.columns + " " + p.tail, p.params
+        return part_sql(p), p.params
     sql = []
     params = []
     for i, p in enumerate(parts):
-        head = "(SELECT " if tags is None else "(SELECT %d, " % tags[i]
-        sql.append(head + p.columns + " " + p.tail + ")")
+        sql.append("(" + part_sql(p, None if tags is None else tags[i]) + ")")
         params.extend(p.params)
     return " UNION ALL ".join(sql), params
 
@@ -302,7 +311,7 @@ class Directory:
         for attempt in (1, 2):
             link = self._link(write)
             if size > link.max_statement:  # the statement's trouble, not the server's
-                raise DirectoryUnavailable(
+                raise StatementTooLong(
                     "statement of up to %d bytes not sent to %s: longer than its "
                     "max_allowed_packet allows (%d)" % (size, link.server, link.max_statement))
             try:
@@ -330,10 +339,6 @@ class Directory:
                     raise DirectoryUnavailable("DB query failed on %s: %s"
                                                % (link.server, _reason(e)))
 
-    def room(self):
-        """The longest statement the read server takes (bytes); connects if need be."""
-        return self._link(False).max_statement
-
     def must_confirm(self):
         """Whether a final miss just read must be asked again on the write_server: there
         is a `write_server` line and the last answer came from another server."""
@@ -355,8 +360,8 @@ class Directory:
 
 def mailbox_read(names):
     """The read of the mailbox rows (username, uid, gid, home) named NAMES."""
-    return (Part("username, uid, gid, home", 4, "FROM mailbox WHERE username IN (" +
-                 ",".join(["%s"] * len(names)) + ")", tuple(names)),)
+    return (Part("username, uid, gid, home", 4, "mailbox",
+                 "username IN (" + ",".join(["%s"] * len(names)) + ")", tuple(names)),)
 
 
 class WriteServerReads:
@@ -424,14 +429,15 @@ class Batch:
         reads, self.pending = self.pending, {}
         if len(reads) > 1:
             sql, params, layout = combined(reads)
-            if statement_size(sql, params) <= self.directory.room():
-                try:
-                    self.rows.update(split(self.directory.query(sql, params), layout))
-                    return
-                except StatementRefused:
-                    # e.g. a schema without the quota columns, which the reads
-                    # that do not need them survive
-                    self.directory.batch_refused_at = time.monotonic()
+            try:
+                self.rows.update(split(self.directory.query(sql, params), layout, reads))
+                return
+            except StatementTooLong:
+                pass
+            except StatementRefused:
+                # e.g. a schema without the quota columns, which the reads that do not
+                # need them survive
+                self.directory.batch_refused_at = time.monotonic()
         self.rows[asked] = self.directory.query(*asked)
 
     def must_confirm(self):
@@ -442,38 +448,69 @@ class Batch:
 
 
 def combined(reads):
-    """(sql, params, layout) of one statement for READS ({statement: read}); layout:
-    for each tag, (statement, first column, width)."""
-    slots = {}   # a part's column list -> where its columns start in a row
+    """(sql, params, layout) of one statement for READS ({statement: read}).
+
+    Parts of one SOURCE without REST, of any reads, are asked as one SELECT whose WHERE
+    is theirs joined by OR, with each part's columns side by side and, for each part,
+    its WHERE as a column (the DB's own answer to which part a row belongs to). The
+    others are asked as they are. layout: for each tag, [(statement, index of the
+    part in its read, first column, width, flag column or None)]."""
+    units = {}   # source (mergeable) or a unique key -> [(statement, index, part)]
+    for key, read in reads.items():
+        for i, p in enumerate(read):
+            units.setdefault(p.source if not p.rest else (key, i), []).append((key, i, p))
+    selects = []
+    members = []
+    for unit in units.values():
+        if len(unit) == 1:
+            key, i, p = unit[0]
+            selects.append(p)
+            members.append([(key, i, 0, p.width, None)])
+            continue
+        columns, flags, where, params, flag_params, mine = [], [], [], [], [], []
+        at = 0
+        for key, i, p in unit:
+            columns.append(p.columns)
+            flags.append("(" + p.where + ")")
+            flag_params.extend(p.params)
+            params.extend(p.params)
+            mine.append((key, i, at, p.width, None))
+            at += p.width
+        mine = [(key, i, start, n, at + j) for j, (key, i, start, n, _) in enumerate(mine)]
+        selects.append(Part(", ".join(columns + flags), at + len(flags), unit[0][2].source,
+                            " OR ".join(flags), tuple(flag_params + params)))
+        members.append(mine)
+    slots = {}   # a select's column list -> where its columns start in a row
     width = 1
-    for read in reads.values():
-        for p in read:
-            if p.columns not in slots:
-                slots[p.columns] = width
-                width += p.width
+    for p in selects:
+        if p.columns not in slots:
+            slots[p.columns] = width
+            width += p.width
     parts = []
     layout = []
-    for key, read in reads.items():
-        for p in read:
-            start = slots[p.columns]
-            parts.append(Part("NULL, " * (start - 1) + p.columns +
-                              ", NULL" * (width - start - p.width), width - 1, p.tail,
-                              p.params))
-            layout.append((key, start, p.width))
+    for p, mine in zip(selects, members):
+        start = slots[p.columns]
+        parts.append(p._replace(columns="NULL, " * (start - 1) + p.columns +
+                                ", NULL" * (width - start - p.width)))
+        layout.append([(key, i, start + at, n, None if flag is None else start + flag)
+                       for key, i, at, n, flag in mine])
     sql, params = union(parts, range(len(parts)))
     return sql, params, layout
 
 
-def split(rows, layout):
-    """{statement: rows} of the rows of combined()'s statement."""
-    got = {key: [] for key, _, _ in layout}
+def split(rows, layout, reads):
+    """{statement: rows} of the rows of combined()'s statement for READS."""
+    by_part = {(key, i): [] for key, read in reads.items() for i in range(len(read))}
     by_tag = [[] for _ in layout]
     for row in rows:
         by_tag[row[0]].append(row)
-    for (key, start, n), tagged in zip(layout, by_tag):
-        got[key].extend(tuple(int(v) if type(v) is Decimal else v
-                              for v in row[start:start + n]) for row in tagged)
-    return got
+    for mine, tagged in zip(layout, by_tag):
+        for key, i, start, n, flag in mine:
+            by_part[key, i].extend(tuple(int(v) if type(v) is Decimal else v
+                                         for v in row[start:start + n])
+                                   for row in tagged if flag is None or row[flag])
+    return {key: [r for i in range(len(read)) for r in by_part[key, i]]
+            for key, read in reads.items()}
 
 
 def statement_size(sql, params):

@@ -199,15 +199,12 @@ def mailbox_limits(directory, user):
 
 def limits_read(user):
     """mailbox_limits()'s read: (0, quota_size, quota_count, NULL) of USER's mailbox row
-    and, when one of them is NULL, (1, quota_size, quota_count, host) of the first of
-    its domains with a default."""
-    return (Part("0, quota_size, quota_count, NULL", 4, "FROM mailbox WHERE username=%s",
-                 (user,)),
-            Part("1, d.quota_size, d.quota_count, d.host", 4,
-                 "FROM domain_quota d JOIN virtual v ON v.virtual_host = d.host "
-                 "WHERE v.username=%s AND EXISTS (SELECT 1 FROM mailbox m WHERE "
-                 "m.username=%s AND (m.quota_size IS NULL OR m.quota_count IS NULL)) "
-                 "ORDER BY d.host LIMIT 1", (user, user)))
+    and (1, quota_size, quota_count, host) of the first of its domains with a default
+    (which combine() uses only for a NULL limit)."""
+    return (Part("0, quota_size, quota_count, NULL", 4, "mailbox", "username=%s", (user,)),
+            Part("1, d.quota_size, d.quota_count, d.host", 4, "domain_quota d",
+                 "d.host IN (SELECT v.virtual_host FROM virtual v WHERE v.username=%s)",
+                 (user,), "ORDER BY d.host LIMIT 1"))
 
 
 def answer_line(config, limits):

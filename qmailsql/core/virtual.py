@@ -236,21 +236,20 @@ def hosts_read(pairs, funky):
     # one index-only probe per guess (the address key starts with virtual_host),
     # stopping at the first entry spelt as qmail would: the collation also takes
     # trailing-space and accent variants as equal; LOWER makes it case-blind
-    parts = [Part("0, virtual_host, '', '', ''", 5, "FROM virtual WHERE virtual_host=%s "
-                  "AND BINARY LOWER(virtual_host)=BINARY LOWER(%s) LIMIT 1", (h, h))
-             for h in hosts]
+    parts = [Part("0, virtual_host, '', '', ''", 5, "virtual", "virtual_host=%s AND BINARY "
+                  "LOWER(virtual_host)=BINARY LOWER(%s)", (h, h), "LIMIT 1") for h in hosts]
     marks = ",".join(["%s"] * len(hosts))
     cond = "virtual_username IN (" + ",".join(["%s"] * (len(users) + 1)) + ")"
-    parts.append(Part("1, virtual_host, username, ext, virtual_username", 5,
-                      "FROM virtual WHERE virtual_host IN (" + marks + ") AND " + cond,
+    parts.append(Part("1, virtual_host, username, ext, virtual_username", 5, "virtual",
+                      "virtual_host IN (" + marks + ") AND " + cond,
                       tuple(hosts + users + [""])))
     if funky:
         for i, (h, u) in enumerate(pairs):
             if u is None:
                 continue
             parts.append(Part("%d, virtual_host, username, ext, virtual_username" % (2 + i), 5,
-                              "FROM virtual WHERE virtual_host=%s AND %s LIKE "
-                              "virtual_username", (h, u)))
+                              "virtual", "virtual_host=%s AND %s LIKE virtual_username",
+                              (h, u)))
     return tuple(parts)
 
 

@@ -231,6 +231,7 @@ class Daemon:
         self.ready_privileged = collections.deque()  # connections with requests to handle
         self.ready_uids = collections.OrderedDict()   # uid -> deque of such connections
         self.done = collections.deque()
+        self.filled = collections.deque()  # answered getpw tasks with fills (Daemon.fill)
         self.conns = {}
         self.busy = 0
         self.stopping = False
@@ -608,6 +609,12 @@ class Daemon:
         self.done.append(task)
         self.wake()
 
+    def fill(self, task):
+        """Called by a worker once the answered getpw TASK has its fills (Task.fills):
+        the loop caches them."""
+        self.filled.append(task)
+        self.wake()
+
     def drain_wake(self):
         try:
             while os.read(self.wake_r, 4096):
@@ -616,6 +623,8 @@ class Daemon:
             pass
         done = self.done
         cache = self.cache
+        while self.filled:
+            put_fills(cache, self.filled.popleft(), time.monotonic())
         while done:
             task = done.popleft()
             conn = task.conn
@@ -628,11 +637,9 @@ class Daemon:
                 cfg = task.config
                 ttl, stale = cache_times(task.payload, task.status, task.body, cfg.cache_ttl,
                                          cfg.negative_ttl, cfg.stale_ttl)
-                now = time.monotonic()
                 if ttl > 0:
-                    cache.put(task.key, task.frame, now, ttl, stale,
+                    cache.put(task.key, task.frame, time.monotonic(), ttl, stale,
                               PRIVILEGED if conn.privileged else conn.uid)
-                put_fills(cache, task, now, ttl)
             if conn.closed:
                 continue
             conn.last = time.monotonic()

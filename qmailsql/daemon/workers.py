@@ -87,9 +87,10 @@ class Task:
         self.frame = b""
         self.served_stale = False
         self.queued = 0.0  # when it was put on a worker queue (monotonic)
-        # getpw: (uid, key, frame) of the `local`/`localq` answers it worked out ahead,
-        # which the loop caches with its own answer (put_fills)
-        self.fills = ()
+        # getpw: a callable that works out, once the answer is sent, the `local` and
+        # `localq` answers the wrapper will ask next: [(uid, key, frame)] for the
+        # loop's cache (Daemon.fill, put_fills)
+        self.fills = None
 
 
 class WorkerDirectory(db.Directory):
@@ -168,7 +169,12 @@ class Worker:
                     task.command.decode("ascii"), shown(task.args[0]), len(task.body)))
                 task.status, task.body = EXIT_TEMP, b"answer too long for the protocol"
             task.frame = encode_response(task.status, task.body)
+        fills, task.fills = task.fills, None
         self.daemon.reply(task)
+        if fills is not None:  # after the answer: qmail-lspawn starts the wrapper meanwhile
+            task.fills = fills()
+            if task.fills:
+                self.daemon.fill(task)
 
     def handle(self, task):
         getattr(self, COMMANDS[task.command].handler)(task)
@@ -181,7 +187,8 @@ class Worker:
             batch.plan(prefetch.delivery_reads(self.config, local))
 
             def ahead(target):  # a virtual row's: the rest of the delivery's reads
-                batch.plan(prefetch.local_reads(self.config, target))
+                if target != local:
+                    batch.plan(prefetch.local_reads(self.config, target))
         confirmed = self.directory.confirmations
         try:
             delivery = resolve.Resolver.for_directory(self.config, batch, ahead).getpw(local)
@@ -202,7 +209,7 @@ class Worker:
         task.status, task.body = 0, delivery.fields()
         self.daemon.db_failed_at = -1e9  # the DB answers again
         if self.directory.confirmations == confirmed:  # else the rows are not the answer's
-            task.fills = self.fills(batch, local, delivery)
+            task.fills = lambda: self.fills(batch, local, delivery)
 
     def fills(self, batch, local, d):
         """The `local` and `localq` answers the wrapper will ask for delivery D of LOCAL,
@@ -326,14 +333,18 @@ class Worker:
         task.status, task.body = int(status), body
 
 
-def put_fills(cache, task, now, ttl):
+def put_fills(cache, task, now):
     """Cache the answers TASK (a getpw) worked out ahead (Task.fills), in their uid's
-    share, for as long as a `local` answer lives but no longer than the getpw answer
-    (TTL): the negative answers' time for a delivery to the alias user."""
-    if not task.fills:
+    share, unless the cache was flushed since TASK came; for as long as a `local`
+    answer lives but no longer than the getpw answer: the negative answers' time for
+    a delivery to the alias user."""
+    if task.generation != cache.generation:
         return
-    local_ttl, _ = cache_times(b"local\0", 0, b"", task.config.cache_ttl,
-                               task.config.negative_ttl, task.config.stale_ttl)
+    cfg = task.config
+    ttl, _ = cache_times(task.payload, task.status, task.body, cfg.cache_ttl,
+                         cfg.negative_ttl, cfg.stale_ttl)
+    local_ttl, _ = cache_times(b"local\0", 0, b"", cfg.cache_ttl, cfg.negative_ttl,
+                               cfg.stale_ttl)
     ttl = min(ttl, local_ttl)
     if ttl > 0:
         for uid, key, frame in task.fills:
