@@ -4,12 +4,15 @@ mailbox's uid, cost the sandbox's MariaDB one statement between them, counted in
 general log."""
 import os
 import subprocess
+import types
 
 import pytest
 from conftest import ROW_UID, add_alias, add_mailbox, add_virtual, as_uid, flush_daemon, raw_as
 
 from qmailsql.core import config as configmod
 from qmailsql.core.helpers import helper_path
+from qmailsql.core.hotpath import ResponseCache, encode_response
+from qmailsql.daemon.workers import Task, local_cache_key, put_fills
 from qmailsql.sandbox import host as sb
 
 # what a new DB connection asks once (db.max_statement), before any lookup
@@ -58,16 +61,21 @@ def trip(db, sandbox, everyone_dir):
         def deliver(self, local, domain="example.org"):
             """qmail-lspawn's two steps; (getpw fields, the statements they cost)."""
             with GeneralLog(paths, daemon_login(sandbox)) as log:
-                r = subprocess.run([str(helper_path("qmail-getpw")), local], env=env,
-                                   capture_output=True, timeout=60)
-                assert r.returncode == 0, r.stderr
-                user, uid, gid, home, dash, ext = r.stdout.split(b"\0")[:6]
-                w = subprocess.run(as_uid(int(uid), int(gid)) + [
-                    str(helper_path("qmail-local")), "--", user, home, local, dash, ext,
-                    domain, "sender@example.net", "./Maildir/"], env=env,
-                    capture_output=True, timeout=60, cwd="/")
+                got, w = self.run(local, domain)
                 assert w.returncode == 0, w.stderr
-                return (user, dash, ext), log.statements()
+                return got, log.statements()
+
+        def run(self, local, domain="example.org"):
+            """(getpw fields, the wrapper's CompletedProcess)."""
+            r = subprocess.run([str(helper_path("qmail-getpw")), local], env=env,
+                               capture_output=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            user, uid, gid, home, dash, ext = r.stdout.split(b"\0")[:6]
+            w = subprocess.run(as_uid(int(uid), int(gid)) + [
+                str(helper_path("qmail-local")), "--", user, home, local, dash, ext, domain,
+                "sender@example.net", "./Maildir/"], env=env, capture_output=True,
+                timeout=60, cwd="/")
+            return (user, dash, ext), w
     return Trip()
 
 
@@ -112,3 +120,47 @@ def test_prefilled_answer_is_the_one_local_gives(db, sandbox, trip):
     assert prefilled[0] == 0 and prefilled[1].endswith(b"\n./Maildir/\n"), prefilled
     flush_daemon(sandbox)
     assert raw_as(ROW_UID, paths.daemon_socket, request) == prefilled
+
+
+def test_misconfigured_alias_row_is_refused_as_before(db, trip):
+    """A row the fill cannot use is worked out again when the wrapper asks: the same
+    111 and the same message for the peer."""
+    trip.mailbox("u")
+    add_alias(db, "u", "", "", "")
+    got, w = trip.run("u")
+    assert got == (b"u", b"", b"")
+    assert w.returncode == 111
+    assert b"misconfigured alias row id=" in w.stderr
+    assert b"both alias_username and alias_host blank" in w.stderr
+
+
+def filled_task(getpw_body, generation=0, negative_ttl=5, cache_ttl=300):
+    config = types.SimpleNamespace(cache_ttl=cache_ttl, negative_ttl=negative_ttl,
+                                   stale_ttl=3600)
+    task = Task(None, b"getpw\0who\0", b"getpw", (b"who",), None, generation, config)
+    task.status, task.body = 0, getpw_body
+    key = local_cache_key(800, b"localq", b"who", b"/h", b"who", b"", b"")
+    task.fills = [(800, key, encode_response(0, b"0 0 90 bounce\n"))]
+    return task, key
+
+
+def test_fills_do_not_survive_a_flush_meanwhile():
+    cache = ResponseCache(100, 10)
+    task, key = filled_task(b"who\0" b"800\0" b"100\0" b"/h\0\0\0", cache.generation)
+    cache.clear()  # a flush while the worker had the getpw
+    put_fills(cache, task, 1000.0)
+    assert cache.get(key, 1000.0) is None
+    task.generation = cache.generation
+    put_fills(cache, task, 1000.0)
+    assert cache.get(key, 1000.0) == task.fills[0][2]
+
+
+def test_fills_of_a_delivery_to_the_alias_user_live_negative_ttl():
+    cache = ResponseCache(100, 10)
+    task, key = filled_task(b"alias\0" b"800\0" b"100\0" b"/h\0-\0who\0", negative_ttl=5)
+    put_fills(cache, task, 1000.0)
+    assert cache.get(key, 1004.0) is not None
+    assert cache.get(key, 1006.0) is None
+    task, key = filled_task(b"who\0" b"800\0" b"100\0" b"/h\0\0\0", negative_ttl=5)
+    put_fills(cache, task, 1000.0)
+    assert cache.get(key, 1006.0) is not None
