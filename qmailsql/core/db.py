@@ -387,11 +387,7 @@ class Batch:
     known by its statement (union()), so the code that asks it need not know about
     the batch. Anything else goes to the Directory as usual, or raises NotFetched
     once the batch is sealed. The lag rule and the write_server are the Directory's.
-
-    The statement is a UNION ALL of every part, each row tagged with its part and its
-    columns in the slot of its part's column list (NULL in the others), so that each
-    column keeps its type; but NULL next to an unsigned column makes it DECIMAL, which
-    is turned back into int."""
+    The statement: combined()."""
 
     def __init__(self, directory):
         self.directory = directory
@@ -409,14 +405,15 @@ class Batch:
                 self.pending[key] = read
 
     def query(self, sql, params=(), write=False):
-        key = (sql, tuple(params))
-        rows = self.rows.get(key)
-        if rows is None and key in self.pending and not write:
-            self.fetch(key)
+        if not write:
+            key = (sql, tuple(params))
             rows = self.rows.get(key)
-        if rows is not None:
-            return rows
-        if self.sealed:
+            if rows is None and key in self.pending and not self.sealed:
+                self.fetch(key)
+                rows = self.rows.get(key)
+            if rows is not None:
+                return rows
+        if self.sealed:  # no more round trips
             raise NotFetched(sql)
         return self.directory.query(sql, params, write)
 
@@ -453,8 +450,12 @@ def combined(reads):
     Parts of one SOURCE without REST, of any reads, are asked as one SELECT whose WHERE
     is theirs joined by OR, with each part's columns side by side and, for each part,
     its WHERE as a column (the DB's own answer to which part a row belongs to). The
-    others are asked as they are. layout: for each tag, [(statement, index of the
-    part in its read, first column, width, flag column or None)]."""
+    others are asked as they are. These SELECTs are joined by UNION ALL, each row
+    tagged with its SELECT and its columns in the slot of its SELECT's column list
+    (NULL in the others), so that each column keeps its type; but NULL next to an
+    unsigned column makes it DECIMAL, which split() turns back into int. layout: for
+    each tag, [(statement, index of the part in its read, first column, width, flag
+    column or None)]."""
     units = {}   # source (mergeable) or a unique key -> [(statement, index, part)]
     for key, read in reads.items():
         for i, p in enumerate(read):

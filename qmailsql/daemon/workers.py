@@ -172,7 +172,12 @@ class Worker:
         fills, task.fills = task.fills, None
         self.daemon.reply(task)
         if fills is not None:  # after the answer: qmail-lspawn starts the wrapper meanwhile
-            task.fills = fills()
+            try:
+                task.fills = fills()
+            except Exception as e:  # a bug: the wrapper's request is worked out as before
+                log("internal error filling in the local answers for getpw %s: %s: %s" % (
+                    shown(task.args[0]), type(e).__name__, e))
+                return
             if task.fills:
                 self.daemon.fill(task)
 
@@ -209,9 +214,9 @@ class Worker:
         task.status, task.body = 0, delivery.fields()
         self.daemon.db_failed_at = -1e9  # the DB answers again
         if self.directory.confirmations == confirmed:  # else the rows are not the answer's
-            task.fills = lambda: self.fills(batch, local, delivery)
+            task.fills = lambda: self.answers_ahead(batch, local, delivery)
 
-    def fills(self, batch, local, d):
+    def answers_ahead(self, batch, local, d):
         """The `local` and `localq` answers the wrapper will ask for delivery D of LOCAL,
         as its uid, from the rows BATCH fetched: (uid, cache key, frame) each; none when
         a read was not fetched or the answer is not a plain one (a refusal is worked out
