@@ -211,10 +211,16 @@ def run(conn, sql, params):
     """SQL with PARAMS on CONN: its rows, as a cursor's fetchall() gives them, from the
     connection's own query() and store_result(): a cursor's bookkeeping costs more
     than the lookup it runs."""
-    try:
-        statement = sql.encode(conn.encoding) % tuple(map(conn.literal, params))
-    except (TypeError, ValueError) as e:  # what a cursor makes of it
-        raise MySQLdb.ProgrammingError(str(e))
+    statement = sql.encode(conn.encoding)
+    if params is not None:  # as a cursor fills them in
+        try:
+            if isinstance(params, dict):
+                statement %= {(k.encode(conn.encoding) if isinstance(k, str) else k):
+                              conn.literal(v) for k, v in params.items()}
+            else:
+                statement %= tuple(map(conn.literal, params))
+        except (TypeError, ValueError) as e:
+            raise MySQLdb.ProgrammingError(str(e))
     conn.query(statement)
     result = conn.store_result()
     return result.fetch_row(0) if result is not None else ()
