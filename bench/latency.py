@@ -458,7 +458,8 @@ def report(result, notes, counts, args):
     print("ratios: getpw/exec_floor = %s (target <= 1.3), oneshot/getpw = %s (target >= 6)"
           % (result["getpw_over_exec_floor"], result["oneshot_over_getpw"]))
     print("cold path, request round trips on one connection (no program start):")
-    for key, what in (("getpw_cold_ms", "qmailsqld getpw, user not cached (one DB query)"),
+    for key, what in (("getpw_cold_ms", "qmailsqld getpw, user not cached (one DB statement, "
+                       "with the wrapper's reads)"),
                       ("dovecot_userdb_cold_ms", "Dovecot auth-userdb USER, SQL userdb, "
                        "user not in its auth cache"),
                       ("getpw_warm_rtt_ms", "qmailsqld getpw, cached"),

@@ -945,9 +945,10 @@ def test_frame_deadline_closes_slow_loris(own_sandbox):
 
 
 def waits_on_mailbox_lock(lock):
-    """Whether a query of the daemon's DB user waits on LOCK's table lock."""
+    """Whether a query of the daemon's DB user waits on LOCK's table lock (FULL: a
+    batched lookup names the table past the first 100 characters)."""
     cur = lock.cursor()
-    cur.execute("SHOW PROCESSLIST")
+    cur.execute("SHOW FULL PROCESSLIST")
     return any(r[7] and "mailbox" in str(r[7]) and r[1] == "qmailsql" for r in cur.fetchall())
 
 

@@ -46,7 +46,7 @@ doctor. With no rows, stock qmail-local runs unchanged and reads the files as us
 import os
 
 from qmailsql.core import virtual
-from qmailsql.core.db import DirectoryUnavailable
+from qmailsql.core.db import DirectoryUnavailable, Part, select
 from qmailsql.core.problems import Problem, sql_str
 from qmailsql.core.problems import blank as _blank
 from qmailsql.core.resolve import ALIAS_USER, EXIT_TEMP, Refusal, shown, too_long
@@ -144,14 +144,38 @@ def fetch(directory, user, ext_names, defaults):
     is one of EXT_NAMES (text) or, with DEFAULTS, ends in `default`, in id order; the
     caller picks the level. The statement is as long as the extension, never longer:
     the `-default` levels are not listed one by one."""
+    return sorted(select(directory, rows_read(user, ext_names, defaults)),
+                  key=lambda r: r[0])
+
+
+def rows_read(user, ext_names, defaults):
+    """fetch()'s read (db.Part), in no order."""
     cond = ["alias IN (" + ",".join(["%s"] * len(ext_names)) + ")"] if ext_names else []
     params = [user] + list(ext_names)
     if defaults:
         cond.append("alias LIKE %s")
         params.append("%default")
-    return directory.query(
-        "SELECT id, username, alias, alias_username, alias_host FROM alias "
-        "WHERE username=%s AND (" + " OR ".join(cond) + ") ORDER BY id", params)
+    return (Part("id, username, alias, alias_username, alias_host", 5, "alias",
+                 "username=%s AND (" + " OR ".join(cond) + ")", tuple(params)),)
+
+
+def fetch_args(user, dash, ext):
+    """fetch()'s (user, ext names, defaults) for lines_for(USER, DASH, EXT), all bytes,
+    or None when USER cannot have rows (not UTF-8)."""
+    try:
+        user_t = user.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    wanted = (ext, safe(ext)) if dash else (b"",)
+    names = []
+    for variant in wanted:  # the DB collation folds case; '.' and ':' it does not
+        try:
+            t = variant.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if t not in names:
+            names.append(t)
+    return user_t, names, bool(dash)
 
 
 def _row_text(row):
@@ -221,20 +245,10 @@ def line_for(row, ext, default):
 def lines_for(directory, user, dash, ext):
     """(level, DEFAULT, rows) of the first level of USER's rows for (DASH, EXT), or None."""
     user, dash, ext = _b(user), _b(dash), _b(ext)
-    try:
-        user_t = user.decode("utf-8")
-    except UnicodeDecodeError:
+    what = fetch_args(user, dash, ext)
+    if what is None:
         return None
-    wanted = (ext, safe(ext)) if dash else (b"",)
-    names = []
-    for variant in wanted:  # the DB collation folds case; '.' and ':' it does not
-        try:
-            t = variant.decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        if t not in names:
-            names.append(t)
-    rows = fetch(directory, user_t, names, defaults=bool(dash))
+    rows = fetch(directory, *what)
     best = None
     for r in rows:
         if lower_ascii(_b(r[1])) != lower_ascii(user):

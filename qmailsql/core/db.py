@@ -31,6 +31,8 @@ first server costs nothing once it is cooling down.
 """
 import threading
 import time
+from collections import namedtuple
+from decimal import Decimal
 
 import MySQLdb
 
@@ -59,6 +61,51 @@ PACKET_ROOM = 1024  # of max_allowed_packet, kept for the packet's own header
 
 class DirectoryUnavailable(Exception):
     """The DB can't answer now (down, timeout, refused login): try again later."""
+
+
+class StatementRefused(DirectoryUnavailable):
+    """The server answered that it will not run the statement (a missing column, no
+    grant, read_only): the same on every server."""
+
+
+class StatementTooLong(DirectoryUnavailable):
+    """A statement longer than the server's max_allowed_packet: not sent."""
+
+
+class NotFetched(Exception):
+    """A sealed Batch was asked a read it did not fetch ahead."""
+
+
+# One SELECT of a read: SELECT COLUMNS (WIDTH of them) FROM SOURCE WHERE WHERE REST,
+# PARAMS (a tuple) for WHERE's marks (REST has none: ORDER BY with LIMIT, or LIMIT).
+# A read is a tuple of Parts, its rows theirs one after another (UNION ALL), so that
+# Batch can send many reads as one statement. Without LIMIT no ORDER BY: callers sort.
+Part = namedtuple("Part", "columns width source where params rest", defaults=("",))
+
+
+def part_sql(p, tag=None):
+    head = "SELECT " if tag is None else "SELECT %d, " % tag
+    return "%s%s FROM %s WHERE %s%s" % (head, p.columns, p.source, p.where,
+                                         " " + p.rest if p.rest else "")
+
+
+def union(parts, tags=None):
+    """(sql, params) of the read PARTS; with TAGS (one int per part) each row starts
+    with its part's tag."""
+    if len(parts) == 1 and tags is None:
+        p, = parts
+        return part_sql(p), p.params
+    sql = []
+    params = []
+    for i, p in enumerate(parts):
+        sql.append("(" + part_sql(p, None if tags is None else tags[i]) + ")")
+        params.extend(p.params)
+    return " UNION ALL ".join(sql), params
+
+
+def select(directory, parts):
+    """The rows of the read PARTS (a tuple of Part) from DIRECTORY, in one statement."""
+    return directory.query(*union(parts))
 
 
 class ServerHealth:
@@ -160,6 +207,25 @@ def max_statement(conn):
     return int(value) - PACKET_ROOM
 
 
+def run(conn, sql, params):
+    """SQL with PARAMS on CONN: its rows, as a cursor's fetchall() gives them, from the
+    connection's own query() and store_result(): a cursor's bookkeeping costs more
+    than the lookup it runs."""
+    statement = sql.encode(conn.encoding)
+    if params is not None:  # as a cursor fills them in
+        try:
+            if isinstance(params, dict):
+                statement %= {(k.encode(conn.encoding) if isinstance(k, str) else k):
+                              conn.literal(v) for k, v in params.items()}
+            else:
+                statement %= tuple(map(conn.literal, params))
+        except (TypeError, ValueError) as e:
+            raise MySQLdb.ProgrammingError(str(e))
+    conn.query(statement)
+    result = conn.store_result()
+    return result.fetch_row(0) if result is not None else ()
+
+
 class Directory:
     """DB connections (reconnecting, failing over); not shared between threads.
 
@@ -175,6 +241,7 @@ class Directory:
         self._write = None
         self.last_server = None   # the server that answered the last query
         self.confirmations = 0    # final answers worked out again on the write_server
+        self.batch_refused_at = -1e9  # when the server last refused a Batch's statement
 
     # compatibility: the read connection and its server
     @property
@@ -250,16 +317,11 @@ class Directory:
         for attempt in (1, 2):
             link = self._link(write)
             if size > link.max_statement:  # the statement's trouble, not the server's
-                raise DirectoryUnavailable(
+                raise StatementTooLong(
                     "statement of up to %d bytes not sent to %s: longer than its "
                     "max_allowed_packet allows (%d)" % (size, link.server, link.max_statement))
             try:
-                cur = link.conn.cursor()
-                try:
-                    cur.execute(sql, params)
-                    rows = cur.fetchall()
-                finally:
-                    cur.close()
+                rows = run(link.conn, sql, params)
                 link.used = True
                 self.last_server = link.server
                 return rows
@@ -272,7 +334,7 @@ class Directory:
                     # the server answered: the statement is refused (read_only, lock
                     # timeout, schema problem). Another server would say the same or,
                     # worse, accept a write meant for elsewhere. Mail waits.
-                    raise DirectoryUnavailable("DB error on %s: %s" % (link.server,
+                    raise StatementRefused("DB error on %s: %s" % (link.server,
                                                                         _reason(e)))
                 # an idle connection the server closed is not a sick server
                 if not (code == CR_SERVER_GONE_ERROR and link.used and attempt == 1):
@@ -299,10 +361,13 @@ class Directory:
         """mailbox rows whose username is one of NAMES (any case; caller picks exact)."""
         if not names:
             return []
-        names = list(names)
-        marks = ",".join(["%s"] * len(names))
-        return self.query("SELECT username, uid, gid, home FROM mailbox WHERE username IN ("
-                          + marks + ")", names)
+        return select(self, mailbox_read(names))
+
+
+def mailbox_read(names):
+    """The read of the mailbox rows (username, uid, gid, home) named NAMES."""
+    return (Part("username, uid, gid, home", 4, "mailbox",
+                 "username IN (" + ",".join(["%s"] * len(names)) + ")", tuple(names)),)
 
 
 class WriteServerReads:
@@ -319,6 +384,140 @@ class WriteServerReads:
 
     def must_confirm(self):
         return False
+
+
+class Batch:
+    """A Directory whose reads were planned ahead (plan(): reads, each a tuple of Part):
+    the first planned read asked sends all those planned and not yet sent as one
+    statement, one round trip, and the others are answered from its rows. A read is
+    known by its statement (union()), so the code that asks it need not know about
+    the batch. Anything else goes to the Directory as usual, or raises NotFetched
+    once the batch is sealed. The lag rule and the write_server are the Directory's.
+    The statement: combined()."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.config = directory.config
+        self.pending = {}   # statement -> read: planned, not sent
+        self.rows = {}      # statement -> its rows
+
+    sealed = False
+
+    def plan(self, reads):
+        for read in reads:
+            sql, params = union(read)
+            key = (sql, tuple(params))
+            if key not in self.rows:
+                self.pending[key] = read
+
+    def query(self, sql, params=(), write=False):
+        if not write:
+            key = (sql, tuple(params))
+            rows = self.rows.get(key)
+            if rows is None and key in self.pending and not self.sealed:
+                self.fetch(key)
+                rows = self.rows.get(key)
+            if rows is not None:
+                return rows
+        if self.sealed:  # no more round trips
+            raise NotFetched(sql)
+        return self.directory.query(sql, params, write)
+
+    mailboxes = Directory.mailboxes
+
+    def fetch(self, asked):
+        """Send the pending reads as one statement. When the server cannot take it, the
+        read ASKED (a statement) goes alone and the others are dropped (asked on their
+        own when they are needed)."""
+        reads, self.pending = self.pending, {}
+        if len(reads) > 1:
+            sql, params, layout = combined(reads)
+            try:
+                self.rows.update(split(self.directory.query(sql, params), layout, reads))
+                return
+            except StatementTooLong:
+                pass
+            except StatementRefused:
+                # e.g. a schema without the quota columns, which the reads that do not
+                # need them survive
+                self.directory.batch_refused_at = time.monotonic()
+        self.rows[asked] = self.directory.query(*asked)
+
+    def must_confirm(self):
+        return self.directory.must_confirm()
+
+    def on_write_server(self):
+        return self.directory.on_write_server()
+
+
+def combined(reads):
+    """(sql, params, layout) of one statement for READS ({statement: read}).
+
+    Parts of one SOURCE without REST, of any reads, are asked as one SELECT whose WHERE
+    is theirs joined by OR, with each part's columns side by side and, for each part,
+    its WHERE as a column (the DB's own answer to which part a row belongs to). The
+    others are asked as they are. These SELECTs are joined by UNION ALL, each row
+    tagged with its SELECT and its columns in the slot of its SELECT's column list
+    (NULL in the others), so that each column keeps its type; but NULL next to an
+    unsigned column makes it DECIMAL, which split() turns back into int. layout: for
+    each tag, [(statement, index of the part in its read, first column, width, flag
+    column or None)]."""
+    units = {}   # source (mergeable) or a unique key -> [(statement, index, part)]
+    for key, read in reads.items():
+        for i, p in enumerate(read):
+            units.setdefault(p.source if not p.rest else (key, i), []).append((key, i, p))
+    selects = []
+    members = []
+    for unit in units.values():
+        if len(unit) == 1:
+            key, i, p = unit[0]
+            selects.append(p)
+            members.append([(key, i, 0, p.width, None)])
+            continue
+        columns, flags, where, params, flag_params, mine = [], [], [], [], [], []
+        at = 0
+        for key, i, p in unit:
+            columns.append(p.columns)
+            flags.append("(" + p.where + ")")
+            flag_params.extend(p.params)
+            params.extend(p.params)
+            mine.append((key, i, at, p.width, None))
+            at += p.width
+        mine = [(key, i, start, n, at + j) for j, (key, i, start, n, _) in enumerate(mine)]
+        selects.append(Part(", ".join(columns + flags), at + len(flags), unit[0][2].source,
+                            " OR ".join(flags), tuple(flag_params + params)))
+        members.append(mine)
+    slots = {}   # a select's column list -> where its columns start in a row
+    width = 1
+    for p in selects:
+        if p.columns not in slots:
+            slots[p.columns] = width
+            width += p.width
+    parts = []
+    layout = []
+    for p, mine in zip(selects, members):
+        start = slots[p.columns]
+        parts.append(p._replace(columns="NULL, " * (start - 1) + p.columns +
+                                ", NULL" * (width - start - p.width)))
+        layout.append([(key, i, start + at, n, None if flag is None else start + flag)
+                       for key, i, at, n, flag in mine])
+    sql, params = union(parts, range(len(parts)))
+    return sql, params, layout
+
+
+def split(rows, layout, reads):
+    """{statement: rows} of the rows of combined()'s statement for READS."""
+    by_part = {(key, i): [] for key, read in reads.items() for i in range(len(read))}
+    by_tag = [[] for _ in layout]
+    for row in rows:
+        by_tag[row[0]].append(row)
+    for mine, tagged in zip(layout, by_tag):
+        for key, i, start, n, flag in mine:
+            by_part[key, i].extend(tuple(int(v) if type(v) is Decimal else v
+                                         for v in row[start:start + n])
+                                   for row in tagged if flag is None or row[flag])
+    return {key: [r for i in range(len(read)) for r in by_part[key, i]]
+            for key, read in reads.items()}
 
 
 def statement_size(sql, params):

@@ -37,7 +37,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from qmailsql.core.db import DirectoryUnavailable
+from qmailsql.core.db import DirectoryUnavailable, Part, part_sql, select
 
 MAILDIRSIZE = "maildirsize"
 QUOTAWARN = "quotawarn"
@@ -174,9 +174,10 @@ def _missing_schema(exc):
 
 # USER's domain with a default, the first alphabetically; the index on virtual(username)
 # (core/schema.py) keeps it to USER's own rows
-DOMAIN_DEFAULT_SQL = ("SELECT d.host, d.quota_size, d.quota_count FROM domain_quota d "
-                      "JOIN virtual v ON v.virtual_host = d.host WHERE v.username=%s "
-                      "ORDER BY d.host LIMIT 1")
+DOMAIN_DEFAULT = Part("1, d.quota_size, d.quota_count, d.host", 4, "domain_quota d",
+                      "d.host IN (SELECT v.virtual_host FROM virtual v WHERE v.username=%s)",
+                      (), "ORDER BY d.host LIMIT 1")
+DOMAIN_DEFAULT_SQL = part_sql(DOMAIN_DEFAULT)  # alone, as EXPLAIN takes it
 
 
 def mailbox_limits(directory, user):
@@ -188,21 +189,28 @@ def mailbox_limits(directory, user):
             user = user.decode("utf-8")
         except UnicodeDecodeError:
             return Limits()  # no mailbox row can have that name
+    own, domain = None, None
     try:
-        rows = directory.query("SELECT quota_size, quota_count FROM mailbox "
-                               "WHERE username=%s", (user,))
-        if not rows:
-            return Limits()
-        own_size, own_count = rows[0]
-        domain = None
-        if own_size is None or own_count is None:
-            found = directory.query(DOMAIN_DEFAULT_SQL, (user,))
-            domain = found[0] if found else None
+        for row in select(directory, limits_read(user)):
+            if row[0] == 0:
+                own = row
+            else:
+                domain = (row[3], row[1], row[2])
     except DirectoryUnavailable as e:
         if _missing_schema(e):
             return Limits()
         raise
-    return combine(own_size, own_count, domain)
+    if own is None:
+        return Limits()
+    return combine(own[1], own[2], domain)
+
+
+def limits_read(user):
+    """mailbox_limits()'s read: (0, quota_size, quota_count, NULL) of USER's mailbox row
+    and (1, quota_size, quota_count, host) of the first of its domains with a default
+    (which combine() uses only for a NULL limit)."""
+    return (Part("0, quota_size, quota_count, NULL", 4, "mailbox", "username=%s", (user,)),
+            DOMAIN_DEFAULT._replace(params=(user,)))
 
 
 def answer_line(config, limits):

@@ -138,6 +138,12 @@ def _text(name):
         return None
 
 
+def mailbox_names(cands):
+    """The names whose mailbox rows resolve_local() reads for the candidates CANDS: one
+    round trip, the alias user included."""
+    return [t for t in (_text(c) for c, _, _ in cands) if t is not None] + [ALIAS_USER]
+
+
 class Resolver:
     """qmail-getpw's logic over a source of mailbox rows.
 
@@ -145,27 +151,31 @@ class Resolver:
     username matches any of NAMES; it raises for DB trouble, which becomes exit 111.
     """
 
-    def __init__(self, config, mailbox_rows, virtual_rows=None, confirmer=None):
+    def __init__(self, config, mailbox_rows, virtual_rows=None, confirmer=None, ahead=None):
         """VIRTUAL_ROWS(pairs, funky) -> (known hosts, rows) feeds the virtual step
         (qmailsql.core.virtual.fetch); without it there is no virtual step. CONFIRMER() ->
         a Resolver that reads from the write_server, or None when the answer just
         worked out needs no second look (the lag rule, db.py); without it nothing is
-        confirmed. for_directory() wires all three to one db.Directory."""
+        confirmed. AHEAD(local) is told each local part the mailbox step is about to
+        look up (db.Batch plans its reads). for_directory() wires them to one
+        db.Directory."""
         self.config = config
         self.mailbox_rows = mailbox_rows
         self.virtual_rows = virtual_rows
         self.confirmer = confirmer
+        self.ahead = ahead
 
     @classmethod
-    def for_directory(cls, config, directory):
+    def for_directory(cls, config, directory, ahead=None):
         """The full resolver (mailbox, passwd, virtual) over one db.Directory (or its
-        db.WriteServerReads)."""
+        db.WriteServerReads, or a db.Batch)."""
 
         def confirmer():
             if not directory.must_confirm():
                 return None
             return cls.for_directory(config, directory.on_write_server())
-        return cls(config, directory.mailboxes, virtual.row_source(directory), confirmer)
+        return cls(config, directory.mailboxes, virtual.row_source(directory), confirmer,
+                   ahead)
 
     def account(self, name, rows, same_cost=False):
         """The Account called NAME (mailbox first, then /etc/passwd), or None.
@@ -265,9 +275,10 @@ class Resolver:
 
     def resolve_local(self, local, say):
         """Steps 2 and 3 of SPEC section 4 for LOCAL (bytes, no NUL)."""
+        if self.ahead is not None:
+            self.ahead(local)
         cands = candidates(local, self.config.auto_break, self.config.userlen)
-        names = [t for t in (_text(c) for c, _, _ in cands) if t is not None]
-        rows = self.fetch(names + [ALIAS_USER])  # one round trip, the alias user included
+        rows = self.fetch(mailbox_names(cands))
         for cand, dash, ext in cands:
             name = _text(cand)
             if name is None:

@@ -52,7 +52,7 @@ import unicodedata
 from collections import namedtuple
 
 from qmailsql.core.errors import EXIT_TEMP, Refusal, shown
-from qmailsql.core.db import DirectoryUnavailable
+from qmailsql.core.db import DirectoryUnavailable, Part, select
 from qmailsql.core.problems import Problem, sql_str
 from qmailsql.core.problems import blank as _blank
 
@@ -213,33 +213,8 @@ def fetch(directory, pairs, funky):
     user, tagged with it: Row.like); choose() makes the final decision."""
     if not pairs:
         return set(), []
-    hosts = list(dict.fromkeys(h for h, _ in pairs))
-    users = list(dict.fromkeys(u for _, u in pairs if u))
-    params = []
-    parts = []
-    for h in hosts:
-        # one index-only probe per guess (the address key starts with virtual_host),
-        # stopping at the first entry spelt as qmail would: the collation also takes
-        # trailing-space and accent variants as equal; LOWER makes it case-blind
-        parts.append("(SELECT 0, virtual_host, '', '', '' FROM virtual WHERE virtual_host=%s "
-                     "AND BINARY LOWER(virtual_host)=BINARY LOWER(%s) LIMIT 1)")
-        params += [h, h]
-    marks = ",".join(["%s"] * len(hosts))
-    cond = "virtual_username IN (" + ",".join(["%s"] * (len(users) + 1)) + ")"
-    parts.append("(SELECT 1, virtual_host, username, ext, virtual_username FROM virtual "
-                 "WHERE virtual_host IN (" + marks + ") AND " + cond + ")")
-    params += hosts + users + [""]
-    if funky:
-        # kind 2 + i: a row whose pattern the DB's LIKE matched to pairs[i]'s user
-        for i, (h, u) in enumerate(pairs):
-            if u is None:
-                continue
-            parts.append("(SELECT %d, virtual_host, username, ext, virtual_username FROM "
-                         "virtual WHERE virtual_host=%%s AND %%s LIKE virtual_username)"
-                         % (2 + i))
-            params += [h, u]
     # a miss here is never final: the resolver confirms what would bounce (db.py)
-    rows = directory.query(" UNION ALL ".join(parts), params)
+    rows = select(directory, hosts_read(pairs, funky))
     known = set()
     out = []
     for kind, vhost, username, ext, vuser in rows:
@@ -250,6 +225,32 @@ def fetch(directory, pairs, funky):
         else:
             out.append(Row(username, ext, vuser, vhost, pairs[kind - 2][1]))
     return known, out
+
+
+def hosts_read(pairs, funky):
+    """fetch()'s read (db.Part) for PAIRS (not empty): rows (kind, virtual_host,
+    username, ext, virtual_username), kind 0 for a known host (the rest blank), 1 for a
+    row equal to a user or blank, 2 + i for a row whose pattern takes pairs[i]'s user."""
+    hosts = list(dict.fromkeys(h for h, _ in pairs))
+    users = list(dict.fromkeys(u for _, u in pairs if u))
+    # one index-only probe per guess (the address key starts with virtual_host),
+    # stopping at the first entry spelt as qmail would: the collation also takes
+    # trailing-space and accent variants as equal; LOWER makes it case-blind
+    parts = [Part("0, virtual_host, '', '', ''", 5, "virtual", "virtual_host=%s AND BINARY "
+                  "LOWER(virtual_host)=BINARY LOWER(%s)", (h, h), "LIMIT 1") for h in hosts]
+    marks = ",".join(["%s"] * len(hosts))
+    cond = "virtual_username IN (" + ",".join(["%s"] * (len(users) + 1)) + ")"
+    parts.append(Part("1, virtual_host, username, ext, virtual_username", 5, "virtual",
+                      "virtual_host IN (" + marks + ") AND " + cond,
+                      tuple(hosts + users + [""])))
+    if funky:
+        for i, (h, u) in enumerate(pairs):
+            if u is None:
+                continue
+            parts.append(Part("%d, virtual_host, username, ext, virtual_username" % (2 + i), 5,
+                              "virtual", "virtual_host=%s AND %s LIKE virtual_username",
+                              (h, u)))
+    return tuple(parts)
 
 
 def row_source(directory):

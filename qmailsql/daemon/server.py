@@ -66,7 +66,8 @@ from qmailsql.daemon.listen import StartError, listen, probe, remove_pidfile, wr
 from qmailsql.daemon.logs import log
 # Worker, TaskQueue, WorkerDirectory, probe and StartError: also reachable from here
 # (qmailsql.daemon.server is what the tests import)
-from qmailsql.daemon.workers import MAX_PAYLOAD, Task, TaskQueue, Worker, WorkerDirectory
+from qmailsql.daemon.workers import (MAX_PAYLOAD, Task, TaskQueue, Worker, WorkerDirectory,
+                                     put_fills)
 
 RECV_SIZE = MAX_PAYLOAD + 16
 DB_WORKERS = 4
@@ -216,6 +217,7 @@ class Daemon:
         self.ready_privileged = collections.deque()  # connections with requests to handle
         self.ready_uids = collections.OrderedDict()   # uid -> deque of such connections
         self.done = collections.deque()
+        self.filled = collections.deque()  # answered getpw tasks with fills (Daemon.fill)
         self.conns = {}
         self.busy = 0
         self.stopping = False
@@ -516,6 +518,12 @@ class Daemon:
         self.done.append(task)
         self.wake()
 
+    def fill(self, task):
+        """Called by a worker once the answered getpw TASK has its fills (Task.fills):
+        the loop caches them."""
+        self.filled.append(task)
+        self.wake()
+
     def drain_wake(self):
         try:
             while os.read(self.wake_r, 4096):
@@ -524,6 +532,8 @@ class Daemon:
             pass
         done = self.done
         cache = self.cache
+        while self.filled:
+            put_fills(cache, self.filled.popleft(), time.monotonic())
         while done:
             task = done.popleft()
             conn = task.conn

@@ -5,14 +5,16 @@ import os
 import threading
 import time
 
-from qmailsql.core import aliases, auth as authmod, db, dovecot, quota, resolve
-from qmailsql.core.hotpath import FRESH, HIT, NEGATIVE, NEVER, encode_response
+from qmailsql.core import aliases, auth as authmod, db, dovecot, prefetch, quota, resolve
+from qmailsql.core.hotpath import (FRESH, HIT, NEGATIVE, NEVER, cache_times, encode_response,
+                                   local_cache_key)
 from qmailsql.core.resolve import EXIT_NOALIAS, EXIT_TEMP, Refusal, shown
 from qmailsql.daemon.commands import TABLE as COMMANDS
 from qmailsql.daemon.logs import log
 
 MAX_PAYLOAD = 65536           # csrc/PROTOCOL.md, both directions
 TOO_BUSY = encode_response(EXIT_TEMP, b"qmailsqld was too busy")
+BATCH_RETRY = 300.0           # seconds after the DB refused a batch before batching again
 
 
 class TaskQueue:
@@ -74,7 +76,7 @@ class TaskQueue:
 
 class Task:
     __slots__ = ("conn", "payload", "key", "command", "args", "stale", "generation", "config",
-                 "status", "body", "kind", "frame", "served_stale", "queued")
+                 "status", "body", "kind", "frame", "served_stale", "queued", "fills")
 
     def __init__(self, conn, payload, command, args, stale, generation, config):
         self.conn = conn
@@ -91,6 +93,10 @@ class Task:
         self.frame = b""
         self.served_stale = False
         self.queued = 0.0  # when it was put on a worker queue (monotonic)
+        # getpw: a callable that works out, once the answer is sent, the `local` and
+        # `localq` answers the wrapper will ask next: [(uid, key, frame)] for the
+        # loop's cache (Daemon.fill, put_fills)
+        self.fills = None
 
 
 class WorkerDirectory(db.Directory):
@@ -171,15 +177,34 @@ class Worker:
                 task.status, task.body = EXIT_TEMP, b"answer too long for the protocol"
                 task.kind = NEVER
             task.frame = encode_response(task.status, task.body)
+        fills, task.fills = task.fills, None
         self.daemon.reply(task)
+        if fills is not None:  # after the answer: qmail-lspawn starts the wrapper meanwhile
+            try:
+                task.fills = fills()
+            except Exception as e:  # a bug: the wrapper's request is worked out as before
+                log("internal error filling in the local answers for getpw %s: %s: %s" % (
+                    shown(task.args[0]), type(e).__name__, e))
+                return
+            if task.fills:
+                self.daemon.fill(task)
 
     def handle(self, task):
         getattr(self, COMMANDS[task.command].handler)(task)
 
     def getpw(self, task):
         local = task.args[0]
+        batch = db.Batch(self.directory)
+        ahead = None
+        if time.monotonic() - self.directory.batch_refused_at > BATCH_RETRY:
+            batch.plan(prefetch.delivery_reads(self.config, local))
+
+            def ahead(target):  # a virtual row's: the rest of the delivery's reads
+                if target != local:
+                    batch.plan(prefetch.local_reads(self.config, target))
+        confirmed = self.directory.confirmations
         try:
-            delivery = self.resolver.getpw(local)
+            delivery = resolve.Resolver.for_directory(self.config, batch, ahead).getpw(local)
         except Refusal as r:
             db_failed = r.cause == "db"
             if db_failed:
@@ -200,6 +225,29 @@ class Worker:
         # the alias user for want of anything else: a new user must not wait long for it
         task.kind = NEGATIVE if delivery.bounce else HIT
         self.daemon.db_failed_at = -1e9  # the DB answers again
+        if self.directory.confirmations == confirmed:  # else the rows are not the answer's
+            task.fills = lambda: self.answers_ahead(batch, local, delivery)
+
+    def answers_ahead(self, batch, local, d):
+        """The `local` and `localq` answers the wrapper will ask for delivery D of LOCAL,
+        as its uid, from the rows BATCH fetched: (uid, cache key, frame) each; none when
+        a read was not fetched or the answer is not a plain one (a refusal is worked out
+        again when it is asked, and logged then). The peer's own account: D's uid and
+        home are the ones own_account() would find."""
+        if d.uid in self.daemon.allowed:  # a privileged peer's answers are keyed otherwise
+            return ()
+        batch.sealed = True
+        try:
+            lines, quota_line = self.account_lines(batch, d.user, d.home, local, d.dash,
+                                                   d.ext, b"", with_quota=True)
+        except (Refusal, db.NotFetched, db.DirectoryUnavailable):
+            return ()
+        if len(quota_line + lines) > MAX_PAYLOAD - 4:
+            return ()
+        return [(d.uid, local_cache_key(d.uid, command, d.user, d.home, local, d.dash, d.ext),
+                 encode_response(0, answer)) for command, answer in ((b"local", lines),
+                                                                     (b"localq", quota_line +
+                                                                      lines))]
 
     def local(self, task, confirm=False):
         """`local`; `localq`: the same with the mailbox's quota line in front
@@ -207,15 +255,15 @@ class Worker:
         wrapper found no dot-qmail file; stock qmail-local would bounce the mail)."""
         user, homedir, local, dash, ext, domain = task.args
         try:
-            body, limits = b"", quota.Limits()
             if task.conn.privileged or self.own_account(task.conn.uid, *task.args[:5]):
-                body = aliases.delivery_lines(self.directory, self.config, user, homedir,
-                                              local, dash, ext, domain, confirm)
-                if task.command == b"localq":
-                    limits = quota.mailbox_limits(self.directory, user)
-            # else: not the DB's account: stock, unchanged, and no quota
-            if task.command == b"localq":
-                body = quota.answer_line(self.config, limits) + (body or b"")
+                lines, quota_line = self.account_lines(
+                    self.directory, *task.args, confirm=confirm,
+                    with_quota=task.command == b"localq")
+                body = quota_line + lines
+            elif task.command == b"localq":  # not the DB's account: stock, unchanged
+                body = quota.answer_line(self.config, quota.Limits())  # and no quota
+            else:
+                body = b""
         except Refusal as r:
             # a peer without rights never sees row details (Refusal.public)
             task.status = r.code
@@ -226,9 +274,19 @@ class Worker:
             task.status, task.body = EXIT_TEMP, _bytes(str(e))
             self.log_for(task.conn, "local %s %s: %s" % (shown(user), shown(ext), e))
             return
-        task.status, task.body = 0, _bytes(body or b"")
+        task.status, task.body = 0, _bytes(body)
         # local-confirm decides a bounce: always from the DB
         task.kind = NEVER if confirm else FRESH
+
+    def account_lines(self, directory, user, homedir, local, dash, ext, domain,
+                      confirm=False, with_quota=False):
+        """(dot-qmail lines, quota line or b"") of the `local`/`localq` answer for the
+        DB's account USER; the quota line (localq) goes in front of the lines."""
+        lines = aliases.delivery_lines(directory, self.config, user, homedir, local, dash,
+                                       ext, domain, confirm) or b""
+        if not with_quota:
+            return lines, b""
+        return lines, quota.answer_line(self.config, quota.mailbox_limits(directory, user))
 
     def local_confirm(self, task):
         self.local(task, confirm=True)
@@ -291,6 +349,21 @@ class Worker:
                                                 self.directory, self.config, log)
         if task.command == b"userdb" and task.status == 0:  # a user found; never a password
             task.kind = FRESH
+
+
+def put_fills(cache, task, now):
+    """Cache the answers TASK (a getpw) worked out ahead (Task.fills), in their uid's
+    share, unless the cache was flushed since TASK came; for as long as a `local`
+    answer lives but no longer than the getpw answer: the negative answers' time for
+    a delivery to the alias user."""
+    if task.generation != cache.generation:
+        return
+    cfg = task.config
+    ttl = min(cache_times(kind, cfg.cache_ttl, cfg.negative_ttl, cfg.stale_ttl)[0]
+              for kind in (task.kind, FRESH))
+    if ttl > 0:
+        for uid, key, frame in task.fills:
+            cache.put(key, frame, now, ttl, 0, uid)
 
 
 def _bytes(value):
