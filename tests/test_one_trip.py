@@ -11,8 +11,8 @@ from conftest import ROW_UID, add_alias, add_mailbox, add_virtual, as_uid, flush
 
 from qmailsql.core import config as configmod
 from qmailsql.core.helpers import helper_path
-from qmailsql.core.hotpath import ResponseCache, encode_response
-from qmailsql.daemon.workers import Task, local_cache_key, put_fills
+from qmailsql.core.hotpath import HIT, NEGATIVE, ResponseCache, encode_response, local_cache_key
+from qmailsql.daemon.workers import Task, put_fills
 from qmailsql.sandbox import host as sb
 
 # what a new DB connection asks once (db.max_statement), before any lookup
@@ -135,10 +135,13 @@ def test_misconfigured_alias_row_is_refused_as_before(db, trip):
 
 
 def filled_task(getpw_body, generation=0, negative_ttl=5, cache_ttl=300):
+    """A getpw task as its worker leaves it: its answer, what kind of answer it is (an
+    answer of the alias user for an unknown local part is NEGATIVE) and its fills."""
     config = types.SimpleNamespace(cache_ttl=cache_ttl, negative_ttl=negative_ttl,
                                    stale_ttl=3600)
     task = Task(None, b"getpw\0who\0", b"getpw", (b"who",), None, generation, config)
     task.status, task.body = 0, getpw_body
+    task.kind = NEGATIVE if getpw_body.startswith(b"alias\0") else HIT
     key = local_cache_key(800, b"localq", b"who", b"/h", b"who", b"", b"")
     task.fills = [(800, key, encode_response(0, b"0 0 90 bounce\n"))]
     return task, key
