@@ -167,3 +167,29 @@ def test_fills_of_a_delivery_to_the_alias_user_live_negative_ttl():
     task, key = filled_task(b"who\0" b"800\0" b"100\0" b"/h\0\0\0", negative_ttl=5)
     put_fills(cache, task, 1000.0)
     assert cache.get(key, 1006.0) is not None
+
+
+def test_no_reads_ahead_when_answers_are_not_kept(db, sandbox, trip):
+    """With cache_ttl 0 nothing the wrapper will ask can be kept for it: getpw reads its
+    own rows only (the mailbox lookup alone), and works nothing out ahead."""
+    import dataclasses
+    from qmailsql.daemon import server as daemon
+    trip.mailbox("plain")
+    config = configmod.load(str(sandbox))
+    d = daemon.Daemon(config)
+    worker = daemon.Worker(d, None, "test")
+    root = types.SimpleNamespace(privileged=True, uid=0)
+    paths = sb.Paths(sandbox)
+    try:
+        for ttl, ahead in ((300, True), (0, False)):
+            worker.setup(dataclasses.replace(config, cache_ttl=ttl))
+            worker.directory.query("SELECT 1")  # connected before the count
+            task = Task(root, b"", b"getpw", [b"plain"], None, 0, worker.config)
+            with GeneralLog(paths, daemon_login(sandbox)) as log:
+                worker.handle(task)
+                [statement] = [s for s in log.statements() if s != "SELECT 1"]
+            assert task.status == 0 and (task.fills is not None) == ahead, ttl
+            assert ("FROM alias" in statement) == ahead, statement
+    finally:
+        worker.directory.close()
+        d.ep.close()

@@ -196,7 +196,10 @@ class Worker:
         local = task.args[0]
         batch = db.Batch(self.directory)
         ahead = None
-        if time.monotonic() - self.directory.batch_refused_at > BATCH_RETRY:
+        # reads ahead only when their answers can be kept for the wrapper (cache_ttl)
+        planned = self.config.cache_ttl > 0 and \
+            time.monotonic() - self.directory.batch_refused_at > BATCH_RETRY
+        if planned:
             batch.plan(prefetch.delivery_reads(self.config, local))
 
             def ahead(target):  # a virtual row's: the rest of the delivery's reads
@@ -225,7 +228,7 @@ class Worker:
         # the alias user for want of anything else: a new user must not wait long for it
         task.kind = NEGATIVE if delivery.bounce else HIT
         self.daemon.db_failed_at = -1e9  # the DB answers again
-        if self.directory.confirmations == confirmed:  # else the rows are not the answer's
+        if planned and self.directory.confirmations == confirmed:  # else not the answer's rows
             task.fills = lambda: self.answers_ahead(batch, local, delivery)
 
     def answers_ahead(self, batch, local, d):
