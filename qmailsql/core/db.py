@@ -525,16 +525,17 @@ def _combine(reads):
 
 def split(rows, layout, reads):
     """{statement: rows} of the rows of combined()'s statement for READS."""
-    by_part = {(r, i): [] for r, read in enumerate(reads.values()) for i in range(len(read))}
     by_tag = [[] for _ in layout]
     for row in rows:
         by_tag[row[0]].append(row)
+    got = {}  # (read index, part index) -> its rows; each part is in one SELECT
     for mine, tagged in zip(layout, by_tag):
-        for r, i, start, n, flag in mine:
-            by_part[r, i].extend(tuple(int(v) if type(v) is Decimal else v
-                                       for v in row[start:start + n])
-                                 for row in tagged if flag is None or row[flag])
-    return {key: [row for i in range(len(read)) for row in by_part[r, i]]
+        if tagged:  # most SELECTs find nothing
+            for r, i, start, n, flag in mine:
+                end = start + n
+                got[r, i] = [tuple(int(v) if type(v) is Decimal else v for v in row[start:end])
+                             for row in tagged if flag is None or row[flag]]
+    return {key: [row for i in range(len(read)) for row in got.get((r, i), ())]
             for r, (key, read) in enumerate(reads.items())}
 
 
