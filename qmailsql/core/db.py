@@ -450,6 +450,10 @@ class Batch:
         return self.directory.on_write_server()
 
 
+MAX_SHAPES = 512  # combined() plans kept; past that they are all dropped (rare shapes)
+_shapes = {}      # the reads' statement texts, in order -> combined()'s plan for them
+
+
 def combined(reads):
     """(sql, params, layout) of one statement for READS ({statement: read}).
 
@@ -460,64 +464,79 @@ def combined(reads):
     tagged with its SELECT and its columns in the slot of its SELECT's column list
     (NULL in the others), so that each column keeps its type; but NULL next to an
     unsigned column makes it DECIMAL, which split() turns back into int. layout: for
-    each tag, [(statement, index of the part in its read, first column, width, flag
-    column or None)]."""
-    units = {}   # source (mergeable) or a unique key -> [(statement, index, part)]
-    for key, read in reads.items():
+    each tag, [(index of the read in READS, index of the part in its read, first
+    column, width, flag column or None)]. The SQL and layout depend on the reads'
+    statement texts only (the values differ from one delivery to the next), so they
+    are worked out once for each such shape."""
+    shape = tuple(sql for sql, _ in reads)
+    plan = _shapes.get(shape)
+    if plan is None:
+        if len(_shapes) >= MAX_SHAPES:
+            _shapes.clear()
+        plan = _shapes[shape] = _combine(list(reads.values()))
+    sql, order, layout = plan
+    values = list(reads.values())
+    return sql, [v for r, i in order for v in values[r][i].params], layout
+
+
+def _combine(reads):
+    """combined()'s (sql, order, layout) for READS (a list of reads): ORDER lists the
+    (read, part) indexes whose params, one after another, fill the statement's marks."""
+    units = {}   # source (mergeable) or a unique key -> [(read index, part index, part)]
+    for r, read in enumerate(reads):
         for i, p in enumerate(read):
-            units.setdefault(p.source if not p.rest else (key, i), []).append((key, i, p))
-    selects = []
-    members = []
+            units.setdefault(p.source if not p.rest else (r, i), []).append((r, i, p))
+    selects = []  # (part, its params' (read, part) indexes, its members)
     for unit in units.values():
         if len(unit) == 1:
-            key, i, p = unit[0]
-            selects.append(p)
-            members.append([(key, i, 0, p.width, None)])
+            r, i, p = unit[0]
+            selects.append((p, [(r, i)], [(r, i, 0, p.width, None)]))
             continue
-        columns, flags, where, params, flag_params, mine = [], [], [], [], [], []
+        columns, flags, mine = [], [], []
         at = 0
-        for key, i, p in unit:
+        for r, i, p in unit:
             columns.append(p.columns)
             flags.append("(" + p.where + ")")
-            flag_params.extend(p.params)
-            params.extend(p.params)
-            mine.append((key, i, at, p.width, None))
+            mine.append((r, i, at, p.width))
             at += p.width
-        mine = [(key, i, start, n, at + j) for j, (key, i, start, n, _) in enumerate(mine)]
-        selects.append(Part(", ".join(columns + flags), at + len(flags), unit[0][2].source,
-                            " OR ".join(flags), tuple(flag_params + params)))
-        members.append(mine)
+        mine = [(r, i, start, n, at + j) for j, (r, i, start, n) in enumerate(mine)]
+        whose = [(r, i) for r, i, _ in unit]
+        selects.append((Part(", ".join(columns + flags), at + len(flags), unit[0][2].source,
+                             " OR ".join(flags), ()), whose + whose, mine))
     slots = {}   # a select's column list -> where its columns start in a row
     width = 1
-    for p in selects:
+    for p, _, _ in selects:
         if p.columns not in slots:
             slots[p.columns] = width
             width += p.width
     parts = []
+    order = []
     layout = []
-    for p, mine in zip(selects, members):
+    for p, whose, mine in selects:
         start = slots[p.columns]
         parts.append(p._replace(columns="NULL, " * (start - 1) + p.columns +
-                                ", NULL" * (width - start - p.width)))
-        layout.append([(key, i, start + at, n, None if flag is None else start + flag)
-                       for key, i, at, n, flag in mine])
-    sql, params = union(parts, range(len(parts)))
-    return sql, params, layout
+                                ", NULL" * (width - start - p.width), params=()))
+        order.extend(whose)
+        layout.append([(r, i, start + at, n, None if flag is None else start + flag)
+                       for r, i, at, n, flag in mine])
+    sql, _ = union(parts, range(len(parts)))
+    return sql, order, layout
 
 
 def split(rows, layout, reads):
     """{statement: rows} of the rows of combined()'s statement for READS."""
-    by_part = {(key, i): [] for key, read in reads.items() for i in range(len(read))}
     by_tag = [[] for _ in layout]
     for row in rows:
         by_tag[row[0]].append(row)
+    got = {}  # (read index, part index) -> its rows; each part is in one SELECT
     for mine, tagged in zip(layout, by_tag):
-        for key, i, start, n, flag in mine:
-            by_part[key, i].extend(tuple(int(v) if type(v) is Decimal else v
-                                         for v in row[start:start + n])
-                                   for row in tagged if flag is None or row[flag])
-    return {key: [r for i in range(len(read)) for r in by_part[key, i]]
-            for key, read in reads.items()}
+        if tagged:  # most SELECTs find nothing
+            for r, i, start, n, flag in mine:
+                end = start + n
+                got[r, i] = [tuple(int(v) if type(v) is Decimal else v for v in row[start:end])
+                             for row in tagged if flag is None or row[flag]]
+    return {key: [row for i in range(len(read)) for row in got.get((r, i), ())]
+            for r, (key, read) in enumerate(reads.items())}
 
 
 def statement_size(sql, params):
