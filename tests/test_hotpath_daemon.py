@@ -3,6 +3,8 @@
 Response framing, the cache policy (cache_times), the response cache itself and the
 loop's dispatch of a request, driven by random operation sequences.
 """
+import gc
+
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
@@ -154,12 +156,15 @@ def test_cache_memory_stays_bounded(m):
                 c.put(b"getpw\0user%d-%d\0" % (rnd, i), response, 1.0, 300, 3600)
                 c.put(b"getpw\0gone%d-%d\0" % (rnd, i), response, 1.0, 10)
                 c.put(b"uid=%d\0local\0%d\0" % (i % 40, i), response, 1.0, 300, owner=i % 40)
+            gc.collect()
             sizes.append(tracemalloc.get_traced_memory()[0])
     finally:
         tracemalloc.stop()
     print("traced memory after each round of 60,000 puts: %s" % sizes)
     assert len(c) == 2000 + 2000 + 40 * 25  # every share full, none over
-    assert sizes[3] <= sizes[1] * 1.05
+    # tracemalloc sees every allocation of the process: rounds differ by a few percent
+    # (seen: -2.5% to +2.8%); the creep this guards against doubled it every round
+    assert max(sizes[2:]) <= sizes[1] * 1.10
 
 
 def test_split_fields_of_requests():
