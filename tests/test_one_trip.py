@@ -189,6 +189,8 @@ def test_no_reads_ahead_when_answers_are_not_kept(db, sandbox, trip):
                 worker.handle(task)
                 [statement] = [s for s in log.statements() if s != "SELECT 1"]
             assert task.status == 0 and (task.fills is not None) == ahead, ttl
+            if ahead:  # only what the wrapper asks: `localq` (`local` of an older daemon)
+                assert [key.split(b"\0")[1] for _, key, _ in task.fills()] == [b"localq"]
             assert ("FROM alias" in statement) == ahead, statement
     finally:
         worker.directory.close()

@@ -232,8 +232,9 @@ class Worker:
             task.fills = lambda: self.answers_ahead(batch, local, delivery)
 
     def answers_ahead(self, batch, local, d):
-        """The `local` and `localq` answers the wrapper will ask for delivery D of LOCAL,
-        as its uid, from the rows BATCH fetched: (uid, cache key, frame) each; none when
+        """The `localq` answer the wrapper will ask for delivery D of LOCAL (it asks
+        `local` only of a qmailsqld without quotas), as its uid, from the rows BATCH
+        fetched: [(uid, cache key, frame)]; none when
         a read was not fetched or the answer is not a plain one (a refusal is worked out
         again when it is asked, and logged then). The peer's own account: D's uid and
         home are the ones own_account() would find."""
@@ -247,10 +248,8 @@ class Worker:
             return ()
         if len(quota_line + lines) > MAX_PAYLOAD - 4:
             return ()
-        return [(d.uid, local_cache_key(d.uid, command, d.user, d.home, local, d.dash, d.ext),
-                 encode_response(0, answer)) for command, answer in ((b"local", lines),
-                                                                     (b"localq", quota_line +
-                                                                      lines))]
+        return [(d.uid, local_cache_key(d.uid, b"localq", d.user, d.home, local, d.dash,
+                                        d.ext), encode_response(0, quota_line + lines))]
 
     def local(self, task, confirm=False):
         """`local`; `localq`: the same with the mailbox's quota line in front
